@@ -1,0 +1,177 @@
+//! Plain `#[repr(C)]` data shared by the eBPF programs and the `guard` daemon.
+//!
+//! Everything here crosses the user/kernel boundary as raw bytes, so every
+//! type is `Copy`, has no padding holes the verifier would reject, and keeps
+//! its layout fixed across builds.
+#![no_std]
+
+/// Deepest cgroup level the kernel side walks when it looks for the nearest
+/// watched ancestor. systemd hierarchies on the target machines are 4 to 6
+/// deep; 16 leaves room without making the bounded loop expensive.
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
+/// Task command name length, as in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Names of the global variables the loader sets before the programs load.
+pub mod globals {
+    /// Stall budget in ns: no-progress stall that may accumulate in a window.
+    pub const BUDGET_NS: &str = "BUDGET_NS";
+    /// Window length in ns.
+    pub const WINDOW_NS: &str = "WINDOW_NS";
+    /// Minimum time between two verdicts for the same cgroup, in ns.
+    pub const VERDICT_INTERVAL_NS: &str = "VERDICT_INTERVAL_NS";
+    /// A reclaim pass that frees fewer pages than this made no progress.
+    pub const MIN_PROGRESS_PAGES: &str = "MIN_PROGRESS_PAGES";
+    /// Byte offset of `nr_reclaimed` in the `mm_vmscan_memcg_reclaim_end`
+    /// record, read from the running kernel's tracefs format file.
+    pub const NR_RECLAIMED_OFFSET: &str = "NR_RECLAIMED_OFFSET";
+    /// Nanoseconds per jiffy (1e9 / CONFIG_HZ) of the running kernel.
+    pub const NS_PER_JIFFY: &str = "NS_PER_JIFFY";
+}
+
+/// Names of the programs in the eBPF object, so both halves agree.
+pub mod programs {
+    pub const RECLAIM_BEGIN: &str = "memcg_reclaim_begin";
+    pub const RECLAIM_END: &str = "memcg_reclaim_end";
+    pub const OVER_HIGH_ENTER: &str = "over_high_enter";
+    pub const OVER_HIGH_EXIT: &str = "over_high_exit";
+    pub const PENALTY_SLEEP: &str = "penalty_sleep";
+}
+
+/// Names of the maps.
+pub mod maps {
+    pub const WATCHED: &str = "WATCHED";
+    pub const CGROUPS: &str = "CGROUPS";
+    pub const TASKS: &str = "TASKS";
+    pub const VERDICTS: &str = "VERDICTS";
+    pub const STATS: &str = "STATS";
+}
+
+/// Value of the `WATCHED` map (key: cgroup v2 id). Reserved for per-cgroup
+/// settings; a zero field means "use the global default".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watch {
+    pub budget_ns: u64,
+    pub window_ns: u64,
+}
+
+/// Kernel-side aggregation for one watched cgroup (value of `CGROUPS`).
+///
+/// The window is a two-bucket sliding window: `cur_ns` collects no-progress
+/// stall since `window_start_ns`, `prev_ns` holds the previous window, and the
+/// estimate weights `prev_ns` by how much of it still overlaps the sliding
+/// window. Updates from several CPUs are not serialized: a lost update costs
+/// at most one pass of accounting, and the daemon re-confirms every verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupStall {
+    pub window_start_ns: u64,
+    pub cur_ns: u64,
+    pub prev_ns: u64,
+    /// When the current run of no-progress passes began (0: none running).
+    pub episode_start_ns: u64,
+    /// Consecutive no-progress passes (reset by any pass that progressed).
+    pub streak: u64,
+    pub last_verdict_ns: u64,
+    /// Reclaim passes attributed to this cgroup, and how many of them
+    /// made no progress; totals since the cgroup was first seen.
+    pub passes: u64,
+    pub no_progress_passes: u64,
+    pub reclaimed_pages: u64,
+    pub stall_total_ns: u64,
+    /// The task with the most no-progress time in the current window.
+    pub worst_pid: u32,
+    pub worst_tgid: u32,
+    pub worst_ns: u64,
+    pub worst_comm: [u8; COMM_LEN],
+}
+
+/// Per-task state (value of `TASKS`, key: thread id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskStall {
+    /// Watched cgroup this task's stall is charged to.
+    pub cgroup_id: u64,
+    /// Start of the reclaim pass in flight (0: none).
+    pub pass_start_ns: u64,
+    /// Entry into the memory.high handler in flight (0: none; fentry only).
+    pub over_high_start_ns: u64,
+    /// No-progress time charged to this task in the window that began at
+    /// `window_start_ns`.
+    pub window_start_ns: u64,
+    pub window_ns: u64,
+}
+
+/// The one event the daemon reacts to: a watched cgroup spent more than its
+/// budget stalled without reclaim progress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The watched cgroup the stall is charged to.
+    pub cgroup_id: u64,
+    /// Kernel time (CLOCK_MONOTONIC ns) the verdict was made.
+    pub ktime_ns: u64,
+    /// Estimated no-progress stall in the sliding window, ns.
+    pub stall_ns: u64,
+    pub window_ns: u64,
+    pub budget_ns: u64,
+    /// When the current run of no-progress passes began (CLOCK_MONOTONIC).
+    pub episode_start_ns: u64,
+    pub streak: u64,
+    /// The task with the most no-progress time in the window.
+    pub worst_ns: u64,
+    pub worst_pid: u32,
+    pub worst_tgid: u32,
+    pub worst_comm: [u8; COMM_LEN],
+}
+
+/// Indexes into the per-CPU `STATS` array.
+pub mod stat {
+    pub const PASSES: u32 = 0;
+    pub const NO_PROGRESS: u32 = 1;
+    pub const VERDICTS: u32 = 2;
+    /// Verdicts the ring buffer had no room for.
+    pub const VERDICTS_LOST: u32 = 3;
+    /// Tasks the per-task map had no room for.
+    pub const TASKS_FULL: u32 = 4;
+    pub const PENALTIES: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all four are `#[repr(C)]`, `Copy`, made only of integers and
+    // byte arrays, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Watch {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CgroupStall {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskStall {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Verdict {}
+}
+
+#[cfg(feature = "user")]
+impl Verdict {
+    /// Reads a verdict from a ring buffer record; `None` if it is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length is checked above, `Verdict` is plain old data
+        // (any bit pattern is valid) and `read_unaligned` needs no alignment.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+
+    /// The worst task's command name, up to its first NUL.
+    pub fn comm(&self) -> &[u8] {
+        let end = self
+            .worst_comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(COMM_LEN);
+        &self.worst_comm[..end]
+    }
+}

@@ -1,0 +1,332 @@
+//! guard's kernel half.
+//!
+//! Times every memcg reclaim pass of tasks under a watched cgroup, charges the
+//! passes that freed (almost) nothing to the nearest watched ancestor, and, on
+//! kernels that allow fentry, also charges the penalty sleep the kernel hands
+//! out in `mem_cgroup_handle_over_high`. When a cgroup's no-progress stall in
+//! the sliding window crosses its budget, one `Verdict` goes to user space.
+//! Nothing else is sent: the daemon sleeps until a verdict arrives.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns,
+    },
+    macros::{fentry, fexit, map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{FEntryContext, FExitContext, TracePointContext},
+};
+use guard_common::{CgroupStall, MAX_CGROUP_DEPTH, TaskStall, Verdict, Watch, stat};
+
+// Set by the loader (see guard_common::globals); the values here are the
+// defaults of the embedded policy.
+#[unsafe(no_mangle)]
+static BUDGET_NS: u64 = 250_000_000;
+#[unsafe(no_mangle)]
+static WINDOW_NS: u64 = 1_000_000_000;
+#[unsafe(no_mangle)]
+static VERDICT_INTERVAL_NS: u64 = 200_000_000;
+#[unsafe(no_mangle)]
+static MIN_PROGRESS_PAGES: u64 = 1;
+#[unsafe(no_mangle)]
+static NR_RECLAIMED_OFFSET: u64 = 8;
+#[unsafe(no_mangle)]
+static NS_PER_JIFFY: u64 = 4_000_000;
+
+#[inline(always)]
+fn global(v: &'static u64) -> u64 {
+    // SAFETY: the reference is valid for 'static; the volatile read keeps the
+    // compiler from folding the default, which the loader rewrites.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[map]
+static WATCHED: HashMap<u64, Watch> = HashMap::with_max_entries(4096, 0);
+#[map]
+static CGROUPS: HashMap<u64, CgroupStall> = HashMap::with_max_entries(4096, 0);
+#[map]
+static TASKS: LruHashMap<u32, TaskStall> = LruHashMap::with_max_entries(16384, 0);
+#[map]
+static VERDICTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The deepest watched cgroup that contains the current task, if any.
+#[inline(always)]
+fn nearest_watched() -> Option<u64> {
+    let mut found = None;
+    let mut level = 1;
+    while level < MAX_CGROUP_DEPTH {
+        // SAFETY: plain helper call, no pointers involved.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        if WATCHED.get_ptr(id).is_some() {
+            found = Some(id);
+        }
+        level += 1;
+    }
+    found
+}
+
+#[inline(always)]
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Task state for the current thread, created if `create` and missing.
+#[inline(always)]
+fn task_state(cgroup_id: u64, create: bool) -> Option<*mut TaskStall> {
+    let tid = tid();
+    if let Some(t) = TASKS.get_ptr_mut(tid) {
+        return Some(t);
+    }
+    if !create {
+        return None;
+    }
+    let fresh = TaskStall {
+        cgroup_id,
+        ..TaskStall::default()
+    };
+    if TASKS.insert(tid, fresh, 0).is_err() {
+        count(stat::TASKS_FULL);
+        return None;
+    }
+    TASKS.get_ptr_mut(tid)
+}
+
+#[inline(always)]
+fn cgroup_state(cgroup_id: u64) -> Option<*mut CgroupStall> {
+    if let Some(c) = CGROUPS.get_ptr_mut(cgroup_id) {
+        return Some(c);
+    }
+    CGROUPS
+        .insert(cgroup_id, CgroupStall::default(), 0)
+        .ok()?;
+    CGROUPS.get_ptr_mut(cgroup_id)
+}
+
+/// Budget and window for a watched cgroup: its own, else the globals.
+#[inline(always)]
+fn limits(cgroup_id: u64) -> (u64, u64) {
+    let (mut budget, mut window) = (global(&BUDGET_NS), global(&WINDOW_NS));
+    if let Some(w) = WATCHED.get_ptr(cgroup_id) {
+        // SAFETY: map values stay valid for the whole program run.
+        let w = unsafe { &*w };
+        if w.budget_ns != 0 {
+            budget = w.budget_ns;
+        }
+        if w.window_ns != 0 {
+            window = w.window_ns;
+        }
+    }
+    (budget, window.max(1))
+}
+
+/// Adds `ns` of no-progress stall by the current task to its watched cgroup
+/// and sends a verdict when the sliding-window estimate crosses the budget.
+#[inline(always)]
+fn charge(task: &mut TaskStall, now: u64, ns: u64) {
+    let cgroup_id = task.cgroup_id;
+    let Some(cg) = cgroup_state(cgroup_id) else {
+        return;
+    };
+    // SAFETY: map values stay valid for the whole program run.
+    let cg = unsafe { &mut *cg };
+    let (budget, window) = limits(cgroup_id);
+
+    let elapsed = now.saturating_sub(cg.window_start_ns);
+    if cg.window_start_ns == 0 || elapsed >= 2 * window {
+        cg.window_start_ns = now;
+        cg.prev_ns = 0;
+        cg.cur_ns = 0;
+        cg.worst_ns = 0;
+    } else if elapsed >= window {
+        cg.window_start_ns += window;
+        cg.prev_ns = cg.cur_ns;
+        cg.cur_ns = 0;
+        cg.worst_ns = 0;
+    }
+    cg.cur_ns += ns;
+    cg.stall_total_ns += ns;
+
+    if task.window_start_ns != cg.window_start_ns {
+        task.window_start_ns = cg.window_start_ns;
+        task.window_ns = 0;
+    }
+    task.window_ns += ns;
+    if task.window_ns >= cg.worst_ns {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        cg.worst_pid = pid_tgid as u32;
+        cg.worst_tgid = (pid_tgid >> 32) as u32;
+        cg.worst_ns = task.window_ns;
+        if let Ok(comm) = bpf_get_current_comm() {
+            cg.worst_comm = comm;
+        }
+    }
+
+    let into = now.saturating_sub(cg.window_start_ns).min(window);
+    let estimate = cg.cur_ns + cg.prev_ns * (window - into) / window;
+    if estimate < budget {
+        return;
+    }
+    if cg.last_verdict_ns != 0
+        && now.saturating_sub(cg.last_verdict_ns) < global(&VERDICT_INTERVAL_NS)
+    {
+        return;
+    }
+    let Some(mut slot) = VERDICTS.reserve::<Verdict>(0) else {
+        count(stat::VERDICTS_LOST);
+        return;
+    };
+    slot.write(Verdict {
+        cgroup_id,
+        ktime_ns: now,
+        stall_ns: estimate,
+        window_ns: window,
+        budget_ns: budget,
+        episode_start_ns: cg.episode_start_ns,
+        streak: cg.streak,
+        worst_ns: cg.worst_ns,
+        worst_pid: cg.worst_pid,
+        worst_tgid: cg.worst_tgid,
+        worst_comm: cg.worst_comm,
+    });
+    slot.submit(0);
+    cg.last_verdict_ns = now;
+    count(stat::VERDICTS);
+}
+
+#[tracepoint]
+pub fn memcg_reclaim_begin(_ctx: TracePointContext) -> u32 {
+    let Some(cgroup_id) = nearest_watched() else {
+        return 0;
+    };
+    let Some(task) = task_state(cgroup_id, true) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the whole program run.
+    let task = unsafe { &mut *task };
+    task.cgroup_id = cgroup_id;
+    // SAFETY: plain helper call.
+    task.pass_start_ns = unsafe { bpf_ktime_get_ns() };
+    0
+}
+
+#[tracepoint]
+pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
+    let Some(task) = task_state(0, false) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the whole program run.
+    let task = unsafe { &mut *task };
+    if task.pass_start_ns == 0 {
+        return 0;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let start = task.pass_start_ns;
+    task.pass_start_ns = 0;
+    // SAFETY: the offset comes from this kernel's format file for this
+    // tracepoint; read_at goes through bpf_probe_read and cannot fault.
+    let reclaimed: u64 =
+        unsafe { ctx.read_at(global(&NR_RECLAIMED_OFFSET) as usize) }.unwrap_or(u64::MAX);
+    count(stat::PASSES);
+
+    let Some(cg) = cgroup_state(task.cgroup_id) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the whole program run.
+    let cg = unsafe { &mut *cg };
+    cg.passes += 1;
+    if reclaimed != u64::MAX {
+        cg.reclaimed_pages += reclaimed;
+    }
+    if reclaimed >= global(&MIN_PROGRESS_PAGES) {
+        cg.streak = 0;
+        cg.episode_start_ns = 0;
+        return 0;
+    }
+    cg.no_progress_passes += 1;
+    cg.streak += 1;
+    if cg.episode_start_ns == 0 {
+        cg.episode_start_ns = start;
+    }
+    count(stat::NO_PROGRESS);
+    charge(task, now, now.saturating_sub(start));
+    0
+}
+
+/// fentry on `mem_cgroup_handle_over_high` (or `__mem_cgroup_handle_over_high`
+/// from 6.18): brackets the memory.high throttle so the penalty sleep inside
+/// it can be told apart from other killable sleeps.
+#[fentry]
+pub fn over_high_enter(_ctx: FEntryContext) -> u32 {
+    let Some(cgroup_id) = nearest_watched() else {
+        return 0;
+    };
+    let Some(task) = task_state(cgroup_id, true) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the whole program run.
+    let task = unsafe { &mut *task };
+    task.cgroup_id = cgroup_id;
+    // SAFETY: plain helper call.
+    task.over_high_start_ns = unsafe { bpf_ktime_get_ns() };
+    0
+}
+
+#[fexit]
+pub fn over_high_exit(_ctx: FExitContext) -> u32 {
+    if let Some(task) = task_state(0, false) {
+        // SAFETY: map values stay valid for the whole program run.
+        unsafe { (*task).over_high_start_ns = 0 };
+    }
+    0
+}
+
+/// fentry on `schedule_timeout_killable(long timeout)`. Inside the throttle
+/// this is the penalty sleep, which the kernel only reaches after its last
+/// reclaim retry freed nothing. Charging it when it begins, rather than when
+/// it ends up to 2 s later, is what lets a verdict come within the budget.
+#[fentry]
+pub fn penalty_sleep(ctx: FEntryContext) -> u32 {
+    let Some(task) = task_state(0, false) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the whole program run.
+    let task = unsafe { &mut *task };
+    if task.over_high_start_ns == 0 {
+        return 0;
+    }
+    let jiffies: i64 = ctx.arg(0);
+    if jiffies <= 0 {
+        return 0;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    count(stat::PENALTIES);
+    charge(task, now, jiffies as u64 * global(&NS_PER_JIFFY));
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,337 @@
+//! Who may be killed, and who should be: the embedded default policy and
+//! victim choice. Plain data in, plain data out.
+
+use std::{fmt, time::Duration};
+
+use crate::{cgroup::MemoryStat, procfs::ProcessInfo};
+
+/// The embedded default policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// No-progress stall a watched cgroup may accumulate within `window`.
+    pub budget: Duration,
+    pub window: Duration,
+    /// Minimum time between two verdicts for one cgroup.
+    pub verdict_interval: Duration,
+    /// A reclaim pass freeing fewer pages than this made no progress.
+    pub min_progress_pages: u64,
+    /// Process names (comm) that are never killed.
+    pub protected_names: Vec<String>,
+    /// A victim must hold at least this share (percent) of the cgroup's
+    /// overage above memory.high, so that killing it can end the stall.
+    pub min_share_percent: u64,
+    pub dry_run: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            budget: Duration::from_millis(250),
+            window: Duration::from_secs(1),
+            verdict_interval: Duration::from_millis(200),
+            min_progress_pages: 1,
+            protected_names: ["sshd", "systemd", "dockerd", "containerd", "t3-dispatch", "tmux"]
+                .map(String::from)
+                .to_vec(),
+            min_share_percent: 25,
+            dry_run: false,
+        }
+    }
+}
+
+/// Why a process is never a victim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Protection {
+    Init,
+    KernelThread,
+    Guard,
+    OomScoreAdjMin,
+    Name(String),
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Init => f.write_str("PID 1"),
+            Self::KernelThread => f.write_str("kernel thread"),
+            Self::Guard => f.write_str("the guard itself"),
+            Self::OomScoreAdjMin => f.write_str("oom_score_adj -1000"),
+            Self::Name(n) => write!(f, "protected name {n}"),
+        }
+    }
+}
+
+impl Policy {
+    pub fn protection(&self, p: &ProcessInfo, guard_pid: u32) -> Option<Protection> {
+        if p.pid == 1 {
+            Some(Protection::Init)
+        } else if p.kernel_thread {
+            Some(Protection::KernelThread)
+        } else if p.pid == guard_pid {
+            Some(Protection::Guard)
+        } else if p.oom_score_adj <= -1000 {
+            Some(Protection::OomScoreAdjMin)
+        } else if self.protected_names.iter().any(|n| *n == p.comm) {
+            Some(Protection::Name(p.comm.clone()))
+        } else {
+            None
+        }
+    }
+
+    /// Picks the victim among the processes of a stalled cgroup's subtree.
+    ///
+    /// `worst_tgid` is the thread group the kernel saw stall longest; it wins
+    /// ties on footprint. `overage` is memory.current - memory.high.
+    pub fn choose(
+        &self,
+        processes: &[ProcessInfo],
+        worst_tgid: u32,
+        overage: u64,
+        stat: &MemoryStat,
+        guard_pid: u32,
+    ) -> Choice {
+        let mut best: Option<&ProcessInfo> = None;
+        let mut killable_total: u64 = 0;
+        let mut biggest_protected: Option<(&ProcessInfo, Protection)> = None;
+        for p in processes {
+            if let Some(why) = self.protection(p, guard_pid) {
+                if biggest_protected
+                    .as_ref()
+                    .is_none_or(|(b, _)| p.footprint > b.footprint)
+                {
+                    biggest_protected = Some((p, why));
+                }
+                continue;
+            }
+            killable_total = killable_total.saturating_add(p.footprint);
+            let better = match best {
+                None => true,
+                Some(b) => {
+                    p.footprint > b.footprint
+                        || (p.footprint == b.footprint && p.pid == worst_tgid && b.pid != worst_tgid)
+                }
+            };
+            if better {
+                best = Some(p);
+            }
+        }
+        let relieves = |p: &ProcessInfo| {
+            u128::from(p.footprint) * 100 >= u128::from(overage) * u128::from(self.min_share_percent)
+        };
+        // Killing must be able to end the stall: the victim holds a real
+        // share of the overage, and killable processes hold all of it
+        // together (else the next verdicts would only take innocents).
+        match best {
+            Some(p) if relieves(p) && killable_total >= overage => Choice::Kill(p.clone()),
+            _ => {
+                let protected_could = biggest_protected
+                    .as_ref()
+                    .is_some_and(|(p, _)| relieves(p));
+                Choice::Unresolved(if protected_could {
+                    let (p, why) = biggest_protected.expect("checked above");
+                    Unresolved::Protected {
+                        pid: p.pid,
+                        comm: p.comm.clone(),
+                        footprint: p.footprint,
+                        why,
+                    }
+                } else if stat.shmem.saturating_mul(100) >= overage.saturating_mul(self.min_share_percent) {
+                    Unresolved::HeldByNoProcess {
+                        shmem: stat.shmem,
+                        overage,
+                    }
+                } else {
+                    Unresolved::NoRelief {
+                        largest: best.map(|p| (p.pid, p.comm.clone(), p.footprint)),
+                        overage,
+                    }
+                })
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Kill(ProcessInfo),
+    Unresolved(Unresolved),
+}
+
+/// Why a confirmed stall gets no (further) victim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unresolved {
+    /// The process that could end it is protected.
+    Protected {
+        pid: u32,
+        comm: String,
+        footprint: u64,
+        why: Protection,
+    },
+    /// The overage is tmpfs/shmem: killing processes would not free it.
+    HeldByNoProcess { shmem: u64, overage: u64 },
+    /// No killable process holds a real share of the overage.
+    NoRelief {
+        largest: Option<(u32, String, u64)>,
+        overage: u64,
+    },
+}
+
+impl fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Protected {
+                pid,
+                comm,
+                footprint,
+                why,
+            } => write!(
+                f,
+                "the process holding the memory is protected: {comm} (pid {pid}, {} MiB, {why})",
+                footprint >> 20
+            ),
+            Self::HeldByNoProcess { shmem, overage } => write!(
+                f,
+                "the memory is held by no process: shmem/tmpfs holds {} MiB of a {} MiB overage; \
+                 free it by deleting files in the cgroup's tmpfs or shared memory",
+                shmem >> 20,
+                overage >> 20
+            ),
+            Self::NoRelief {
+                largest: Some((pid, comm, footprint)),
+                overage,
+            } => write!(
+                f,
+                "no process holds a real share of the {} MiB overage (largest: {comm}, pid {pid}, {} MiB)",
+                overage >> 20,
+                footprint >> 20
+            ),
+            Self::NoRelief {
+                largest: None,
+                overage,
+            } => write!(
+                f,
+                "no killable process in the cgroup ({} MiB over memory.high)",
+                overage >> 20
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GUARD: u32 = 999;
+
+    fn proc(pid: u32, comm: &str, mib: u64) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            comm: comm.to_owned(),
+            uid: 1000,
+            footprint: mib * MIB,
+            oom_score_adj: 0,
+            kernel_thread: false,
+            start_time: 100 + u64::from(pid),
+        }
+    }
+
+    fn choose(ps: &[ProcessInfo], worst: u32, overage_mib: u64) -> Choice {
+        Policy::default().choose(ps, worst, overage_mib * MIB, &MemoryStat::default(), GUARD)
+    }
+
+    fn victim(c: Choice) -> u32 {
+        match c {
+            Choice::Kill(p) => p.pid,
+            Choice::Unresolved(u) => panic!("expected a victim, got: {u}"),
+        }
+    }
+
+    #[test]
+    fn the_largest_footprint_dies_not_the_one_that_stalls_most() {
+        // The bystander (pid 20) is the task the kernel saw stall longest.
+        let ps = [proc(10, "hog", 70), proc(20, "server", 3)];
+        assert_eq!(victim(choose(&ps, 20, 10)), 10);
+    }
+
+    #[test]
+    fn kernel_stall_time_breaks_footprint_ties() {
+        let ps = [proc(10, "a", 40), proc(20, "b", 40), proc(30, "c", 40)];
+        assert_eq!(victim(choose(&ps, 20, 10)), 20);
+        assert_eq!(victim(choose(&ps, 30, 10)), 30);
+    }
+
+    #[test]
+    fn protected_processes_are_skipped_for_the_next_largest() {
+        let mut adj = proc(11, "db", 90);
+        adj.oom_score_adj = -1000;
+        let mut kthread = proc(12, "kworker/0:1", 95);
+        kthread.kernel_thread = true;
+        let ps = [
+            proc(1, "init", 99),
+            proc(GUARD, "guard", 98),
+            proc(13, "sshd", 97),
+            proc(14, "tmux", 96),
+            kthread,
+            adj,
+            proc(20, "grep", 50),
+        ];
+        assert_eq!(victim(choose(&ps, 0, 10)), 20);
+    }
+
+    #[test]
+    fn every_default_protection_has_its_reason() {
+        let p = Policy::default();
+        for name in ["sshd", "systemd", "dockerd", "containerd", "t3-dispatch", "tmux"] {
+            assert_eq!(
+                p.protection(&proc(50, name, 1), GUARD),
+                Some(Protection::Name(name.to_owned()))
+            );
+        }
+        assert_eq!(p.protection(&proc(1, "x", 1), GUARD), Some(Protection::Init));
+        assert_eq!(p.protection(&proc(GUARD, "x", 1), GUARD), Some(Protection::Guard));
+        assert_eq!(p.protection(&proc(50, "bash", 1), GUARD), None);
+    }
+
+    #[test]
+    fn a_protected_hog_leaves_the_stall_unresolved_and_says_why() {
+        let ps = [proc(10, "sshd", 70), proc(20, "server", 3)];
+        match choose(&ps, 20, 10) {
+            Choice::Unresolved(u @ Unresolved::Protected { pid: 10, .. }) => {
+                assert!(u.to_string().contains("sshd"), "{u}");
+            }
+            other => panic!("expected protected/unresolved, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_process_too_small_to_help_is_not_killed() {
+        // 40 MiB over high; the bystander's 3 MiB cannot end that.
+        let ps = [proc(20, "server", 3)];
+        match choose(&ps, 20, 40) {
+            Choice::Unresolved(Unresolved::NoRelief { largest: Some((20, _, _)), .. }) => {}
+            other => panic!("expected no relief, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shmem_overage_is_reported_as_held_by_no_process() {
+        let ps = [proc(20, "server", 3)];
+        let stat = MemoryStat { shmem: 40 * MIB, ..MemoryStat::default() };
+        let c = Policy::default().choose(&ps, 20, 40 * MIB, &stat, GUARD);
+        match c {
+            Choice::Unresolved(u @ Unresolved::HeldByNoProcess { .. }) => {
+                assert!(u.to_string().contains("held by no process"), "{u}");
+            }
+            other => panic!("expected held-by-no-process, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_cgroup_has_no_victim() {
+        assert!(matches!(
+            choose(&[], 0, 10),
+            Choice::Unresolved(Unresolved::NoRelief { largest: None, .. })
+        ));
+    }
+}

@@ -1,0 +1,329 @@
+//! Loading and attaching the kernel half, and the maps it shares with us.
+
+use std::{fs, io, path::Path, time::Duration};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{FEntry, FExit, ProgramError, TracePoint},
+};
+use aya_obj::btf::BtfKind;
+use guard_common::{CgroupStall, Watch, globals, maps, programs, stat};
+
+/// The eBPF object, built by build.rs (aya-build) and embedded, so the
+/// `guard` binary is self-contained.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
+
+const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+const RECLAIM_BEGIN: &str = "mm_vmscan_memcg_reclaim_begin";
+const RECLAIM_END: &str = "mm_vmscan_memcg_reclaim_end";
+/// The memory.high throttle handler: renamed with a `__` prefix in 6.18 when
+/// an inline wrapper took its old name.
+const OVER_HIGH: [&str; 2] = ["__mem_cgroup_handle_over_high", "mem_cgroup_handle_over_high"];
+const PENALTY_SLEEP: &str = "schedule_timeout_killable";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "no tracefs format for vmscan:{RECLAIM_END} under {TRACEFS:?}: {source}. Fix: mount \
+         tracefs (`mount -t tracefs tracefs /sys/kernel/tracing`); the kernel needs \
+         CONFIG_FTRACE and the vmscan tracepoints"
+    )]
+    NoTracefs { source: io::Error },
+    #[error("the format of vmscan:{RECLAIM_END} has no `nr_reclaimed` field:\n{0}")]
+    NoReclaimedField(String),
+    #[error(
+        "loading guard's eBPF programs failed: {0}. guard needs root (or CAP_BPF and \
+         CAP_PERFMON) and a kernel >= 6.1 with BTF"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("attaching {what} failed: {source}")]
+    Attach {
+        what: String,
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("the eBPF object lacks {0}; the build is broken")]
+    Missing(&'static str),
+}
+
+/// Settings baked into the programs at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub budget: Duration,
+    pub window: Duration,
+    pub verdict_interval: Duration,
+    pub min_progress_pages: u64,
+}
+
+/// What was attached, for the start-up log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Throttle {
+    /// fentry on the throttle handler and the penalty sleep.
+    Hooked { handler: &'static str },
+    /// Tracepoints only: penalty sleeps are not seen.
+    Refused { reason: String },
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    pub throttle: Throttle,
+}
+
+/// Offset of `nr_reclaimed` in a tracefs `format` file.
+pub fn field_offset(format: &str, field: &str) -> Option<u64> {
+    format.lines().find_map(|line| {
+        let line = line.trim();
+        let decl = line.strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        let name = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next()?;
+        if name != field {
+            return None;
+        }
+        rest.split(';')
+            .find_map(|kv| kv.trim().strip_prefix("offset:"))?
+            .parse()
+            .ok()
+    })
+}
+
+fn reclaimed_offset() -> Result<u64, ProbeError> {
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    for root in TRACEFS {
+        let path = Path::new(root).join("events/vmscan").join(RECLAIM_END).join("format");
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                return field_offset(&text, "nr_reclaimed")
+                    .ok_or(ProbeError::NoReclaimedField(text));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(ProbeError::NoTracefs { source: last })
+}
+
+/// 1e9 / CONFIG_HZ: the coarse clocks tick once a jiffy, so their
+/// resolution is the jiffy length.
+pub fn ns_per_jiffy() -> u64 {
+    let res = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
+    let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+    if ns == 0 { 4_000_000 } else { ns }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Probes {
+    /// Loads every program; the tracepoints must attach, the fentry
+    /// programs may be refused (then `throttle` says why).
+    pub fn load(settings: Settings) -> Result<Self, ProbeError> {
+        let offset = reclaimed_offset()?;
+        let budget = nanos(settings.budget);
+        let window = nanos(settings.window);
+        let interval = nanos(settings.verdict_interval);
+        let jiffy = ns_per_jiffy();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::BUDGET_NS, &budget, true)
+            .override_global(globals::WINDOW_NS, &window, true)
+            .override_global(globals::VERDICT_INTERVAL_NS, &interval, true)
+            .override_global(globals::MIN_PROGRESS_PAGES, &settings.min_progress_pages, true)
+            .override_global(globals::NR_RECLAIMED_OFFSET, &offset, true)
+            .override_global(globals::NS_PER_JIFFY, &jiffy, true)
+            .load(OBJECT)?;
+
+        for (prog, event) in [
+            (programs::RECLAIM_BEGIN, RECLAIM_BEGIN),
+            (programs::RECLAIM_END, RECLAIM_END),
+        ] {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(ProbeError::Missing(prog))?
+                .try_into()
+                .map_err(|source| ProbeError::Attach {
+                    what: prog.to_owned(),
+                    source,
+                })?;
+            let attach = |tp: &mut TracePoint| -> Result<(), ProgramError> {
+                tp.load()?;
+                tp.attach("vmscan", event)?;
+                Ok(())
+            };
+            attach(tp).map_err(|source| ProbeError::Attach {
+                what: format!("tracepoint vmscan:{event}"),
+                source,
+            })?;
+        }
+
+        let throttle = match attach_throttle(&mut ebpf) {
+            Ok(handler) => Throttle::Hooked { handler },
+            Err(reason) => Throttle::Refused { reason },
+        };
+        Ok(Self { ebpf, throttle })
+    }
+
+    fn watched(&mut self) -> Result<BpfHashMap<&mut MapData, u64, Watch>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::WATCHED)
+            .ok_or(ProbeError::Missing(maps::WATCHED))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::WATCHED,
+            source,
+        })
+    }
+
+    pub fn watch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        self.watched()?
+            .insert(cgroup_id, Watch::default(), 0)
+            .map_err(|source| ProbeError::Map {
+                name: maps::WATCHED,
+                source,
+            })
+    }
+
+    fn cgroups(&mut self) -> Result<BpfHashMap<&mut MapData, u64, CgroupStall>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::CGROUPS)
+            .ok_or(ProbeError::Missing(maps::CGROUPS))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::CGROUPS,
+            source,
+        })
+    }
+
+    /// The kernel's aggregate for one cgroup, if it has seen reclaim there.
+    pub fn cgroup_stall(&mut self, cgroup_id: u64) -> Result<Option<CgroupStall>, ProbeError> {
+        match self.cgroups()?.get(&cgroup_id, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(ProbeError::Map {
+                name: maps::CGROUPS,
+                source,
+            }),
+        }
+    }
+
+    /// Starts a fresh window for a cgroup, after a kill: the stall that led
+    /// to it must not count again towards the next verdict.
+    pub fn reset_cgroup(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        match self.cgroups()?.remove(&cgroup_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProbeError::Map {
+                name: maps::CGROUPS,
+                source,
+            }),
+        }
+    }
+
+    /// Kernel-side counters, summed over CPUs, indexed by `guard_common::stat`.
+    pub fn stats(&self) -> Result<[u64; stat::COUNT as usize], ProbeError> {
+        let map = self.ebpf.map(maps::STATS).ok_or(ProbeError::Missing(maps::STATS))?;
+        let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::STATS,
+            source,
+        })?;
+        let mut out = [0; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = arr.get(&(i as u32), 0).map_err(|source| ProbeError::Map {
+                name: maps::STATS,
+                source,
+            })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The verdict ring buffer; the caller owns it from here on.
+    pub fn take_verdicts(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(maps::VERDICTS)
+            .ok_or(ProbeError::Missing(maps::VERDICTS))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::VERDICTS,
+            source,
+        })
+    }
+}
+
+/// fentry/fexit on the throttle handler and fentry on the penalty sleep.
+/// All three or none: half of them would count stalls inconsistently.
+fn attach_throttle(ebpf: &mut Ebpf) -> Result<&'static str, String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+    let handler = OVER_HIGH
+        .into_iter()
+        .find(|f| btf.id_by_type_name_kind(f, BtfKind::Func).is_ok())
+        .ok_or_else(|| format!("neither of {OVER_HIGH:?} is in the kernel's BTF"))?;
+    let err = |what: &str, e: ProgramError| format!("{what}: {e}");
+
+    let enter: &mut FEntry = ebpf
+        .program_mut(programs::OVER_HIGH_ENTER)
+        .ok_or("missing program")?
+        .try_into()
+        .map_err(|e| err("fentry", e))?;
+    enter.load(handler, &btf).map_err(|e| err("loading fentry", e))?;
+    let exit: &mut FExit = ebpf
+        .program_mut(programs::OVER_HIGH_EXIT)
+        .ok_or("missing program")?
+        .try_into()
+        .map_err(|e| err("fexit", e))?;
+    exit.load(handler, &btf).map_err(|e| err("loading fexit", e))?;
+    let sleep: &mut FEntry = ebpf
+        .program_mut(programs::PENALTY_SLEEP)
+        .ok_or("missing program")?
+        .try_into()
+        .map_err(|e| err("fentry", e))?;
+    sleep
+        .load(PENALTY_SLEEP, &btf)
+        .map_err(|e| err("loading fentry", e))?;
+
+    // Attach the exit side first so no task is left marked "inside".
+    let exit: &mut FExit = ebpf
+        .program_mut(programs::OVER_HIGH_EXIT)
+        .ok_or("missing program")?
+        .try_into()
+        .map_err(|e| err("fexit", e))?;
+    exit.attach().map_err(|e| err("attaching fexit", e))?;
+    for prog in [programs::PENALTY_SLEEP, programs::OVER_HIGH_ENTER] {
+        let p: &mut FEntry = ebpf
+            .program_mut(prog)
+            .ok_or("missing program")?
+            .try_into()
+            .map_err(|e| err("fentry", e))?;
+        p.attach().map_err(|e| err("attaching fentry", e))?;
+    }
+    Ok(handler)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 6.1 .. 7.0 shape, and the 7.1+ shape with memcg_id after nr_reclaimed.
+    const END_61: &str = "name: mm_vmscan_memcg_reclaim_end\nID: 512\nformat:\n\
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n\
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n\
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+\tfield:unsigned long nr_reclaimed;\toffset:8;\tsize:8;\tsigned:0;\n";
+
+    #[test]
+    fn nr_reclaimed_offset_is_read_from_the_format() {
+        assert_eq!(field_offset(END_61, "nr_reclaimed"), Some(8));
+        let shifted = END_61.replace("offset:8;", "offset:16;");
+        assert_eq!(field_offset(&shifted, "nr_reclaimed"), Some(16));
+        assert_eq!(field_offset(END_61, "memcg_id"), None);
+        // A prefix of the name is not the name.
+        assert_eq!(field_offset(END_61, "reclaimed"), None);
+    }
+
+    #[test]
+    fn jiffy_length_is_a_plausible_hz() {
+        // CONFIG_HZ is 100, 250, 300 or 1000 on every kernel guard supports.
+        let hz = 1_000_000_000 / ns_per_jiffy();
+        assert!([100, 250, 300, 1000].contains(&hz), "HZ {hz}");
+    }
+}

@@ -1,0 +1,150 @@
+//! `cargo xtask`: the project's own set-up, build, run and test commands.
+
+mod scenarios;
+mod setup;
+mod vm;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test guard")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain if needed and build the static `guard` binary;
+    /// prints its path as the last line.
+    Build,
+    /// Build, then run `guard` with the given arguments (default: `run`,
+    /// the daemon with its embedded default policy).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Unit tests, host load/attach test, and the VM scenarios on every
+    /// kernel of the matrix; ends with a table.
+    Test {
+        /// Only the VM scenarios whose name contains this.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Only the kernels whose label (6.1, 6.12, 7.2 ...) is this.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Skip `cargo test` (unit and host tests).
+        #[arg(long)]
+        vm_only: bool,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn host_triple() -> Result<String> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("running rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .context("rustc -vV printed no host line")
+}
+
+/// Builds `guard` and the scenario runner as static binaries; returns the
+/// release directory holding them.
+pub fn build_static() -> Result<PathBuf> {
+    setup::build_deps()?;
+    let triple = host_triple()?;
+    let root = workspace_root();
+    let status = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "--target", &triple])
+        .args(["--package", "guard-user", "--package", "guard-tests"])
+        // With an explicit --target these flags reach the binaries only,
+        // not build scripts or proc macros.
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the static binaries failed: {status}");
+    }
+    Ok(root.join("target").join(triple).join("release"))
+}
+
+fn cargo_test() -> Result<()> {
+    let status = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .arg("test")
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    match Cli::parse().command {
+        Cmd::Build => {
+            let dir = build_static()?;
+            println!("{}", dir.join("guard").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { args } => {
+            let guard = build_static()?.join("guard");
+            let args = if args.is_empty() {
+                vec!["run".to_owned()]
+            } else {
+                args
+            };
+            eprintln!("xtask: {} {}", guard.display(), args.join(" "));
+            let status = Command::new(&guard)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", guard.display()))?;
+            Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+        }
+        Cmd::Test {
+            scenario,
+            kernel,
+            vm_only,
+        } => {
+            setup::build_deps()?;
+            setup::vm_deps()?;
+            if !vm_only {
+                cargo_test()?;
+            }
+            let bin = build_static()?;
+            let ok = scenarios::run_matrix(&bin, scenario.as_deref(), kernel.as_deref())?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
