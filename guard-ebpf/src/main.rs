@@ -64,20 +64,27 @@ fn count(index: u32) {
 /// The deepest watched cgroup that contains the current task, if any.
 #[inline(always)]
 fn nearest_watched() -> Option<u64> {
-    let mut found = None;
-    let mut level = 1;
-    while level < MAX_CGROUP_DEPTH {
+    // Find the task's depth first, then look upwards from it and stop at the
+    // first hit: returning from inside the loop keeps the map-lookup results
+    // out of any arithmetic the verifier would refuse.
+    let mut depth = 1;
+    while depth < MAX_CGROUP_DEPTH {
         // SAFETY: plain helper call, no pointers involved.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 {
+        if unsafe { bpf_get_current_ancestor_cgroup_id(depth) } == 0 {
             break;
         }
-        if WATCHED.get_ptr(id).is_some() {
-            found = Some(id);
-        }
-        level += 1;
+        depth += 1;
     }
-    found
+    let mut level = depth - 1;
+    while level >= 1 {
+        // SAFETY: plain helper call, no pointers involved.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if WATCHED.get_ptr(id).is_some() {
+            return Some(id);
+        }
+        level -= 1;
+    }
+    None
 }
 
 #[inline(always)]

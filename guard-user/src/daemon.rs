@@ -59,6 +59,11 @@ pub async fn run(policy: Policy) -> anyhow::Result<()> {
         .context("registering the verdict ring buffer with tokio")?;
 
     let mut responder = Responder::new(policy, hierarchy, "/proc", watched);
+    // The guard must keep working when memory is short: its pages stay in.
+    if let Err(e) = rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE) {
+        warn!(error = %e, "mlockall failed: the guard's own pages may be reclaimed under pressure");
+    }
+    responder.warm_up();
     info!(
         dry_run = responder.policy.dry_run,
         budget_ms = responder.policy.budget.as_millis() as u64,

@@ -87,6 +87,21 @@ impl Responder {
         }
     }
 
+    /// Runs the decision path once per watched cgroup without acting, so
+    /// its code and data are paged in (and locked, after mlockall) before the
+    /// first verdict needs them in a hurry.
+    pub fn warm_up(&self) {
+        // The watched cgroups may be empty now; the guard's own /proc files
+        // take the same code paths a victim's will.
+        let _ = procfs::process(&self.proc_root, self.guard_pid);
+        for dir in self.watched.values() {
+            let procs = self.candidates(dir);
+            if let (Ok(mem), Ok(stat)) = (Hierarchy::memory(dir), Hierarchy::memory_stat(dir)) {
+                let _ = self.policy.choose(&procs, 0, mem.overage(), &stat, self.guard_pid);
+            }
+        }
+    }
+
     fn candidates(&self, dir: &Path) -> Vec<ProcessInfo> {
         let pids = match Hierarchy::processes(dir) {
             Ok(pids) => pids,
@@ -108,6 +123,7 @@ impl Responder {
     }
 
     pub fn handle(&mut self, v: &Verdict, probes: Option<&mut Probes>) -> Outcome {
+        let received_ns = monotonic_ns();
         let Some(dir) = self.watched.get(&v.cgroup_id).cloned() else {
             warn!(cgroup_id = v.cgroup_id, "verdict for a cgroup that is not watched (removed?)");
             return Outcome::UnknownCgroup;
@@ -176,8 +192,11 @@ impl Responder {
             }
         };
         let latency_us = killed_ns.saturating_sub(v.ktime_ns) / 1000;
+        // Of the latency: the wake-up through the ring buffer, and our work.
+        let wakeup_us = received_ns.saturating_sub(v.ktime_ns) / 1000;
+        let decide_us = killed_ns.saturating_sub(received_ns) / 1000;
         info!(%cgroup, pid = victim.pid, comm = %victim.comm,
-            footprint_bytes = victim.footprint, stall_ms, latency_us,
+            footprint_bytes = victim.footprint, stall_ms, latency_us, wakeup_us, decide_us,
             current = mem.current, high = mem.high,
             stalled_task = %stalled_comm, stalled_pid = v.worst_pid, "killed");
         if let Err(e) = pinned.release_memory() {

@@ -236,7 +236,8 @@ fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
         r.set("oom_kills", oom_kills);
         r.set("pressure_full_share", full_share);
         r.set("pressure_full_avg10", avg10);
-        r.set("memory_current", keyed(&format!("x {}", read(&format!("{CGROUP}/memory.current"))), "x"));
+        let current: u64 = read(&format!("{CGROUP}/memory.current")).trim().parse().unwrap_or(0);
+        r.set("memory_current", current);
         r.check(oom_kills == 0, format!("control: {oom_kills} kernel OOM kills"));
         r.check(high > 0, "control: memory.events high did not rise");
         r.check(
@@ -283,6 +284,9 @@ fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
 }
 
 fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
+    for line in log.lines() {
+        println!("guard-log: {line}");
+    }
     let lines: Vec<Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -302,6 +306,8 @@ fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
                 format!("the guard killed pid {} ({}), not the hog {hog_pid}", k["pid"], k["comm"]),
             );
             r.set("verdict_to_kill_us", k["latency_us"].clone());
+            r.set("wakeup_us", k["wakeup_us"].clone());
+            r.set("decide_us", k["decide_us"].clone());
             r.set("stall_ms", k["stall_ms"].clone());
         }
         None => r.check(false, format!("no kill in the guard's log:\n{log}")),

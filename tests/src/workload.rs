@@ -7,6 +7,12 @@ use std::{
 
 const PAGE: usize = 4096;
 
+/// Sets the task's comm, which is what the guard and the trace show.
+fn set_name(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
 /// Maps `bytes` of anonymous memory; the mapping lives until exit.
 fn map_anon(bytes: usize) -> *mut u8 {
     // SAFETY: an anonymous private mapping with no address hint has no
@@ -35,6 +41,7 @@ fn touch(p: *mut u8, bytes: usize, value: u8) {
 /// Takes `mib` MiB of anonymous memory and keeps touching all of it, like a
 /// grep holding a huge match buffer. Runs until killed.
 pub fn hog(mib: usize) -> ! {
+    set_name(c"hog");
     let bytes = mib << 20;
     let p = map_anon(bytes);
     let mut round: u8 = 0;
@@ -49,6 +56,7 @@ pub fn hog(mib: usize) -> ! {
 /// its schedule. Prints `sample <monotonic_ns> <late_us>` for every tick
 /// later than 1 ms, then `bystander ticks=<n> worst_us=<w>`.
 pub fn bystander(run_for: Duration) {
+    set_name(c"bystander");
     const TICK: Duration = Duration::from_millis(10);
     const BUF: usize = 256 << 10;
     let start = Instant::now();

@@ -116,8 +116,11 @@ pub fn run_matrix(bin: &Path, only_scenario: Option<&str>, only_kernel: Option<&
                 summary(s, &result)
             );
             if !pass {
+                // Kept apart so a later passing run does not overwrite it.
+                let kept = log.with_extension("failed.log");
+                let _ = fs::copy(&log, &kept);
                 eprintln!("xtask:   failures: {}", result["failures"]);
-                eprintln!("xtask:   console log: {}", log.display());
+                eprintln!("xtask:   console log: {}", kept.display());
             }
             rows.push(Row {
                 kernel: format!("{} ({})", k.label, k.release),

@@ -167,7 +167,7 @@ pub fn run_qemu(
         append.push_str(extra_append.trim());
     }
     let mut child = Command::new(QEMU)
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m"])
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max,-cx16", "-m"])
         .arg(mem_mib.to_string())
         .args(["-smp", "2", "-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
