@@ -118,9 +118,7 @@ fn cgroup_state(cgroup_id: u64) -> Option<*mut CgroupStall> {
     if let Some(c) = CGROUPS.get_ptr_mut(cgroup_id) {
         return Some(c);
     }
-    CGROUPS
-        .insert(cgroup_id, CgroupStall::default(), 0)
-        .ok()?;
+    CGROUPS.insert(cgroup_id, CgroupStall::default(), 0).ok()?;
     CGROUPS.get_ptr_mut(cgroup_id)
 }
 

@@ -44,7 +44,10 @@ pub enum Layout {
     /// cgroup2 mounted at the root: what the guard needs.
     Unified(PathBuf),
     /// cgroup v1 controllers at the root, cgroup2 (if any) beside them.
-    Hybrid { unified: Option<PathBuf>, memory_v1: bool },
+    Hybrid {
+        unified: Option<PathBuf>,
+        memory_v1: bool,
+    },
 }
 
 /// Classifies the mounts under `root` (normally /sys/fs/cgroup).
@@ -244,7 +247,8 @@ impl Hierarchy {
                     found.insert(Self::id_of(&dir)?, dir);
                 }
                 // No memory controller enabled for this subtree, or gone.
-                Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -260,7 +264,12 @@ impl Hierarchy {
             match fs::read_to_string(&procs) {
                 Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(CgroupError::Io { path: procs, source }),
+                Err(source) => {
+                    return Err(CgroupError::Io {
+                        path: procs,
+                        source,
+                    });
+                }
             }
             if let Ok(entries) = fs::read_dir(&dir) {
                 for entry in entries.flatten() {
@@ -307,7 +316,11 @@ mod tests {
 
     #[test]
     fn pure_v1_host_is_refused() {
-        let only_v1 = HYBRID.lines().filter(|l| !l.contains("cgroup2")).collect::<Vec<_>>().join("\n");
+        let only_v1 = HYBRID
+            .lines()
+            .filter(|l| !l.contains("cgroup2"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let err = check_v2(&only_v1, Path::new(DEFAULT_ROOT)).expect_err("must refuse");
         assert!(err.to_string().contains("no cgroup2 mount"), "{err}");
     }
@@ -315,17 +328,28 @@ mod tests {
     #[test]
     fn unified_without_memory_controller_is_refused() {
         let root = tempfile::tempdir().expect("tempdir");
-        fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io pids\n").expect("write");
+        fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io pids\n",
+        )
+        .expect("write");
         let mountinfo = UNIFIED.replace("/sys/fs/cgroup", &root.path().display().to_string());
         let err = check_v2(&mountinfo, root.path()).expect_err("must refuse");
-        assert!(matches!(err, CgroupError::NoMemoryController { .. }), "{err}");
+        assert!(
+            matches!(err, CgroupError::NoMemoryController { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("+memory"), "{err}");
     }
 
     #[test]
     fn unified_with_memory_controller_passes() {
         let root = tempfile::tempdir().expect("tempdir");
-        fs::write(root.path().join("cgroup.controllers"), "cpu io memory pids\n").expect("write");
+        fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpu io memory pids\n",
+        )
+        .expect("write");
         let mountinfo = UNIFIED.replace("/sys/fs/cgroup", &root.path().display().to_string());
         check_v2(&mountinfo, root.path()).expect("accepted");
     }
@@ -340,7 +364,14 @@ mod tests {
     #[test]
     fn memory_stat_picks_anon_file_shmem() {
         let s = parse_memory_stat("anon 1000\nfile 200\nkernel 7\nshmem 150\nfile_mapped 9\n");
-        assert_eq!(s, MemoryStat { anon: 1000, file: 200, shmem: 150 });
+        assert_eq!(
+            s,
+            MemoryStat {
+                anon: 1000,
+                file: 200,
+                shmem: 150
+            }
+        );
     }
 
     /// A fake hierarchy: /a (high 64M) /a/b (high max) /a/b/c (high 32M),
@@ -385,7 +416,10 @@ mod tests {
     #[test]
     fn display_path_is_relative_to_the_root() {
         let h = Hierarchy::new("/sys/fs/cgroup");
-        assert_eq!(h.display_path(Path::new("/sys/fs/cgroup/user.slice")), "/user.slice");
+        assert_eq!(
+            h.display_path(Path::new("/sys/fs/cgroup/user.slice")),
+            "/user.slice"
+        );
         assert_eq!(h.display_path(Path::new("/sys/fs/cgroup")), "/");
     }
 }

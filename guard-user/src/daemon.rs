@@ -33,7 +33,10 @@ pub async fn run(policy: Policy) -> anyhow::Result<()> {
     })?;
     match &probes.throttle {
         Throttle::Hooked { handler } => {
-            info!(handler, "throttle hooks attached: penalty sleeps count as stall")
+            info!(
+                handler,
+                "throttle hooks attached: penalty sleeps count as stall"
+            )
         }
         Throttle::Refused { reason } => warn!(
             %reason,
@@ -60,7 +63,9 @@ pub async fn run(policy: Policy) -> anyhow::Result<()> {
 
     let mut responder = Responder::new(policy, hierarchy, "/proc", watched);
     // The guard must keep working when memory is short: its pages stay in.
-    if let Err(e) = rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE) {
+    if let Err(e) =
+        rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE)
+    {
         warn!(error = %e, "mlockall failed: the guard's own pages may be reclaimed under pressure");
     }
     responder.warm_up();

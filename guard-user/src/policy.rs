@@ -30,9 +30,16 @@ impl Default for Policy {
             window: Duration::from_secs(1),
             verdict_interval: Duration::from_millis(200),
             min_progress_pages: 1,
-            protected_names: ["sshd", "systemd", "dockerd", "containerd", "t3-dispatch", "tmux"]
-                .map(String::from)
-                .to_vec(),
+            protected_names: [
+                "sshd",
+                "systemd",
+                "dockerd",
+                "containerd",
+                "t3-dispatch",
+                "tmux",
+            ]
+            .map(String::from)
+            .to_vec(),
             min_share_percent: 25,
             dry_run: false,
         }
@@ -71,7 +78,7 @@ impl Policy {
             Some(Protection::Guard)
         } else if p.oom_score_adj <= -1000 {
             Some(Protection::OomScoreAdjMin)
-        } else if self.protected_names.iter().any(|n| *n == p.comm) {
+        } else if self.protected_names.contains(&p.comm) {
             Some(Protection::Name(p.comm.clone()))
         } else {
             None
@@ -108,7 +115,9 @@ impl Policy {
                 None => true,
                 Some(b) => {
                     p.footprint > b.footprint
-                        || (p.footprint == b.footprint && p.pid == worst_tgid && b.pid != worst_tgid)
+                        || (p.footprint == b.footprint
+                            && p.pid == worst_tgid
+                            && b.pid != worst_tgid)
                 }
             };
             if better {
@@ -116,7 +125,8 @@ impl Policy {
             }
         }
         let relieves = |p: &ProcessInfo| {
-            u128::from(p.footprint) * 100 >= u128::from(overage) * u128::from(self.min_share_percent)
+            u128::from(p.footprint) * 100
+                >= u128::from(overage) * u128::from(self.min_share_percent)
         };
         // Killing must be able to end the stall: the victim holds a real
         // share of the overage, and killable processes hold all of it
@@ -124,9 +134,7 @@ impl Policy {
         match best {
             Some(p) if relieves(p) && killable_total >= overage => Choice::Kill(p.clone()),
             _ => {
-                let protected_could = biggest_protected
-                    .as_ref()
-                    .is_some_and(|(p, _)| relieves(p));
+                let protected_could = biggest_protected.as_ref().is_some_and(|(p, _)| relieves(p));
                 Choice::Unresolved(if protected_could {
                     let (p, why) = biggest_protected.expect("checked above");
                     Unresolved::Protected {
@@ -135,7 +143,9 @@ impl Policy {
                         footprint: p.footprint,
                         why,
                     }
-                } else if stat.shmem.saturating_mul(100) >= overage.saturating_mul(self.min_share_percent) {
+                } else if stat.shmem.saturating_mul(100)
+                    >= overage.saturating_mul(self.min_share_percent)
+                {
                     Unresolved::HeldByNoProcess {
                         shmem: stat.shmem,
                         overage,
@@ -282,14 +292,27 @@ mod tests {
     #[test]
     fn every_default_protection_has_its_reason() {
         let p = Policy::default();
-        for name in ["sshd", "systemd", "dockerd", "containerd", "t3-dispatch", "tmux"] {
+        for name in [
+            "sshd",
+            "systemd",
+            "dockerd",
+            "containerd",
+            "t3-dispatch",
+            "tmux",
+        ] {
             assert_eq!(
                 p.protection(&proc(50, name, 1), GUARD),
                 Some(Protection::Name(name.to_owned()))
             );
         }
-        assert_eq!(p.protection(&proc(1, "x", 1), GUARD), Some(Protection::Init));
-        assert_eq!(p.protection(&proc(GUARD, "x", 1), GUARD), Some(Protection::Guard));
+        assert_eq!(
+            p.protection(&proc(1, "x", 1), GUARD),
+            Some(Protection::Init)
+        );
+        assert_eq!(
+            p.protection(&proc(GUARD, "x", 1), GUARD),
+            Some(Protection::Guard)
+        );
         assert_eq!(p.protection(&proc(50, "bash", 1), GUARD), None);
     }
 
@@ -309,7 +332,10 @@ mod tests {
         // 40 MiB over high; the bystander's 3 MiB cannot end that.
         let ps = [proc(20, "server", 3)];
         match choose(&ps, 20, 40) {
-            Choice::Unresolved(Unresolved::NoRelief { largest: Some((20, _, _)), .. }) => {}
+            Choice::Unresolved(Unresolved::NoRelief {
+                largest: Some((20, _, _)),
+                ..
+            }) => {}
             other => panic!("expected no relief, got {other:?}"),
         }
     }
@@ -317,7 +343,10 @@ mod tests {
     #[test]
     fn shmem_overage_is_reported_as_held_by_no_process() {
         let ps = [proc(20, "server", 3)];
-        let stat = MemoryStat { shmem: 40 * MIB, ..MemoryStat::default() };
+        let stat = MemoryStat {
+            shmem: 40 * MIB,
+            ..MemoryStat::default()
+        };
         let c = Policy::default().choose(&ps, 20, 40 * MIB, &stat, GUARD);
         match c {
             Choice::Unresolved(u @ Unresolved::HeldByNoProcess { .. }) => {

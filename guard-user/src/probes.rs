@@ -19,7 +19,10 @@ const RECLAIM_BEGIN: &str = "mm_vmscan_memcg_reclaim_begin";
 const RECLAIM_END: &str = "mm_vmscan_memcg_reclaim_end";
 /// The memory.high throttle handler: renamed with a `__` prefix in 6.18 when
 /// an inline wrapper took its old name.
-const OVER_HIGH: [&str; 2] = ["__mem_cgroup_handle_over_high", "mem_cgroup_handle_over_high"];
+const OVER_HIGH: [&str; 2] = [
+    "__mem_cgroup_handle_over_high",
+    "mem_cgroup_handle_over_high",
+];
 const PENALTY_SLEEP: &str = "schedule_timeout_killable";
 
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +41,12 @@ pub enum ProbeError {
     )]
     Load(#[from] aya::EbpfError),
     #[error("attaching {what} failed: {source}")]
-    Attach {
-        what: String,
-        source: ProgramError,
-    },
+    Attach { what: String, source: ProgramError },
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("the eBPF object lacks {0}; the build is broken")]
     Missing(&'static str),
 }
@@ -77,7 +80,9 @@ pub fn field_offset(format: &str, field: &str) -> Option<u64> {
         let line = line.trim();
         let decl = line.strip_prefix("field:")?;
         let (decl, rest) = decl.split_once(';')?;
-        let name = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next()?;
+        let name = decl
+            .rsplit(|c: char| c.is_whitespace() || c == '*')
+            .next()?;
         if name != field {
             return None;
         }
@@ -88,10 +93,35 @@ pub fn field_offset(format: &str, field: &str) -> Option<u64> {
     })
 }
 
+/// Mounts tracefs at its usual place when no tracefs is mounted: the
+/// tracepoints cannot be attached without it. Returns whether it mounted.
+pub fn ensure_tracefs() -> Result<bool, ProbeError> {
+    if TRACEFS
+        .iter()
+        .any(|root| Path::new(root).join("events").is_dir())
+    {
+        return Ok(false);
+    }
+    rustix::mount::mount(
+        "tracefs",
+        TRACEFS[0],
+        "tracefs",
+        rustix::mount::MountFlags::NOSUID
+            | rustix::mount::MountFlags::NODEV
+            | rustix::mount::MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(|e| ProbeError::NoTracefs { source: e.into() })?;
+    Ok(true)
+}
+
 fn reclaimed_offset() -> Result<u64, ProbeError> {
     let mut last = io::Error::from(io::ErrorKind::NotFound);
     for root in TRACEFS {
-        let path = Path::new(root).join("events/vmscan").join(RECLAIM_END).join("format");
+        let path = Path::new(root)
+            .join("events/vmscan")
+            .join(RECLAIM_END)
+            .join("format");
         match fs::read_to_string(&path) {
             Ok(text) => {
                 return field_offset(&text, "nr_reclaimed")
@@ -119,6 +149,12 @@ impl Probes {
     /// Loads every program; the tracepoints must attach, the fentry
     /// programs may be refused (then `throttle` says why).
     pub fn load(settings: Settings) -> Result<Self, ProbeError> {
+        if ensure_tracefs()? {
+            tracing::info!(
+                path = TRACEFS[0],
+                "mounted tracefs, which the tracepoints need"
+            );
+        }
         let offset = reclaimed_offset()?;
         let budget = nanos(settings.budget);
         let window = nanos(settings.window);
@@ -128,7 +164,11 @@ impl Probes {
             .override_global(globals::BUDGET_NS, &budget, true)
             .override_global(globals::WINDOW_NS, &window, true)
             .override_global(globals::VERDICT_INTERVAL_NS, &interval, true)
-            .override_global(globals::MIN_PROGRESS_PAGES, &settings.min_progress_pages, true)
+            .override_global(
+                globals::MIN_PROGRESS_PAGES,
+                &settings.min_progress_pages,
+                true,
+            )
             .override_global(globals::NR_RECLAIMED_OFFSET, &offset, true)
             .override_global(globals::NS_PER_JIFFY, &jiffy, true)
             .load(OBJECT)?;
@@ -220,7 +260,10 @@ impl Probes {
 
     /// Kernel-side counters, summed over CPUs, indexed by `guard_common::stat`.
     pub fn stats(&self) -> Result<[u64; stat::COUNT as usize], ProbeError> {
-        let map = self.ebpf.map(maps::STATS).ok_or(ProbeError::Missing(maps::STATS))?;
+        let map = self
+            .ebpf
+            .map(maps::STATS)
+            .ok_or(ProbeError::Missing(maps::STATS))?;
         let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|source| ProbeError::Map {
             name: maps::STATS,
             source,
@@ -264,13 +307,16 @@ fn attach_throttle(ebpf: &mut Ebpf) -> Result<&'static str, String> {
         .ok_or("missing program")?
         .try_into()
         .map_err(|e| err("fentry", e))?;
-    enter.load(handler, &btf).map_err(|e| err("loading fentry", e))?;
+    enter
+        .load(handler, &btf)
+        .map_err(|e| err("loading fentry", e))?;
     let exit: &mut FExit = ebpf
         .program_mut(programs::OVER_HIGH_EXIT)
         .ok_or("missing program")?
         .try_into()
         .map_err(|e| err("fexit", e))?;
-    exit.load(handler, &btf).map_err(|e| err("loading fexit", e))?;
+    exit.load(handler, &btf)
+        .map_err(|e| err("loading fexit", e))?;
     let sleep: &mut FEntry = ebpf
         .program_mut(programs::PENALTY_SLEEP)
         .ok_or("missing program")?

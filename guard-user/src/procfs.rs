@@ -223,6 +223,9 @@ mod tests {
     #[test]
     fn a_vanished_process_is_gone_not_an_io_error() {
         let root = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(process(root.path(), 4242), Err(ProcError::Gone(4242))));
+        assert!(matches!(
+            process(root.path(), 4242),
+            Err(ProcError::Gone(4242))
+        ));
     }
 }

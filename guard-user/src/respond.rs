@@ -97,7 +97,9 @@ impl Responder {
         for dir in self.watched.values() {
             let procs = self.candidates(dir);
             if let (Ok(mem), Ok(stat)) = (Hierarchy::memory(dir), Hierarchy::memory_stat(dir)) {
-                let _ = self.policy.choose(&procs, 0, mem.overage(), &stat, self.guard_pid);
+                let _ = self
+                    .policy
+                    .choose(&procs, 0, mem.overage(), &stat, self.guard_pid);
             }
         }
     }
@@ -125,7 +127,10 @@ impl Responder {
     pub fn handle(&mut self, v: &Verdict, probes: Option<&mut Probes>) -> Outcome {
         let received_ns = monotonic_ns();
         let Some(dir) = self.watched.get(&v.cgroup_id).cloned() else {
-            warn!(cgroup_id = v.cgroup_id, "verdict for a cgroup that is not watched (removed?)");
+            warn!(
+                cgroup_id = v.cgroup_id,
+                "verdict for a cgroup that is not watched (removed?)"
+            );
             return Outcome::UnknownCgroup;
         };
         let cgroup = self.hierarchy.display_path(&dir);

@@ -92,7 +92,10 @@ fn pressure_full(text: &str) -> (u64, f64) {
             .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
             .unwrap_or("0")
     };
-    (get("total").parse().unwrap_or(0), get("avg10").parse().unwrap_or(0.0))
+    (
+        get("total").parse().unwrap_or(0),
+        get("avg10").parse().unwrap_or(0.0),
+    )
 }
 
 fn spawn_in_cgroup(args: &[&str], stdout: Stdio) -> Result<Child, String> {
@@ -125,7 +128,10 @@ fn start_guard() -> Result<Child, String> {
         let n = sock
             .recv(&mut buf)
             .map_err(|e| format!("no READY=1 from the guard: {e}; log:\n{}", read(GUARD_LOG)))?;
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
             return Ok(child);
         }
     }
@@ -191,10 +197,13 @@ fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
     }
     trace::enable()?;
 
-    let mut guard = if with_guard { Some(start_guard()?) } else { None };
+    let mut guard = if with_guard {
+        Some(start_guard()?)
+    } else {
+        None
+    };
     let bystander_ms: u64 = if with_guard { 8000 } else { 13000 };
-    let mut bystander =
-        spawn_in_cgroup(&["bystander", &bystander_ms.to_string()], Stdio::piped())?;
+    let mut bystander = spawn_in_cgroup(&["bystander", &bystander_ms.to_string()], Stdio::piped())?;
     sleep(Duration::from_secs(1));
     let events0 = read(&format!("{CGROUP}/memory.events"));
     let (full0, _) = pressure_full(&read(&format!("{CGROUP}/memory.pressure")));
@@ -226,7 +235,10 @@ fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
         sleep(Duration::from_secs(10));
         let secs = observe.elapsed().as_secs_f64();
         let alive = matches!(hog.try_wait(), Ok(None));
-        r.check(alive, "control: the hog died without a guard; the livelock did not happen");
+        r.check(
+            alive,
+            "control: the hog died without a guard; the livelock did not happen",
+        );
         let events1 = read(&format!("{CGROUP}/memory.events"));
         let (full1, avg10) = pressure_full(&read(&format!("{CGROUP}/memory.pressure")));
         let high = keyed(&events1, "high") - keyed(&events0, "high");
@@ -236,13 +248,22 @@ fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
         r.set("oom_kills", oom_kills);
         r.set("pressure_full_share", full_share);
         r.set("pressure_full_avg10", avg10);
-        let current: u64 = read(&format!("{CGROUP}/memory.current")).trim().parse().unwrap_or(0);
+        let current: u64 = read(&format!("{CGROUP}/memory.current"))
+            .trim()
+            .parse()
+            .unwrap_or(0);
         r.set("memory_current", current);
-        r.check(oom_kills == 0, format!("control: {oom_kills} kernel OOM kills"));
+        r.check(
+            oom_kills == 0,
+            format!("control: {oom_kills} kernel OOM kills"),
+        );
         r.check(high > 0, "control: memory.events high did not rise");
         r.check(
             full_share >= 0.3,
-            format!("control: memory.pressure full was only {:.0}% of the time", full_share * 100.0),
+            format!(
+                "control: memory.pressure full was only {:.0}% of the time",
+                full_share * 100.0
+            ),
         );
         let _ = hog.kill();
         let _ = hog.wait();
@@ -254,10 +275,16 @@ fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
         let _ = s.read_to_string(&mut out);
     }
     let by_status = bystander.wait().map_err(|e| e.to_string())?;
-    r.check(by_status.success(), format!("bystander ended with {by_status}"));
+    r.check(
+        by_status.success(),
+        format!("bystander ended with {by_status}"),
+    );
     let (samples, worst_us) = bystander_samples(&out);
     r.set("bystander_worst_ms", worst_us as f64 / 1000.0);
-    r.set("bystander_worst_during_ms", worst_between(&samples, hog_start, hog_end));
+    r.set(
+        "bystander_worst_during_ms",
+        worst_between(&samples, hog_start, hog_end),
+    );
 
     let log = if let Some(mut g) = guard.take() {
         // SAFETY: plain kill(2) on our own child.
@@ -269,7 +296,10 @@ fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
         String::new()
     };
     let trace = trace::read();
-    r.set("no_progress_passes", trace::count_no_progress(&trace) as u64);
+    r.set(
+        "no_progress_passes",
+        trace::count_no_progress(&trace) as u64,
+    );
 
     if with_guard {
         let after = worst_between(&samples, hog_end + SETTLE_MS * 1_000_000, u64::MAX);
@@ -292,18 +322,26 @@ fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let msg = |v: &Value| v["message"].as_str().unwrap_or_default().to_owned();
-    let hooked = lines.iter().any(|v| msg(v).starts_with("throttle hooks attached"));
+    let hooked = lines
+        .iter()
+        .any(|v| msg(v).starts_with("throttle hooks attached"));
     r.set("throttle_hooks", hooked);
     let kills: Vec<&Value> = lines.iter().filter(|v| msg(v) == "killed").collect();
     r.check(
         kills.len() == 1,
-        format!("expected exactly one kill, the guard logged {}", kills.len()),
+        format!(
+            "expected exactly one kill, the guard logged {}",
+            kills.len()
+        ),
     );
     match kills.first() {
         Some(k) => {
             r.check(
                 k["pid"].as_u64() == Some(u64::from(hog_pid)),
-                format!("the guard killed pid {} ({}), not the hog {hog_pid}", k["pid"], k["comm"]),
+                format!(
+                    "the guard killed pid {} ({}), not the hog {hog_pid}",
+                    k["pid"], k["comm"]
+                ),
             );
             r.set("verdict_to_kill_us", k["latency_us"].clone());
             r.set("wakeup_us", k["wakeup_us"].clone());
@@ -328,7 +366,9 @@ fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
         }
         (t0, t1) => r.check(
             false,
-            format!("trace lacks the hog's first no-progress pass ({t0:?}) or its SIGKILL ({t1:?})"),
+            format!(
+                "trace lacks the hog's first no-progress pass ({t0:?}) or its SIGKILL ({t1:?})"
+            ),
         ),
     }
 }
@@ -343,7 +383,10 @@ mod tests {
                  full avg10=81.50 avg60=40.00 avg300=9.00 total=8000000\n";
         assert_eq!(pressure_full(p), (8000000, 81.5));
         let e = "low 0\nhigh 5123\nmax 0\noom 0\noom_kill 2\n";
-        assert_eq!((keyed(e, "high"), keyed(e, "oom_kill"), keyed(e, "max")), (5123, 2, 0));
+        assert_eq!(
+            (keyed(e, "high"), keyed(e, "oom_kill"), keyed(e, "max")),
+            (5123, 2, 0)
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ enum Cmd {
         /// Only the kernels whose label (6.1, 6.12, 7.2 ...) is this.
         #[arg(long)]
         kernel: Option<String>,
-        /// Skip `cargo test` (unit and host tests).
+        /// Skip fmt, clippy and `cargo test` (unit and host tests).
         #[arg(long)]
         vm_only: bool,
     },
@@ -85,16 +85,26 @@ pub fn build_static() -> Result<PathBuf> {
     Ok(root.join("target").join(triple).join("release"))
 }
 
-fn cargo_test() -> Result<()> {
+fn cargo(args: &[&str]) -> Result<()> {
     let status = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(workspace_root())
-        .arg("test")
+        .args(args)
         .status()
-        .context("running cargo test")?;
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
-        bail!("cargo test failed: {status}");
+        bail!("cargo {} failed: {status}", args.join(" "));
     }
     Ok(())
+}
+
+/// Formatting, lints, then unit and host tests.
+fn host_checks() -> Result<()> {
+    eprintln!("xtask: cargo fmt --check");
+    cargo(&["fmt", "--all", "--check"])?;
+    eprintln!("xtask: cargo clippy");
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    eprintln!("xtask: cargo test (unit tests, host load/attach test)");
+    cargo(&["test"])
 }
 
 fn main() -> ExitCode {
@@ -126,7 +136,9 @@ fn real_main() -> Result<ExitCode> {
                 .args(&args)
                 .status()
                 .with_context(|| format!("running {}", guard.display()))?;
-            Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+            Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ))
         }
         Cmd::Test {
             scenario,
@@ -136,7 +148,7 @@ fn real_main() -> Result<ExitCode> {
             setup::build_deps()?;
             setup::vm_deps()?;
             if !vm_only {
-                cargo_test()?;
+                host_checks()?;
             }
             let bin = build_static()?;
             let ok = scenarios::run_matrix(&bin, scenario.as_deref(), kernel.as_deref())?;

@@ -60,7 +60,10 @@ fn summary(scenario: &str, r: &Value) -> String {
         ),
         "control" => format!(
             "hog alive after 10 s; pressure full {}% (avg10 {}); high events {}; oom_kill {}; bystander worst {} ms",
-            fmt_num(&(r["pressure_full_share"].as_f64().map(|x| x * 100.0).into()), 0),
+            fmt_num(
+                &(r["pressure_full_share"].as_f64().map(|x| x * 100.0).into()),
+                0
+            ),
             fmt_num(&r["pressure_full_avg10"], 0),
             r["high_events"],
             r["oom_kills"],
@@ -71,7 +74,11 @@ fn summary(scenario: &str, r: &Value) -> String {
 }
 
 /// Runs the matrix; prints the table; true when every cell passed.
-pub fn run_matrix(bin: &Path, only_scenario: Option<&str>, only_kernel: Option<&str>) -> Result<bool> {
+pub fn run_matrix(
+    bin: &Path,
+    only_scenario: Option<&str>,
+    only_kernel: Option<&str>,
+) -> Result<bool> {
     let kernels = vm::ensure_kernels()?;
     let work = crate::workspace_root().join("target").join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -83,8 +90,14 @@ pub fn run_matrix(bin: &Path, only_scenario: Option<&str>, only_kernel: Option<&
     vm::build_initramfs(&initrd, &files, INIT)?;
 
     let mut rows = Vec::new();
-    for k in kernels.iter().filter(|k| only_kernel.is_none_or(|o| o == k.label)) {
-        for s in SCENARIOS.iter().filter(|s| only_scenario.is_none_or(|o| s.contains(o))) {
+    for k in kernels
+        .iter()
+        .filter(|k| only_kernel.is_none_or(|o| o == k.label))
+    {
+        for s in SCENARIOS
+            .iter()
+            .filter(|s| only_scenario.is_none_or(|o| s.contains(o)))
+        {
             eprintln!("xtask: [{} {}] booting {} ...", k.label, s, k.release);
             let log = work.join(format!("{}-{}.log", k.label, s));
             let started = Instant::now();

@@ -12,16 +12,25 @@ use anyhow::{Context, Result, bail};
 
 /// Packages for building the eBPF half, with the reason each is needed.
 pub const BUILD_PACKAGES: [(&str, &str); 4] = [
-    ("rustc-web", "a rustc whose sysroot has a precompiled core for bpfel-unknown-none"),
+    (
+        "rustc-web",
+        "a rustc whose sysroot has a precompiled core for bpfel-unknown-none",
+    ),
     ("cargo-web", "the cargo that goes with rustc-web"),
-    ("libstd-rust-web-dev-bpf", "the precompiled core for bpfel-unknown-none"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "the precompiled core for bpfel-unknown-none",
+    ),
     ("llvm-22-dev", "the LLVM that bpf-linker links against"),
 ];
 
 /// Packages for the VM tests.
 pub const VM_PACKAGES: [(&str, &str); 2] = [
     ("qemu-system-x86", "boots the test kernels"),
-    ("busybox-static", "the shell and tools inside the test initramfs"),
+    (
+        "busybox-static",
+        "the shell and tools inside the test initramfs",
+    ),
 ];
 
 /// The rustup name under which Debian's toolchain in /usr is linked;
@@ -118,10 +127,7 @@ fn ensure_bpf_linker() -> Result<()> {
     eprintln!(
         "xtask: building bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (about a minute)"
     );
-    let path = format!(
-        "{LLVM_PREFIX}/bin:{}",
-        env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{LLVM_PREFIX}/bin:{}", env::var("PATH").unwrap_or_default());
     run(Command::new("cargo")
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args(["--no-default-features", "--features", "llvm-22"])

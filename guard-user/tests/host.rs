@@ -1,0 +1,189 @@
+//! Tests on the build host's own kernel. Nothing here kills anything but the
+//! kernel's OOM killer acting on a process this test started in a memory
+//! cgroup this test created; the guard itself runs dry.
+
+use std::{
+    fs,
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use guard::probes::{Probes, Settings};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Where the unified (v2) hierarchy is mounted, from mountinfo.
+fn unified_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// This process's cgroup in the hierarchy named by `pattern` ("0::" for v2,
+/// ":memory:" for the v1 memory controller).
+fn own_cgroup(pattern: &str) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| Some(l[l.find(pattern)? + pattern.len()..].to_owned()))
+}
+
+/// A cgroup directory removed (after its processes are gone) on drop.
+struct TempCgroup(PathBuf);
+
+impl Drop for TempCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Runs `args` inside both cgroups and waits for it; returns its pid and
+/// whether it was killed by SIGKILL.
+fn run_in(cgroups: &[&Path], args: &[&str]) -> (u32, bool) {
+    let procs: Vec<PathBuf> = cgroups.iter().map(|c| c.join("cgroup.procs")).collect();
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec the closure only writes to files.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &procs {
+                fs::write(p, "0")?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn workload");
+    let pid = child.id();
+    let status = child.wait().expect("wait workload");
+    use std::os::unix::process::ExitStatusExt;
+    (pid, status.signal() == Some(libc::SIGKILL))
+}
+
+#[test]
+fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
+    if !is_root() {
+        eprintln!("SKIPPED: loading eBPF programs needs root");
+        return;
+    }
+    let (Some(unified), Some(v2_path), Some(v1_path)) =
+        (unified_mount(), own_cgroup("0::"), own_cgroup(":memory:"))
+    else {
+        eprintln!(
+            "SKIPPED: this host has no v1 memory controller beside cgroup2; the VM scenarios cover \
+             unified hosts"
+        );
+        return;
+    };
+    let name = format!("guard-host-test-{}", std::process::id());
+    let v2 = TempCgroup(unified.join(v2_path.trim_start_matches('/')).join(&name));
+    let v1 = TempCgroup(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(v1_path.trim_start_matches('/'))
+            .join(&name),
+    );
+    fs::create_dir(&v2.0).expect("create v2 cgroup");
+    fs::create_dir(&v1.0).expect("create v1 memory cgroup");
+    fs::write(v1.0.join("memory.limit_in_bytes"), "16M").expect("set the v1 limit");
+    let watched = fs::metadata(&v2.0).expect("stat").ino();
+
+    // A 1 µs budget: the first fruitless pass must produce a verdict.
+    let mut probes = Probes::load(Settings {
+        budget: Duration::from_micros(1),
+        window: Duration::from_secs(1),
+        verdict_interval: Duration::from_secs(1),
+        min_progress_pages: 1,
+    })
+    .expect("the programs load and the tracepoints attach");
+    eprintln!("throttle hooks on this kernel: {:?}", probes.throttle);
+    probes.watch(watched).expect("watch");
+    let mut verdicts = probes.take_verdicts().expect("ring buffer");
+
+    // Page cache over the limit: reclaim that makes progress.
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.data"));
+    let of = format!("of={}", file.display());
+    let (_, killed) = run_in(
+        &[&v2.0, &v1.0],
+        &["dd", "if=/dev/zero", &of, "bs=1M", "count=64", "conv=fsync"],
+    );
+    let _ = fs::remove_file(&file);
+    assert!(!killed, "the page-cache writer must not be OOM-killed");
+    let after_cache = probes
+        .cgroup_stall(watched)
+        .expect("map read")
+        .expect("the kernel side saw reclaim in the watched cgroup");
+    assert!(after_cache.passes > 0);
+    assert!(after_cache.reclaimed_pages > 0, "{after_cache:?}");
+    assert!(
+        verdicts.next().is_none(),
+        "reclaim with progress must not give a verdict"
+    );
+
+    // A 64 MiB anonymous buffer in a 16 MiB cgroup without swap: reclaim
+    // frees nothing (the kernel's v1 OOM killer ends it).
+    let (hog_pid, hog_killed) = run_in(
+        &[&v2.0, &v1.0],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    assert!(
+        hog_killed,
+        "the v1 OOM killer should have ended the anonymous hog"
+    );
+    let after_hog = probes
+        .cgroup_stall(watched)
+        .expect("map read")
+        .expect("state kept");
+    assert!(after_hog.no_progress_passes > 0, "{after_hog:?}");
+
+    let item = verdicts
+        .next()
+        .expect("a verdict for the fruitless reclaim");
+    let v = guard_common::Verdict::from_bytes(&item).expect("a whole verdict");
+    assert_eq!(v.cgroup_id, watched);
+    assert_eq!(v.worst_tgid, hog_pid);
+    assert_eq!(v.comm(), b"dd");
+    assert!(v.stall_ns >= v.budget_ns && v.budget_ns == 1000, "{v:?}");
+}
+
+#[test]
+fn run_refuses_a_host_without_cgroup_v2_memory_and_says_how_to_fix_it() {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let unified_root = mountinfo.lines().any(|l| {
+        l.split_once(" - ").is_some_and(|(left, right)| {
+            right.starts_with("cgroup2 ")
+                && left.split_whitespace().nth(4) == Some("/sys/fs/cgroup")
+        })
+    });
+    if unified_root {
+        eprintln!("SKIPPED: this host has cgroup v2 at /sys/fs/cgroup; the refusal is unit-tested");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(["run", "--dry-run"])
+        .output()
+        .expect("run guard");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "guard must exit non-zero: {stderr}");
+    assert!(stderr.contains("cgroup v1"), "{stderr}");
+    assert!(
+        stderr.contains("systemd.unified_cgroup_hierarchy=1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Stack backtrace"), "{stderr}");
+}
