@@ -219,3 +219,129 @@ impl Responder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        fs,
+        process::{Child, Command, Stdio},
+    };
+
+    /// A stand-in cgroup: the memory files the responder reads, and a real
+    /// child process of this test as its only member.
+    struct Fixture {
+        root: tempfile::TempDir,
+        child: Child,
+        id: u64,
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// `current` and `high` in bytes. `sleep` holds a few pages of anonymous
+    /// memory, so a confirmed stall is set one byte over high: then it holds
+    /// the whole overage.
+    fn fixture(current: u64, high: u64) -> Fixture {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cg = root.path().join("seed");
+        fs::create_dir(&cg).expect("mkdir");
+        let child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        fs::write(cg.join("cgroup.procs"), format!("{}\n", child.id())).expect("procs");
+        fs::write(cg.join("memory.current"), current.to_string()).expect("w");
+        fs::write(cg.join("memory.high"), high.to_string()).expect("w");
+        fs::write(cg.join("memory.max"), "max\n").expect("w");
+        fs::write(cg.join("memory.stat"), "anon 1000\nfile 0\nshmem 0\n").expect("w");
+        let id = Hierarchy::id_of(&cg).expect("id");
+        Fixture { root, child, id }
+    }
+
+    fn responder(f: &Fixture, dry_run: bool) -> Responder {
+        let policy = Policy {
+            dry_run,
+            ..Policy::default()
+        };
+        let watched = HashMap::from([(f.id, f.root.path().join("seed"))]);
+        Responder::new(policy, Hierarchy::new(f.root.path()), "/proc", watched)
+    }
+
+    fn verdict(f: &Fixture) -> Verdict {
+        Verdict {
+            cgroup_id: f.id,
+            ktime_ns: monotonic_ns(),
+            stall_ns: 300_000_000,
+            worst_tgid: f.child.id(),
+            worst_pid: f.child.id(),
+            ..Verdict::default()
+        }
+    }
+
+    fn alive(child: &mut Child) -> bool {
+        matches!(child.try_wait(), Ok(None))
+    }
+
+    #[test]
+    fn a_confirmed_stall_kills_the_member_process() {
+        let mut f = fixture(64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, false);
+        let outcome = r.handle(&verdict(&f), None);
+        assert!(
+            matches!(outcome, Outcome::Killed { pid, .. } if pid == f.child.id()),
+            "{outcome:?}"
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(f.child.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        // The victim has exited now: the next verdict may act again, and
+        // with nothing left to kill it kills nothing.
+        fs::write(f.root.path().join("seed/cgroup.procs"), "").expect("w");
+        assert_eq!(r.handle(&verdict(&f), None), Outcome::Unresolved);
+    }
+
+    #[test]
+    fn dry_run_decides_but_kills_nothing() {
+        let mut f = fixture(64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, true);
+        assert_eq!(
+            r.handle(&verdict(&f), None),
+            Outcome::DryRun { pid: f.child.id() }
+        );
+        assert!(alive(&mut f.child));
+        let _ = f.child.kill();
+    }
+
+    #[test]
+    fn a_cgroup_back_under_memory_high_is_not_acted_on() {
+        let mut f = fixture(60 * MIB, 64 * MIB);
+        let mut r = responder(&f, false);
+        assert_eq!(r.handle(&verdict(&f), None), Outcome::NotConfirmed);
+        assert!(alive(&mut f.child));
+        let _ = f.child.kill();
+    }
+
+    #[test]
+    fn verdicts_for_unknown_or_vanished_cgroups_are_dropped() {
+        let mut f = fixture(64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, false);
+        let mut v = verdict(&f);
+        v.cgroup_id += 1;
+        assert_eq!(r.handle(&v, None), Outcome::UnknownCgroup);
+        fs::remove_dir_all(f.root.path().join("seed")).expect("rm");
+        assert_eq!(r.handle(&verdict(&f), None), Outcome::CgroupGone);
+        assert!(alive(&mut f.child));
+        let _ = f.child.kill();
+    }
+
+    #[test]
+    fn a_member_that_exits_first_is_not_mistaken_for_a_victim() {
+        let mut f = fixture(64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, false);
+        f.child.kill().expect("kill");
+        f.child.wait().expect("reap");
+        // Its pid is still listed (a stale read): it must be skipped, and
+        // nothing else killed.
+        assert_eq!(r.handle(&verdict(&f), None), Outcome::Unresolved);
+    }
+}

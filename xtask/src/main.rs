@@ -44,6 +44,8 @@ enum Cmd {
         #[arg(long)]
         vm_only: bool,
     },
+    /// Benchmarks: the user-space kill path, natively.
+    Bench,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -139,6 +141,19 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::from(
                 status.code().unwrap_or(1).clamp(0, 255) as u8
             ))
+        }
+        Cmd::Bench => {
+            setup::build_deps()?;
+            cargo(&[
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "guard-user",
+                "--example",
+                "kill_path",
+            ])?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Test {
             scenario,
