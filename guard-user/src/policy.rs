@@ -134,9 +134,8 @@ impl Policy {
         match best {
             Some(p) if relieves(p) && killable_total >= overage => Choice::Kill(p.clone()),
             _ => {
-                let protected_could = biggest_protected.as_ref().is_some_and(|(p, _)| relieves(p));
-                Choice::Unresolved(if protected_could {
-                    let (p, why) = biggest_protected.expect("checked above");
+                let protected_could = biggest_protected.filter(|(p, _)| relieves(p));
+                Choice::Unresolved(if let Some((p, why)) = protected_could {
                     Unresolved::Protected {
                         pid: p.pid,
                         comm: p.comm.clone(),
@@ -353,6 +352,29 @@ mod tests {
                 assert!(u.to_string().contains("held by no process"), "{u}");
             }
             other => panic!("expected held-by-no-process, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn among_many_workers_one_at_a_time_is_taken() {
+        // Ten workers of 8 MiB, 10 MiB over high: no single one holds the
+        // overage, but each is a real share and together they hold it all.
+        let ps: Vec<ProcessInfo> = (0..10)
+            .map(|i| proc(100 + i, "worker", 8 + u64::from(i == 3)))
+            .collect();
+        assert_eq!(victim(choose(&ps, 0, 10)), 103);
+    }
+
+    #[test]
+    fn small_innocents_are_not_taken_when_a_protected_process_holds_the_memory() {
+        // Killing all twenty 1 MiB helpers could free the overage, but none
+        // is a real share of it: killing them one by one would be a string
+        // of innocent kills.
+        let mut ps: Vec<ProcessInfo> = (0..20).map(|i| proc(100 + i, "helper", 1)).collect();
+        ps.push(proc(10, "tmux", 60));
+        match choose(&ps, 0, 10) {
+            Choice::Unresolved(Unresolved::Protected { pid: 10, .. }) => {}
+            other => panic!("expected unresolved (protected), got {other:?}"),
         }
     }
 

@@ -33,6 +33,18 @@ poweroff -f
 "#;
 
 const RESULT: &str = "GUARD-RESULT ";
+/// Boots after a guest kernel fault before a cell counts as failed.
+const MAX_RETRIES: usize = 2;
+
+fn parse_result(console: &str, log: &Path) -> Value {
+    console
+        .lines()
+        .find_map(|l| l.find(RESULT).map(|i| l[i + RESULT.len()..].trim().to_owned()))
+        .and_then(|j| serde_json::from_str::<Value>(&j).ok())
+        .unwrap_or_else(|| {
+            serde_json::json!({"pass": false, "failures": [format!("no result line; console in {}", log.display())]})
+        })
+}
 
 struct Row {
     kernel: String,
@@ -49,7 +61,7 @@ fn fmt_num(v: &Value, digits: usize) -> String {
 }
 
 fn summary(scenario: &str, r: &Value) -> String {
-    match scenario {
+    let text = match scenario {
         "seed" => format!(
             "first no-progress->SIGKILL {} ms; verdict->kill {} us; bystander worst {} ms during, {} ms after; hooks {}",
             fmt_num(&r["detect_to_kill_ms"], 1),
@@ -70,6 +82,13 @@ fn summary(scenario: &str, r: &Value) -> String {
             fmt_num(&r["bystander_worst_during_ms"], 0),
         ),
         _ => String::new(),
+    };
+    match r["retried_after"].as_array() {
+        Some(faults) => format!(
+            "{text}; booted again after {} guest kernel fault(s)",
+            faults.len()
+        ),
+        None => text,
     }
 }
 
@@ -101,25 +120,49 @@ pub fn run_matrix(
             eprintln!("xtask: [{} {}] booting {} ...", k.label, s, k.release);
             let log = work.join(format!("{}-{}.log", k.label, s));
             let started = Instant::now();
-            let console = vm::run_qemu(
-                &k.vmlinuz,
-                &initrd,
-                1024,
-                &format!("guard.scenario={s}"),
-                Duration::from_secs(240),
-                &log,
-            );
-            let secs = started.elapsed().as_secs_f64();
-            let result = match console {
-                Ok(text) => text
-                    .lines()
-                    .find_map(|l| l.find(RESULT).map(|i| l[i + RESULT.len()..].trim().to_owned()))
-                    .and_then(|j| serde_json::from_str::<Value>(&j).ok())
-                    .unwrap_or_else(|| {
-                        serde_json::json!({"pass": false, "failures": [format!("no result line; console in {}", log.display())]})
-                    }),
-                Err(e) => serde_json::json!({"pass": false, "failures": [format!("{e:#}")]}),
+            let mut retried = Vec::new();
+            let result = loop {
+                let console = vm::run_qemu(
+                    &k.vmlinuz,
+                    &initrd,
+                    1024,
+                    &format!("guard.scenario={s}"),
+                    Duration::from_secs(240),
+                    &log,
+                );
+                match console {
+                    Ok(text) => break parse_result(&text, &log),
+                    // The guest kernel broke down (an emulator fault): the
+                    // scenario never ran to an end. Boot again, and say so.
+                    Err(e)
+                        if format!("{e:#}").contains(vm::GUEST_FAULT)
+                            && retried.len() < MAX_RETRIES =>
+                    {
+                        let kept = log.with_extension(format!("fault{}.log", retried.len() + 1));
+                        let _ = fs::copy(&log, &kept);
+                        let first = format!("{e:#}")
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        eprintln!(
+                            "xtask: [{} {}] {first}; booting again (log kept in {})",
+                            k.label,
+                            s,
+                            kept.display()
+                        );
+                        retried.push(first);
+                    }
+                    Err(e) => {
+                        break serde_json::json!({"pass": false, "failures": [format!("{e:#}")]});
+                    }
+                }
             };
+            let mut result = result;
+            if !retried.is_empty() {
+                result["retried_after"] = serde_json::json!(retried);
+            }
+            let secs = started.elapsed().as_secs_f64();
             let pass = result["pass"].as_bool().unwrap_or(false);
             eprintln!(
                 "xtask: [{} {}] {} in {secs:.0} s: {}",

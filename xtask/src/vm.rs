@@ -143,6 +143,20 @@ pub fn build_initramfs(out: &Path, files: &[(PathBuf, String)], init_script: &st
     Ok(())
 }
 
+/// Start of the error `run_qemu` returns when the guest kernel itself broke
+/// down, so callers can tell an emulator fault from a failed scenario.
+pub const GUEST_FAULT: &str = "guest kernel fault";
+
+/// Console lines that mean the guest kernel is gone or wedged. Under TCG
+/// these come from emulation faults (a corrupted cmpxchg16b, lost IPIs), not
+/// from the code under test, which cannot run once they appear.
+const GUEST_FAULTS: [&str; 4] = [
+    "BUG: soft lockup",
+    "Kernel panic",
+    "traps: PANIC: double fault",
+    "BUG: unable to handle",
+];
+
 /// Boots `vmlinuz` with `initrd` under QEMU TCG and returns the serial
 /// console output, which is also written to `log`.
 ///
@@ -182,6 +196,7 @@ pub fn run_qemu(
         .with_context(|| format!("starting {QEMU} (install qemu-system-x86)"))?;
 
     let started = Instant::now();
+    let mut checked = Instant::now();
     let status = loop {
         if let Some(status) = child
             .try_wait()
@@ -200,6 +215,20 @@ pub fn run_qemu(
                 log.display(),
                 tail_lines(&console, 20)
             );
+        }
+        if checked.elapsed() >= Duration::from_secs(1) {
+            checked = Instant::now();
+            let console = read_lossy(log).unwrap_or_default();
+            if let Some(fault) = GUEST_FAULTS.iter().find(|f| console.contains(*f)) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{GUEST_FAULT} ({fault:?}) after {:.0?} (console log: {}); last console lines:\n{}",
+                    started.elapsed(),
+                    log.display(),
+                    tail_lines(&console, 20)
+                );
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     };
