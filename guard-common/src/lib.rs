@@ -28,6 +28,8 @@ pub mod globals {
     pub const NR_RECLAIMED_OFFSET: &str = "NR_RECLAIMED_OFFSET";
     /// Nanoseconds per jiffy (1e9 / CONFIG_HZ) of the running kernel.
     pub const NS_PER_JIFFY: &str = "NS_PER_JIFFY";
+    /// Non-zero: charge tasks under no watched cgroup to their own cgroup.
+    pub const WATCH_ALL: &str = "WATCH_ALL";
 }
 
 /// Names of the programs in the eBPF object, so both halves agree.

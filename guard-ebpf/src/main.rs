@@ -11,8 +11,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
     macros::{fentry, fexit, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -34,6 +34,10 @@ static MIN_PROGRESS_PAGES: u64 = 1;
 static NR_RECLAIMED_OFFSET: u64 = 8;
 #[unsafe(no_mangle)]
 static NS_PER_JIFFY: u64 = 4_000_000;
+/// Non-zero: a task under no watched cgroup is charged to its own cgroup,
+/// so every cgroup is watched without user space listing them.
+#[unsafe(no_mangle)]
+static WATCH_ALL: u64 = 1;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -45,7 +49,7 @@ fn global(v: &'static u64) -> u64 {
 #[map]
 static WATCHED: HashMap<u64, Watch> = HashMap::with_max_entries(4096, 0);
 #[map]
-static CGROUPS: HashMap<u64, CgroupStall> = HashMap::with_max_entries(4096, 0);
+static CGROUPS: LruHashMap<u64, CgroupStall> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static TASKS: LruHashMap<u32, TaskStall> = LruHashMap::with_max_entries(16384, 0);
 #[map]
@@ -83,6 +87,10 @@ fn nearest_watched() -> Option<u64> {
             return Some(id);
         }
         level -= 1;
+    }
+    if global(&WATCH_ALL) != 0 {
+        // SAFETY: plain helper call.
+        return Some(unsafe { bpf_get_current_cgroup_id() });
     }
     None
 }

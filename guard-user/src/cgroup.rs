@@ -119,6 +119,11 @@ pub fn check_v2(mountinfo: &str, root: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// The cgroup v2 path in a /proc/PID/cgroup file (its "0::" line).
+pub fn v2_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
 /// A limit file's value: a byte count, or "max".
 pub fn parse_limit(text: &str) -> Option<u64> {
     match text.trim() {
@@ -253,6 +258,33 @@ impl Hierarchy {
             }
         }
         Ok(found)
+    }
+
+    /// The deepest cgroup from `dir` up to (not including) the root whose
+    /// memory.current is above a finite memory.high, with its memory files.
+    /// Errors only if `dir` itself cannot be read (it is gone).
+    pub fn over_high(&self, dir: &Path) -> Result<Option<(PathBuf, Memory)>, CgroupError> {
+        if !dir.is_dir() {
+            return Err(CgroupError::Io {
+                path: dir.to_owned(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            });
+        }
+        let mut at = dir.to_owned();
+        while at.starts_with(&self.root) && at != self.root {
+            // A cgroup without the memory controller has no memory files:
+            // its parent's limits are the ones that apply.
+            if let Ok(m) = Self::memory(&at)
+                && m.high != u64::MAX
+                && m.current > m.high
+            {
+                return Ok(Some((at, m)));
+            }
+            if !at.pop() {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// Thread-group ids of every process in `dir` and its descendants.
@@ -411,6 +443,49 @@ mod tests {
         let mut pids = Hierarchy::processes(&root.path().join("a")).expect("procs");
         pids.sort();
         assert_eq!(pids, [10, 30, 31]);
+    }
+
+    #[test]
+    fn the_v2_line_of_proc_cgroup_is_found_among_v1_lines() {
+        let text = "4:memory:/process_api/x\n0::/user.slice/user-1000.slice/session-3.scope\n";
+        assert_eq!(
+            v2_path(text),
+            Some("/user.slice/user-1000.slice/session-3.scope")
+        );
+        assert_eq!(v2_path("4:memory:/a\n"), None);
+    }
+
+    fn memory_files(dir: &Path, current: u64, high: &str) {
+        fs::create_dir_all(dir).expect("mkdir");
+        fs::write(dir.join("memory.current"), current.to_string()).expect("w");
+        fs::write(dir.join("memory.high"), high).expect("w");
+        fs::write(dir.join("memory.max"), "max").expect("w");
+    }
+
+    #[test]
+    fn over_high_finds_the_limited_ancestor() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let h = Hierarchy::new(root.path());
+        let slice = root.path().join("seed.slice");
+        let leaf = slice.join("agent.scope");
+        memory_files(&slice, 70 << 20, &(64u64 << 20).to_string());
+        memory_files(&leaf, 69 << 20, "max");
+        let (dir, mem) = h.over_high(&leaf).expect("readable").expect("found");
+        assert_eq!(dir, slice);
+        assert_eq!(mem.overage(), 6 << 20);
+        // Back under high: nothing to confirm.
+        fs::write(slice.join("memory.current"), (60u64 << 20).to_string()).expect("w");
+        assert_eq!(h.over_high(&leaf).expect("readable"), None);
+        // A vanished cgroup is an error, not "not over high".
+        assert!(h.over_high(&slice.join("gone.scope")).is_err());
+        // A leaf without the memory controller defers to its parent.
+        fs::write(slice.join("memory.current"), (70u64 << 20).to_string()).expect("w");
+        let bare = slice.join("bare.scope");
+        fs::create_dir(&bare).expect("mkdir");
+        assert_eq!(
+            h.over_high(&bare).expect("readable").map(|(d, _)| d),
+            Some(slice)
+        );
     }
 
     #[test]

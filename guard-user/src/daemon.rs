@@ -30,6 +30,7 @@ pub async fn run(policy: Policy) -> anyhow::Result<()> {
         window: policy.window,
         verdict_interval: policy.verdict_interval,
         min_progress_pages: policy.min_progress_pages,
+        watch_all: true,
     })?;
     match &probes.throttle {
         Throttle::Hooked { handler } => {
@@ -51,9 +52,13 @@ pub async fn run(policy: Policy) -> anyhow::Result<()> {
         probes.watch(*id)?;
         info!(cgroup = %hierarchy.display_path(dir), cgroup_id = id, "watching");
     }
-    if watched.is_empty() {
-        warn!("no cgroup has a finite memory.high: nothing to watch");
-    }
+    // Cgroups created later, or limited later, are watched too: a stall
+    // under no listed cgroup is charged to the task's own cgroup, and the
+    // verdict is confirmed against whichever ancestor is over memory.high.
+    info!(
+        with_memory_high = watched.len(),
+        "watching every cgroup; those with a finite memory.high now aggregate their subtree"
+    );
     let ring = probes.take_verdicts()?;
     // SAFETY: the ring buffer's fd belongs to `ring`, which the AsyncFd owns
     // for its whole life, so the registered fd stays open and unchanged.

@@ -58,6 +58,8 @@ pub struct Settings {
     pub window: Duration,
     pub verdict_interval: Duration,
     pub min_progress_pages: u64,
+    /// Charge tasks under no watched cgroup to their own cgroup.
+    pub watch_all: bool,
 }
 
 /// What was attached, for the start-up log line.
@@ -160,6 +162,7 @@ impl Probes {
         let window = nanos(settings.window);
         let interval = nanos(settings.verdict_interval);
         let jiffy = ns_per_jiffy();
+        let watch_all = u64::from(settings.watch_all);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::BUDGET_NS, &budget, true)
             .override_global(globals::WINDOW_NS, &window, true)
@@ -171,6 +174,7 @@ impl Probes {
             )
             .override_global(globals::NR_RECLAIMED_OFFSET, &offset, true)
             .override_global(globals::NS_PER_JIFFY, &jiffy, true)
+            .override_global(globals::WATCH_ALL, &watch_all, true)
             .load(OBJECT)?;
 
         for (prog, event) in [

@@ -11,7 +11,7 @@ use guard_common::Verdict;
 use tracing::{debug, info, warn};
 
 use crate::{
-    cgroup::Hierarchy,
+    cgroup::{self, Hierarchy},
     kill::{KillError, Victim},
     policy::{Choice, Policy},
     probes::Probes,
@@ -48,8 +48,8 @@ pub struct Responder {
     watched: HashMap<u64, PathBuf>,
     /// The last victim per cgroup, until it has exited: while it is dying
     /// its memory is still charged, and a second kill would be premature.
-    dying: HashMap<u64, Victim>,
-    quiet: HashMap<u64, (String, Instant)>,
+    dying: HashMap<PathBuf, Victim>,
+    quiet: HashMap<PathBuf, (String, Instant)>,
     guard_pid: u32,
 }
 
@@ -76,12 +76,12 @@ impl Responder {
     }
 
     /// True when the same message for this cgroup was logged recently.
-    fn repeated(&mut self, cgroup_id: u64, key: String) -> bool {
+    fn repeated(&mut self, dir: &Path, key: String) -> bool {
         let now = Instant::now();
-        match self.quiet.get(&cgroup_id) {
+        match self.quiet.get(dir) {
             Some((k, at)) if *k == key && now.duration_since(*at) < REPEAT_QUIET => true,
             _ => {
-                self.quiet.insert(cgroup_id, (key, now));
+                self.quiet.insert(dir.to_owned(), (key, now));
                 false
             }
         }
@@ -124,35 +124,56 @@ impl Responder {
             .collect()
     }
 
+    /// The directory of the cgroup a verdict charges: a cgroup user space
+    /// listed, or (every cgroup being watched) the stalled task's own.
+    fn charged_cgroup(&self, v: &Verdict) -> Option<PathBuf> {
+        if let Some(dir) = self.watched.get(&v.cgroup_id) {
+            return Some(dir.clone());
+        }
+        [v.worst_pid, v.worst_tgid].into_iter().find_map(|pid| {
+            let text = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup"))
+                .ok()?;
+            let rel = cgroup::v2_path(&text)?;
+            let dir = self.hierarchy.root().join(rel.trim_start_matches('/'));
+            // The task may have moved since: only its cgroup at verdict time counts.
+            (Hierarchy::id_of(&dir).ok()? == v.cgroup_id).then_some(dir)
+        })
+    }
+
     pub fn handle(&mut self, v: &Verdict, probes: Option<&mut Probes>) -> Outcome {
         let received_ns = monotonic_ns();
-        let Some(dir) = self.watched.get(&v.cgroup_id).cloned() else {
+        let Some(charged) = self.charged_cgroup(v) else {
             warn!(
                 cgroup_id = v.cgroup_id,
-                "verdict for a cgroup that is not watched (removed?)"
+                pid = v.worst_pid,
+                "verdict for a cgroup that is gone, and its stalled task with it"
             );
             return Outcome::UnknownCgroup;
         };
+        let stall_ms = v.stall_ns / 1_000_000;
+        // The stall is the throttle of whichever cgroup at or above the
+        // charged one is over its memory.high: that is the one to relieve,
+        // with victims from its whole subtree.
+        let (dir, mem) = match self.hierarchy.over_high(&charged) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                debug!(cgroup = %self.hierarchy.display_path(&charged), stall_ms,
+                    "verdict not confirmed: no cgroup at or above it is over memory.high");
+                return Outcome::NotConfirmed;
+            }
+            Err(e) => {
+                warn!(cgroup = %self.hierarchy.display_path(&charged), error = %e,
+                    "stalled cgroup vanished before it could be confirmed");
+                return Outcome::CgroupGone;
+            }
+        };
         let cgroup = self.hierarchy.display_path(&dir);
-        if let Some(prev) = self.dying.get(&v.cgroup_id) {
+        if let Some(prev) = self.dying.get(&dir) {
             if !prev.exited() {
                 debug!(%cgroup, pid = prev.pid, "stall continues while the last victim exits");
                 return Outcome::VictimStillExiting(prev.pid);
             }
-            self.dying.remove(&v.cgroup_id);
-        }
-        let stall_ms = v.stall_ns / 1_000_000;
-        let mem = match Hierarchy::memory(&dir) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(%cgroup, error = %e, "stalled cgroup vanished before it could be confirmed");
-                return Outcome::CgroupGone;
-            }
-        };
-        if mem.current <= mem.high {
-            debug!(%cgroup, current = mem.current, high = mem.high, stall_ms,
-                "verdict not confirmed: memory.current is back under memory.high");
-            return Outcome::NotConfirmed;
+            self.dying.remove(&dir);
         }
         let procs = self.candidates(&dir);
         let stat = Hierarchy::memory_stat(&dir).unwrap_or_default();
@@ -163,7 +184,7 @@ impl Responder {
             Choice::Kill(p) => p,
             Choice::Unresolved(why) => {
                 let reason = why.to_string();
-                if !self.repeated(v.cgroup_id, reason.clone()) {
+                if !self.repeated(&dir, reason.clone()) {
                     warn!(%cgroup, stall_ms, current = mem.current, high = mem.high,
                         %reason, "stall unresolved: nothing to kill");
                 }
@@ -173,7 +194,7 @@ impl Responder {
         let stalled_comm = String::from_utf8_lossy(v.comm()).into_owned();
         if self.policy.dry_run {
             let latency_us = monotonic_ns().saturating_sub(v.ktime_ns) / 1000;
-            if !self.repeated(v.cgroup_id, format!("dry-run {}", victim.pid)) {
+            if !self.repeated(&dir, format!("dry-run {}", victim.pid)) {
                 info!(%cgroup, pid = victim.pid, comm = %victim.comm,
                     footprint_bytes = victim.footprint, stall_ms, latency_us,
                     stalled_task = %stalled_comm, stalled_pid = v.worst_pid,
@@ -212,7 +233,7 @@ impl Responder {
         {
             warn!(%cgroup, error = %e, "could not reset the kernel's stall window");
         }
-        self.dying.insert(v.cgroup_id, pinned);
+        self.dying.insert(dir, pinned);
         Outcome::Killed {
             pid: victim.pid,
             latency_us,

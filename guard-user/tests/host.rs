@@ -109,6 +109,7 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
         window: Duration::from_secs(1),
         verdict_interval: Duration::from_secs(1),
         min_progress_pages: 1,
+        watch_all: false,
     })
     .expect("the programs load and the tracepoints attach");
     eprintln!("throttle hooks on this kernel: {:?}", probes.throttle);

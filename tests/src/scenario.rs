@@ -15,7 +15,24 @@ use serde_json::{Value, json};
 
 use crate::{monotonic_ns, trace};
 
-const CGROUP: &str = "/sys/fs/cgroup/seed";
+/// Where the incident happens: the limited cgroup, and the cgroups the hog
+/// and the bystander run in (the same one, or two children of it).
+struct Layout {
+    limited: &'static str,
+    hog: &'static str,
+    bystander: &'static str,
+    guard: bool,
+    /// Start the guard before the cgroups exist, so that it must follow them.
+    guard_first: bool,
+}
+
+const SEED: Layout = Layout {
+    limited: "/sys/fs/cgroup/seed",
+    hog: "/sys/fs/cgroup/seed",
+    bystander: "/sys/fs/cgroup/seed",
+    guard: true,
+    guard_first: false,
+};
 const GUARD: &str = "/bin/guard";
 const GUARD_LOG: &str = "/tmp/guard.log";
 const NOTIFY: &str = "/run/guard-notify";
@@ -49,8 +66,26 @@ pub fn run(name: &str) -> Value {
         values: serde_json::Map::new(),
     };
     let outcome = match name {
-        "seed" => seed(&mut report, true),
-        "control" => seed(&mut report, false),
+        "seed" => incident(&mut report, &SEED),
+        "control" => incident(
+            &mut report,
+            &Layout {
+                guard: false,
+                ..SEED
+            },
+        ),
+        // memory.high on a parent (a slice), hog and bystander in two child
+        // scopes, all created after the guard started.
+        "nested" => incident(
+            &mut report,
+            &Layout {
+                limited: "/sys/fs/cgroup/nest.slice",
+                hog: "/sys/fs/cgroup/nest.slice/hog.scope",
+                bystander: "/sys/fs/cgroup/nest.slice/bystander.scope",
+                guard: true,
+                guard_first: true,
+            },
+        ),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {
@@ -98,13 +133,13 @@ fn pressure_full(text: &str) -> (u64, f64) {
     )
 }
 
-fn spawn_in_cgroup(args: &[&str], stdout: Stdio) -> Result<Child, String> {
+fn spawn_in_cgroup(cgroup: &'static str, args: &[&str], stdout: Stdio) -> Result<Child, String> {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.args(args).stdout(stdout).stdin(Stdio::null());
     // SAFETY: the closure only writes a file (open/write/close) between
     // fork and exec; this program starts no threads before it spawns.
     unsafe {
-        cmd.pre_exec(|| fs::write(format!("{CGROUP}/cgroup.procs"), "0"));
+        cmd.pre_exec(move || fs::write(format!("{cgroup}/cgroup.procs"), "0"));
     }
     cmd.spawn().map_err(|e| format!("spawning {args:?}: {e}"))
 }
@@ -186,29 +221,43 @@ fn worst_between(samples: &[(u64, u64)], from: u64, to: u64) -> f64 {
 }
 
 /// The seed incident: memory.high 64M, memory.max 128M, no swap; a bystander
-/// and a 100 MiB hog in the same cgroup. With the guard the hog must die
-/// fast; without it (control) the livelock must show.
-fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
-    fs::create_dir_all(CGROUP).map_err(|e| format!("mkdir {CGROUP}: {e}"))?;
-    write(&format!("{CGROUP}/memory.high"), "64M")?;
-    write(&format!("{CGROUP}/memory.max"), "128M")?;
-    if Path::new(&format!("{CGROUP}/memory.swap.max")).exists() {
-        write(&format!("{CGROUP}/memory.swap.max"), "0")?;
-    }
+/// and a 100 MiB hog under the limited cgroup. With the guard the hog must
+/// die fast; without it (control) the livelock must show.
+fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
+    let with_guard = layout.guard;
+    let limited = layout.limited;
     trace::enable()?;
-
-    let mut guard = if with_guard {
+    let mut guard = if with_guard && layout.guard_first {
         Some(start_guard()?)
     } else {
         None
     };
+    fs::create_dir_all(limited).map_err(|e| format!("mkdir {limited}: {e}"))?;
+    write(&format!("{limited}/memory.high"), "64M")?;
+    write(&format!("{limited}/memory.max"), "128M")?;
+    if Path::new(&format!("{limited}/memory.swap.max")).exists() {
+        write(&format!("{limited}/memory.swap.max"), "0")?;
+    }
+    for leaf in [layout.hog, layout.bystander] {
+        if leaf != limited {
+            write(&format!("{limited}/cgroup.subtree_control"), "+memory")?;
+            fs::create_dir_all(leaf).map_err(|e| format!("mkdir {leaf}: {e}"))?;
+        }
+    }
+    if with_guard && guard.is_none() {
+        guard = Some(start_guard()?);
+    }
     let bystander_ms: u64 = if with_guard { 8000 } else { 13000 };
-    let mut bystander = spawn_in_cgroup(&["bystander", &bystander_ms.to_string()], Stdio::piped())?;
+    let mut bystander = spawn_in_cgroup(
+        layout.bystander,
+        &["bystander", &bystander_ms.to_string()],
+        Stdio::piped(),
+    )?;
     sleep(Duration::from_secs(1));
-    let events0 = read(&format!("{CGROUP}/memory.events"));
-    let (full0, _) = pressure_full(&read(&format!("{CGROUP}/memory.pressure")));
+    let events0 = read(&format!("{limited}/memory.events"));
+    let (full0, _) = pressure_full(&read(&format!("{limited}/memory.pressure")));
     let hog_start = monotonic_ns();
-    let mut hog = spawn_in_cgroup(&["hog", "100"], Stdio::null())?;
+    let mut hog = spawn_in_cgroup(layout.hog, &["hog", "100"], Stdio::null())?;
     let hog_pid = hog.id();
     r.set("hog_pid", hog_pid);
 
@@ -239,8 +288,8 @@ fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
             alive,
             "control: the hog died without a guard; the livelock did not happen",
         );
-        let events1 = read(&format!("{CGROUP}/memory.events"));
-        let (full1, avg10) = pressure_full(&read(&format!("{CGROUP}/memory.pressure")));
+        let events1 = read(&format!("{limited}/memory.events"));
+        let (full1, avg10) = pressure_full(&read(&format!("{limited}/memory.pressure")));
         let high = keyed(&events1, "high") - keyed(&events0, "high");
         let oom_kills = keyed(&events1, "oom_kill") - keyed(&events0, "oom_kill");
         let full_share = (full1 - full0) as f64 / (secs * 1e6);
@@ -248,7 +297,7 @@ fn seed(r: &mut Report, with_guard: bool) -> Result<(), String> {
         r.set("oom_kills", oom_kills);
         r.set("pressure_full_share", full_share);
         r.set("pressure_full_avg10", avg10);
-        let current: u64 = read(&format!("{CGROUP}/memory.current"))
+        let current: u64 = read(&format!("{limited}/memory.current"))
             .trim()
             .parse()
             .unwrap_or(0);

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 2] = ["control", "seed"];
+pub const SCENARIOS: [&str; 3] = ["control", "seed", "nested"];
 
 const INIT: &str = r#"#!/bin/sh
 mount -t proc proc /proc
@@ -62,7 +62,7 @@ fn fmt_num(v: &Value, digits: usize) -> String {
 
 fn summary(scenario: &str, r: &Value) -> String {
     let text = match scenario {
-        "seed" => format!(
+        "seed" | "nested" => format!(
             "first no-progress->SIGKILL {} ms; verdict->kill {} us; bystander worst {} ms during, {} ms after; hooks {}",
             fmt_num(&r["detect_to_kill_ms"], 1),
             fmt_num(&r["verdict_to_kill_us"], 0),
