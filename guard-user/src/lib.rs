@@ -4,6 +4,7 @@
 //! `kill`.
 
 pub mod cgroup;
+pub mod config;
 pub mod daemon;
 pub mod kill;
 pub mod policy;
