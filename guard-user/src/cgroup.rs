@@ -287,14 +287,19 @@ impl Hierarchy {
         Ok(None)
     }
 
-    /// Thread-group ids of every process in `dir` and its descendants.
-    pub fn processes(dir: &Path) -> Result<Vec<u32>, CgroupError> {
+    /// Thread-group ids of every process in `dir` and its descendants, each
+    /// with the cgroup directory it is in.
+    pub fn processes(dir: &Path) -> Result<Vec<(u32, PathBuf)>, CgroupError> {
         let mut pids = Vec::new();
         let mut stack = vec![dir.to_owned()];
         while let Some(dir) = stack.pop() {
             let procs = dir.join("cgroup.procs");
             match fs::read_to_string(&procs) {
-                Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
+                Ok(text) => pids.extend(
+                    text.lines()
+                        .filter_map(|l| l.trim().parse::<u32>().ok())
+                        .map(|pid| (pid, dir.clone())),
+                ),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(source) => {
                     return Err(CgroupError::Io {
@@ -440,9 +445,11 @@ mod tests {
     #[test]
     fn processes_cover_the_whole_subtree_and_nothing_else() {
         let root = fake_tree();
-        let mut pids = Hierarchy::processes(&root.path().join("a")).expect("procs");
+        let a = root.path().join("a");
+        let mut pids = Hierarchy::processes(&a).expect("procs");
         pids.sort();
-        assert_eq!(pids, [10, 30, 31]);
+        let c = a.join("b/c");
+        assert_eq!(pids, [(10, a.clone()), (30, c.clone()), (31, c)]);
     }
 
     #[test]

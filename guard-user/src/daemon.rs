@@ -1,11 +1,17 @@
-//! `guard run`: load the probes, watch the cgroups, and answer verdicts as
-//! they arrive. The only things that wake this loop are a verdict in the
-//! ring buffer and a termination signal.
+//! `guard run`: load the policy and the probes, watch the cgroups, and answer
+//! verdicts as they arrive. Nothing on the kill path is driven by a timer:
+//! the loop wakes for a verdict, a signal, or (under systemd) the watchdog.
 
-use std::{fs, path::Path};
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use guard_common::{Verdict, stat};
+use guard_common::{Verdict, Watch, stat};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -14,22 +20,159 @@ use tracing::{info, warn};
 
 use crate::{
     cgroup::{self, Hierarchy},
+    config::{self, Config, Hook},
     policy::Policy,
     probes::{Probes, Settings, Throttle},
-    respond::Responder,
+    respond::{KillReport, Outcome, Responder},
 };
 
-pub async fn run(policy: Policy) -> anyhow::Result<()> {
+/// Where the policy comes from.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// `--config`; without it /etc/guard/guard.toml if present, else the
+    /// embedded default.
+    pub config: Option<PathBuf>,
+    /// `--dry-run`: overrides the file's `dry_run`.
+    pub dry_run: bool,
+}
+
+/// Reads the policy the options name. An explicit path must load; the
+/// default path is used only when it exists.
+pub fn load_policy(opts: &RunOptions) -> Result<(Policy, String), config::ConfigError> {
+    let default = Path::new(config::DEFAULT_PATH);
+    let (mut cfg, origin) = match &opts.config {
+        Some(path) => (Config::load(path)?, path.display().to_string()),
+        None if default.exists() => (Config::load(default)?, default.display().to_string()),
+        None => (Config::default_policy(), "embedded default".to_owned()),
+    };
+    if opts.dry_run {
+        cfg.dry_run = true;
+    }
+    Ok((Policy { config: cfg }, origin))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Cgroups to list in the kernel: those with a finite memory.high in a
+/// scope, with the scope's budget and window.
+fn scan(
+    hierarchy: &Hierarchy,
+    policy: &Policy,
+) -> Result<HashMap<u64, (PathBuf, Watch)>, cgroup::CgroupError> {
+    let mut out = HashMap::new();
+    for (id, dir) in hierarchy.scan_high_limited()? {
+        if let Some(scope) = policy.config.scope_for(&hierarchy.display_path(&dir)) {
+            let limits = Watch {
+                budget_ns: nanos(scope.budget),
+                window_ns: nanos(scope.window),
+            };
+            out.insert(id, (dir, limits));
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the kernel's list match `wanted`; returns the id -> path map.
+fn apply_watch_list(
+    probes: &mut Probes,
+    hierarchy: &Hierarchy,
+    old: &HashMap<u64, PathBuf>,
+    wanted: HashMap<u64, (PathBuf, Watch)>,
+) -> anyhow::Result<HashMap<u64, PathBuf>> {
+    for id in old.keys().filter(|id| !wanted.contains_key(id)) {
+        probes.unwatch(*id)?;
+    }
+    let mut paths = HashMap::new();
+    for (id, (dir, limits)) in wanted {
+        probes.watch(id, limits)?;
+        if !old.contains_key(&id) {
+            info!(cgroup = %hierarchy.display_path(&dir), cgroup_id = id,
+                budget_ms = limits.budget_ns / 1_000_000, window_ms = limits.window_ns / 1_000_000,
+                "watching");
+        }
+        paths.insert(id, dir);
+    }
+    Ok(paths)
+}
+
+/// How a post-kill hook ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HookEnd {
+    Succeeded,
+    Failed,
+    TimedOut,
+    NotStarted,
+}
+
+/// Runs the post-kill hook in the background: it never delays the next
+/// verdict, and is killed when it outlives its timeout.
+pub fn spawn_hook(hook: &Hook, report: &KillReport) -> tokio::task::JoinHandle<HookEnd> {
+    let Some((program, args)) = hook.command.split_first() else {
+        // The policy check refuses an empty command; nothing to run.
+        return tokio::spawn(async { HookEnd::NotStarted });
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env("GUARD_PID", report.pid.to_string())
+        .env("GUARD_COMM", &report.comm)
+        .env("GUARD_CGROUP", &report.cgroup)
+        .env("GUARD_FOOTPRINT_BYTES", report.footprint.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let timeout = hook.timeout;
+    let program = program.clone();
+    let child = cmd.spawn();
+    tokio::spawn(async move {
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(%program, error = %e, "post-kill hook could not start");
+                return HookEnd::NotStarted;
+            }
+        };
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) if status.success() => HookEnd::Succeeded,
+            Ok(Ok(status)) => {
+                warn!(%program, %status, "post-kill hook failed");
+                HookEnd::Failed
+            }
+            Ok(Err(e)) => {
+                warn!(%program, error = %e, "waiting for the post-kill hook failed");
+                HookEnd::Failed
+            }
+            Err(_) => {
+                warn!(%program, timeout_ms = timeout.as_millis() as u64,
+                    "post-kill hook timed out and was killed");
+                let _ = child.kill().await;
+                HookEnd::TimedOut
+            }
+        }
+    })
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let (policy, origin) = load_policy(&opts)?;
+    info!(policy = %origin, "policy loaded");
     let mountinfo =
         fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let root = Path::new(cgroup::DEFAULT_ROOT);
     cgroup::check_v2(&mountinfo, root)?;
 
+    // Locked in memory first: the guard must keep working when memory is short.
+    if let Err(e) =
+        rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE)
+    {
+        warn!(error = %e, "mlockall failed: the guard's own pages may be reclaimed under pressure");
+    }
+
+    let (budget, window) = policy.default_limits();
     let mut probes = Probes::load(Settings {
-        budget: policy.budget,
-        window: policy.window,
-        verdict_interval: policy.verdict_interval,
-        min_progress_pages: policy.min_progress_pages,
+        budget,
+        window,
+        verdict_interval: policy.config.verdict_interval,
+        min_progress_pages: policy.config.min_progress_pages,
         watch_all: true,
     })?;
     match &probes.throttle {
@@ -47,11 +190,12 @@ pub async fn run(policy: Policy) -> anyhow::Result<()> {
     }
 
     let hierarchy = Hierarchy::new(root);
-    let watched = hierarchy.scan_high_limited()?;
-    for (id, dir) in &watched {
-        probes.watch(*id)?;
-        info!(cgroup = %hierarchy.display_path(dir), cgroup_id = id, "watching");
-    }
+    let watched = apply_watch_list(
+        &mut probes,
+        &hierarchy,
+        &HashMap::new(),
+        scan(&hierarchy, &policy)?,
+    )?;
     // Cgroups created later, or limited later, are watched too: a stall
     // under no listed cgroup is charged to the task's own cgroup, and the
     // verdict is confirmed against whichever ancestor is over memory.high.
@@ -66,27 +210,28 @@ pub async fn run(policy: Policy) -> anyhow::Result<()> {
         .map_err(|e| e.into_parts().1)
         .context("registering the verdict ring buffer with tokio")?;
 
-    let mut responder = Responder::new(policy, hierarchy, "/proc", watched);
-    // The guard must keep working when memory is short: its pages stay in.
-    if let Err(e) =
-        rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE)
-    {
-        warn!(error = %e, "mlockall failed: the guard's own pages may be reclaimed under pressure");
-    }
+    let mut responder = Responder::new(policy, hierarchy.clone(), "/proc", watched);
     responder.warm_up();
     info!(
-        dry_run = responder.policy.dry_run,
-        budget_ms = responder.policy.budget.as_millis() as u64,
-        window_ms = responder.policy.window.as_millis() as u64,
-        watched = responder.watched().len(),
+        dry_run = responder.policy.dry_run(),
+        budget_ms = budget.as_millis() as u64,
+        window_ms = window.as_millis() as u64,
+        scopes = responder.policy.config.scopes.len(),
         "guard ready"
     );
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         warn!(error = %e, "could not notify the service manager");
     }
+    let mut watchdog_usec = 0;
+    let mut watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec).then(|| {
+        tokio::time::interval(
+            Duration::from_micros(watchdog_usec / 2).max(Duration::from_millis(100)),
+        )
+    });
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     loop {
         tokio::select! {
             ready = ring.readable_mut() => {
@@ -96,12 +241,44 @@ pub async fn run(policy: Policy) -> anyhow::Result<()> {
                     drop(item);
                     match verdict {
                         Some(v) => {
-                            responder.handle(&v, Some(&mut probes));
+                            if let Outcome::Killed { report, .. } = responder.handle(&v, Some(&mut probes))
+                                && let Some(hook) = &responder.policy.config.hook
+                            {
+                                drop(spawn_hook(hook, &report));
+                            }
                         }
                         None => warn!("short record in the verdict ring buffer"),
                     }
                 }
                 ready.clear_ready();
+            }
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                match load_policy(&opts) {
+                    Ok((policy, origin)) => {
+                        let listed = scan(&hierarchy, &policy).map_err(anyhow::Error::from).and_then(|w| {
+                            apply_watch_list(&mut probes, &hierarchy, responder.watched(), w)
+                        });
+                        match listed {
+                            Ok(watched) => {
+                                responder.replace_policy(policy, watched);
+                                info!(policy = %origin, "policy reloaded");
+                            }
+                            Err(e) => warn!(error = %format!("{e:#}"),
+                                "policy reload failed, keeping the current policy"),
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "policy reload failed, keeping the current policy"),
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+            _ = async {
+                match watchdog.as_mut() {
+                    Some(w) => { w.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -118,4 +295,77 @@ pub async fn run(policy: Policy) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> KillReport {
+        KillReport {
+            pid: 4242,
+            comm: "hog".into(),
+            cgroup: "/seed".into(),
+            footprint: 70 << 20,
+        }
+    }
+
+    fn hook(command: &[&str], timeout_ms: u64) -> Hook {
+        Hook {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_hook_gets_the_victim_in_its_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("env");
+        let script = format!(
+            "echo \"$GUARD_PID $GUARD_COMM $GUARD_CGROUP $GUARD_FOOTPRINT_BYTES\" > {}",
+            out.display()
+        );
+        let end = spawn_hook(&hook(&["/bin/sh", "-c", &script], 5000), &report())
+            .await
+            .expect("join");
+        assert_eq!(end, HookEnd::Succeeded);
+        let text = fs::read_to_string(&out).expect("hook wrote its environment");
+        assert_eq!(text.trim(), format!("4242 hog /seed {}", 70u64 << 20));
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_outlives_its_timeout_is_killed_and_does_not_block() {
+        let started = std::time::Instant::now();
+        let handle = spawn_hook(&hook(&["/bin/sleep", "30"], 200), &report());
+        // spawn_hook itself returns at once; the wait happens in the task.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(handle.await.expect("join"), HookEnd::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_missing_hook_program_is_reported() {
+        let end = spawn_hook(&hook(&["/nonexistent/guard-hook"], 1000), &report())
+            .await
+            .expect("join");
+        assert_eq!(end, HookEnd::NotStarted);
+    }
+
+    #[test]
+    fn an_explicit_policy_file_must_load_and_dry_run_overrides_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = RunOptions {
+            config: Some(dir.path().join("nope.toml")),
+            dry_run: false,
+        };
+        assert!(load_policy(&missing).is_err());
+        let (policy, origin) = load_policy(&RunOptions {
+            config: None,
+            dry_run: true,
+        })
+        .expect("default");
+        if !Path::new(config::DEFAULT_PATH).exists() {
+            assert_eq!(origin, "embedded default");
+        }
+        assert!(policy.dry_run());
+    }
 }

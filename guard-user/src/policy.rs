@@ -3,45 +3,19 @@
 
 use std::{fmt, time::Duration};
 
-use crate::{cgroup::MemoryStat, procfs::ProcessInfo};
+use crate::{cgroup::MemoryStat, config::Config, procfs::ProcessInfo};
 
-/// The embedded default policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The policy in force: the policy file (or the embedded default) as
+/// checked by `config`, applied to plain process data.
+#[derive(Clone, Debug)]
 pub struct Policy {
-    /// No-progress stall a watched cgroup may accumulate within `window`.
-    pub budget: Duration,
-    pub window: Duration,
-    /// Minimum time between two verdicts for one cgroup.
-    pub verdict_interval: Duration,
-    /// A reclaim pass freeing fewer pages than this made no progress.
-    pub min_progress_pages: u64,
-    /// Process names (comm) that are never killed.
-    pub protected_names: Vec<String>,
-    /// A victim must hold at least this share (percent) of the cgroup's
-    /// overage above memory.high, so that killing it can end the stall.
-    pub min_share_percent: u64,
-    pub dry_run: bool,
+    pub config: Config,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            budget: Duration::from_millis(250),
-            window: Duration::from_secs(1),
-            verdict_interval: Duration::from_millis(200),
-            min_progress_pages: 1,
-            protected_names: [
-                "sshd",
-                "systemd",
-                "dockerd",
-                "containerd",
-                "t3-dispatch",
-                "tmux",
-            ]
-            .map(String::from)
-            .to_vec(),
-            min_share_percent: 25,
-            dry_run: false,
+            config: Config::default_policy(),
         }
     }
 }
@@ -53,7 +27,8 @@ pub enum Protection {
     KernelThread,
     Guard,
     OomScoreAdjMin,
-    Name(String),
+    /// A rule of the policy file's `[protect]` table.
+    Rule(String),
 }
 
 impl fmt::Display for Protection {
@@ -63,12 +38,26 @@ impl fmt::Display for Protection {
             Self::KernelThread => f.write_str("kernel thread"),
             Self::Guard => f.write_str("the guard itself"),
             Self::OomScoreAdjMin => f.write_str("oom_score_adj -1000"),
-            Self::Name(n) => write!(f, "protected name {n}"),
+            Self::Rule(why) => write!(f, "protected: {why}"),
         }
     }
 }
 
 impl Policy {
+    pub fn dry_run(&self) -> bool {
+        self.config.dry_run
+    }
+
+    /// Budget and window of the first scope: what the kernel applies to
+    /// cgroups user space has not listed with their own.
+    pub fn default_limits(&self) -> (Duration, Duration) {
+        self.config
+            .scopes
+            .first()
+            .map(|s| (s.budget, s.window))
+            .unwrap_or((Duration::from_millis(250), Duration::from_secs(1)))
+    }
+
     pub fn protection(&self, p: &ProcessInfo, guard_pid: u32) -> Option<Protection> {
         if p.pid == 1 {
             Some(Protection::Init)
@@ -78,10 +67,11 @@ impl Policy {
             Some(Protection::Guard)
         } else if p.oom_score_adj <= -1000 {
             Some(Protection::OomScoreAdjMin)
-        } else if self.protected_names.contains(&p.comm) {
-            Some(Protection::Name(p.comm.clone()))
         } else {
-            None
+            self.config
+                .protect
+                .reason(&p.comm, &p.cmdline, &p.cgroup, p.uid)
+                .map(Protection::Rule)
         }
     }
 
@@ -97,8 +87,7 @@ impl Policy {
         stat: &MemoryStat,
         guard_pid: u32,
     ) -> Choice {
-        let mut best: Option<&ProcessInfo> = None;
-        let mut killable_total: u64 = 0;
+        let mut eligible: Vec<&ProcessInfo> = Vec::with_capacity(processes.len());
         let mut biggest_protected: Option<(&ProcessInfo, Protection)> = None;
         for p in processes {
             if let Some(why) = self.protection(p, guard_pid) {
@@ -110,29 +99,28 @@ impl Policy {
                 }
                 continue;
             }
-            killable_total = killable_total.saturating_add(p.footprint);
-            let better = match best {
-                None => true,
-                Some(b) => {
-                    p.footprint > b.footprint
-                        || (p.footprint == b.footprint
-                            && p.pid == worst_tgid
-                            && b.pid != worst_tgid)
-                }
-            };
-            if better {
-                best = Some(p);
-            }
+            eligible.push(p);
         }
+        let killable_total: u64 = eligible.iter().map(|p| p.footprint).sum();
+        // Victim order: preferred names first, avoided last; within a rank
+        // the largest footprint; ties to the task the kernel saw stall.
+        eligible.sort_by_key(|p| {
+            (
+                std::cmp::Reverse(self.config.order.rank(&p.comm)),
+                std::cmp::Reverse(p.footprint),
+                p.pid != worst_tgid,
+            )
+        });
+        let min_share = self.config.min_share_percent;
         let relieves = |p: &ProcessInfo| {
-            u128::from(p.footprint) * 100
-                >= u128::from(overage) * u128::from(self.min_share_percent)
+            u128::from(p.footprint) * 100 >= u128::from(overage) * u128::from(min_share)
         };
         // Killing must be able to end the stall: the victim holds a real
         // share of the overage, and killable processes hold all of it
         // together (else the next verdicts would only take innocents).
-        match best {
-            Some(p) if relieves(p) && killable_total >= overage => Choice::Kill(p.clone()),
+        let victim = eligible.iter().find(|p| relieves(p)).copied();
+        match victim {
+            Some(p) if killable_total >= overage => Choice::Kill(p.clone()),
             _ => {
                 let protected_could = biggest_protected.filter(|(p, _)| relieves(p));
                 Choice::Unresolved(if let Some((p, why)) = protected_could {
@@ -142,16 +130,17 @@ impl Policy {
                         footprint: p.footprint,
                         why,
                     }
-                } else if stat.shmem.saturating_mul(100)
-                    >= overage.saturating_mul(self.min_share_percent)
-                {
+                } else if stat.shmem.saturating_mul(100) >= overage.saturating_mul(min_share) {
                     Unresolved::HeldByNoProcess {
                         shmem: stat.shmem,
                         overage,
                     }
                 } else {
                     Unresolved::NoRelief {
-                        largest: best.map(|p| (p.pid, p.comm.clone(), p.footprint)),
+                        largest: eligible
+                            .iter()
+                            .max_by_key(|p| p.footprint)
+                            .map(|p| (p.pid, p.comm.clone(), p.footprint)),
                         overage,
                     }
                 })
@@ -242,6 +231,9 @@ mod tests {
             oom_score_adj: 0,
             kernel_thread: false,
             start_time: 100 + u64::from(pid),
+            pgrp: pid,
+            cmdline: comm.to_owned(),
+            cgroup: "/seed".to_owned(),
         }
     }
 
@@ -299,10 +291,10 @@ mod tests {
             "t3-dispatch",
             "tmux",
         ] {
-            assert_eq!(
-                p.protection(&proc(50, name, 1), GUARD),
-                Some(Protection::Name(name.to_owned()))
-            );
+            match p.protection(&proc(50, name, 1), GUARD) {
+                Some(Protection::Rule(why)) => assert!(why.contains(name), "{why}"),
+                other => panic!("{name} must be protected by rule, got {other:?}"),
+            }
         }
         assert_eq!(
             p.protection(&proc(1, "x", 1), GUARD),
@@ -315,12 +307,61 @@ mod tests {
         assert_eq!(p.protection(&proc(50, "bash", 1), GUARD), None);
     }
 
+    fn policy(toml: &str) -> Policy {
+        Policy {
+            config: Config::parse(toml, "<test>").expect("valid policy"),
+        }
+    }
+
+    #[test]
+    fn prefer_and_avoid_reorder_victims_that_can_relieve() {
+        let p = policy(
+            "[order]\nprefer = [\"^rg$\"]\navoid = [\"^postgres$\"]\n[[scope]]\npaths = [\"/**\"]\n",
+        );
+        let ps = [
+            proc(10, "postgres", 70),
+            proc(20, "rg", 30),
+            proc(30, "make", 40),
+        ];
+        let c = p.choose(&ps, 0, 10 * MIB, &MemoryStat::default(), GUARD);
+        assert!(matches!(c, Choice::Kill(ref v) if v.pid == 20), "{c:?}");
+        // A preferred process too small to help is passed over.
+        let ps = [
+            proc(10, "postgres", 70),
+            proc(20, "rg", 1),
+            proc(30, "make", 40),
+        ];
+        let c = p.choose(&ps, 0, 10 * MIB, &MemoryStat::default(), GUARD);
+        assert!(matches!(c, Choice::Kill(ref v) if v.pid == 30), "{c:?}");
+    }
+
+    #[test]
+    fn file_rules_protect_by_cmdline_cgroup_and_uid() {
+        let p = policy(
+            "[protect]\ncmdline = [\"--keep-me\"]\ncgroups = [\"/system.slice/db.service\"]\nuids = [0]\n[[scope]]\npaths = [\"/**\"]\n",
+        );
+        let mut by_cmdline = proc(10, "srv", 50);
+        by_cmdline.cmdline = "srv --keep-me".into();
+        let mut by_cgroup = proc(11, "pg", 50);
+        by_cgroup.cgroup = "/system.slice/db.service/worker".into();
+        let mut by_uid = proc(12, "x", 50);
+        by_uid.uid = 0;
+        for victim in [&by_cmdline, &by_cgroup, &by_uid] {
+            assert!(
+                matches!(p.protection(victim, GUARD), Some(Protection::Rule(_))),
+                "{victim:?}"
+            );
+        }
+        assert_eq!(p.protection(&proc(13, "x", 50), GUARD), None);
+    }
+
     #[test]
     fn a_protected_hog_leaves_the_stall_unresolved_and_says_why() {
         let ps = [proc(10, "sshd", 70), proc(20, "server", 3)];
         match choose(&ps, 20, 10) {
             Choice::Unresolved(u @ Unresolved::Protected { pid: 10, .. }) => {
                 assert!(u.to_string().contains("sshd"), "{u}");
+                assert!(u.to_string().contains("protected"), "{u}");
             }
             other => panic!("expected protected/unresolved, got {other:?}"),
         }

@@ -218,13 +218,26 @@ impl Probes {
         })
     }
 
-    pub fn watch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+    /// Lists a cgroup: stalls of tasks below it are charged to it, against
+    /// its own budget and window (zero: the defaults set at load).
+    pub fn watch(&mut self, cgroup_id: u64, limits: Watch) -> Result<(), ProbeError> {
         self.watched()?
-            .insert(cgroup_id, Watch::default(), 0)
+            .insert(cgroup_id, limits, 0)
             .map_err(|source| ProbeError::Map {
                 name: maps::WATCHED,
                 source,
             })
+    }
+
+    /// Removes a cgroup from the list (it is gone, or out of every scope).
+    pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        match self.watched()?.remove(&cgroup_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProbeError::Map {
+                name: maps::WATCHED,
+                source,
+            }),
+        }
     }
 
     fn cgroups(&mut self) -> Result<BpfHashMap<&mut MapData, u64, CgroupStall>, ProbeError> {

@@ -41,6 +41,12 @@ pub struct ProcessInfo {
     /// Start time in clock ticks since boot; with the pid it names one
     /// process for good, so a reused pid is never mistaken for the old one.
     pub start_time: u64,
+    /// Process group, for the process-group kill mode.
+    pub pgrp: u32,
+    /// Arguments joined by single spaces (empty for kernel threads).
+    pub cmdline: String,
+    /// Its cgroup v2 path, filled in by the caller that listed it.
+    pub cgroup: String,
 }
 
 /// Fields of /proc/PID/status.
@@ -79,16 +85,35 @@ fn kib(value: &str) -> Option<u64> {
     value.split_whitespace().next()?.parse().ok()
 }
 
-/// Fields of /proc/PID/stat: (flags, starttime).
-pub fn parse_stat(text: &str) -> Option<(u64, u64)> {
+/// Fields of /proc/PID/stat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub pgrp: u32,
+    pub flags: u64,
+    pub start_time: u64,
+}
+
+pub fn parse_stat(text: &str) -> Option<Stat> {
     // The command name sits in parentheses and may itself contain spaces or
     // parentheses, so the fields are counted from the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
-    // After ')': state is field 3 of the man page, flags 9, starttime 22.
-    let flags = fields.nth(9 - 3)?.parse().ok()?;
+    // After ')': state is field 3 of the man page, pgrp 5, flags 9,
+    // starttime 22.
+    let pgrp = fields.nth(5 - 3)?.parse().ok()?;
+    let flags = fields.nth(9 - 5 - 1)?.parse().ok()?;
     let start_time = fields.nth(22 - 9 - 1)?.parse().ok()?;
-    Some((flags, start_time))
+    Some(Stat {
+        pgrp,
+        flags,
+        start_time,
+    })
+}
+
+/// /proc/PID/cmdline: NUL-separated arguments, joined by spaces.
+pub fn parse_cmdline(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.trim_end_matches('\0').replace('\0', " ")
 }
 
 pub fn parse_oom_score_adj(text: &str) -> Option<i32> {
@@ -110,21 +135,21 @@ fn read(proc_root: &Path, pid: u32, file: &'static str) -> Result<String, ProcEr
 /// names the process the policy chose.
 pub fn start_time(proc_root: &Path, pid: u32) -> Result<u64, ProcError> {
     let stat = read(proc_root, pid, "stat")?;
-    let (_, start) = parse_stat(&stat).ok_or(ProcError::Malformed {
+    let stat = parse_stat(&stat).ok_or(ProcError::Malformed {
         pid,
         file: "stat",
-        what: "no flags/starttime fields",
+        what: "no pgrp/flags/starttime fields",
     })?;
-    Ok(start)
+    Ok(stat.start_time)
 }
 
 /// Reads one process from `proc_root` (normally /proc).
 pub fn process(proc_root: &Path, pid: u32) -> Result<ProcessInfo, ProcError> {
     let stat = read(proc_root, pid, "stat")?;
-    let (flags, start_time) = parse_stat(&stat).ok_or(ProcError::Malformed {
+    let stat = parse_stat(&stat).ok_or(ProcError::Malformed {
         pid,
         file: "stat",
-        what: "no flags/starttime fields",
+        what: "no pgrp/flags/starttime fields",
     })?;
     let status = parse_status(&read(proc_root, pid, "status")?).ok_or(ProcError::Malformed {
         pid,
@@ -138,14 +163,22 @@ pub fn process(proc_root: &Path, pid: u32) -> Result<ProcessInfo, ProcError> {
             what: "not an integer",
         },
     )?;
+    let cmdline = match fs::read(proc_root.join(pid.to_string()).join("cmdline")) {
+        Ok(raw) => parse_cmdline(&raw),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ProcError::Gone(pid)),
+        Err(_) => String::new(),
+    };
     Ok(ProcessInfo {
         pid,
+        cmdline,
+        cgroup: String::new(),
         comm: status.name,
         uid: status.uid,
         footprint: (status.rss_anon_kib + status.swap_kib) * 1024,
         oom_score_adj,
-        kernel_thread: flags & PF_KTHREAD != 0,
-        start_time,
+        kernel_thread: stat.flags & PF_KTHREAD != 0,
+        start_time: stat.start_time,
+        pgrp: stat.pgrp,
     })
 }
 
@@ -184,12 +217,28 @@ mod tests {
 
     #[test]
     fn stat_fields_are_counted_after_the_last_parenthesis() {
-        assert_eq!(parse_stat(STAT), Some((4194560, 3456)));
+        assert_eq!(
+            parse_stat(STAT),
+            Some(Stat {
+                pgrp: 812,
+                flags: 4194560,
+                start_time: 3456
+            })
+        );
     }
 
     #[test]
     fn truncated_stat_is_rejected() {
         assert_eq!(parse_stat("812 (hog) D 700"), None);
+    }
+
+    #[test]
+    fn cmdline_arguments_are_joined_by_spaces() {
+        assert_eq!(
+            parse_cmdline(b"ugrep\0-r\0needle\0/\0"),
+            "ugrep -r needle /"
+        );
+        assert_eq!(parse_cmdline(b""), "");
     }
 
     fn fake_proc(pid: u32, stat: &str, status: &str, adj: &str) -> tempfile::TempDir {
@@ -199,6 +248,7 @@ mod tests {
         fs::write(p.join("stat"), stat).expect("write");
         fs::write(p.join("status"), status).expect("write");
         fs::write(p.join("oom_score_adj"), adj).expect("write");
+        fs::write(p.join("cmdline"), b"hog\0--mib\0x64\0").expect("write");
         dir
     }
 
@@ -211,6 +261,8 @@ mod tests {
         assert_eq!(p.oom_score_adj, -500);
         assert!(!p.kernel_thread);
         assert_eq!(p.start_time, 3456);
+        assert_eq!(p.pgrp, 812);
+        assert_eq!(p.cmdline, "hog --mib x64");
     }
 
     #[test]

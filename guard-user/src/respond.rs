@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{self, Hierarchy},
+    config::KillMode,
     kill::{KillError, Victim},
     policy::{Choice, Policy},
     probes::Probes,
@@ -34,11 +35,27 @@ pub enum Outcome {
     VictimStillExiting(u32),
     NotConfirmed,
     CgroupGone,
-    Killed { pid: u32, latency_us: u64 },
-    DryRun { pid: u32 },
+    Killed {
+        pid: u32,
+        latency_us: u64,
+        report: KillReport,
+    },
+    DryRun {
+        pid: u32,
+    },
     VictimVanished(u32),
     KillFailed(u32),
     Unresolved,
+    OutOfScope,
+}
+
+/// What the post-kill hook is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KillReport {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: String,
+    pub footprint: u64,
 }
 
 pub struct Responder {
@@ -73,6 +90,14 @@ impl Responder {
 
     pub fn watched(&self) -> &HashMap<u64, PathBuf> {
         &self.watched
+    }
+
+    /// A reloaded policy and the cgroups it lists. Victims still dying stay
+    /// tracked: a reload must not open the door to a premature second kill.
+    pub fn replace_policy(&mut self, policy: Policy, watched: HashMap<u64, PathBuf>) {
+        self.policy = policy;
+        self.watched = watched;
+        self.quiet.clear();
     }
 
     /// True when the same message for this cgroup was logged recently.
@@ -113,8 +138,11 @@ impl Responder {
             }
         };
         pids.into_iter()
-            .filter_map(|pid| match procfs::process(&self.proc_root, pid) {
-                Ok(p) => Some(p),
+            .filter_map(|(pid, dir)| match procfs::process(&self.proc_root, pid) {
+                Ok(mut p) => {
+                    p.cgroup = self.hierarchy.display_path(&dir);
+                    Some(p)
+                }
                 Err(ProcError::Gone(_)) => None,
                 Err(e) => {
                     warn!(pid, error = %e, "skipping a process that could not be read");
@@ -168,6 +196,11 @@ impl Responder {
             }
         };
         let cgroup = self.hierarchy.display_path(&dir);
+        let Some(scope) = self.policy.config.scope_for(&cgroup) else {
+            debug!(%cgroup, "stalled cgroup is in no scope of the policy: left alone");
+            return Outcome::OutOfScope;
+        };
+        let (kill_mode, kill_watched) = (scope.kill, scope.kill_watched_cgroup);
         if let Some(prev) = self.dying.get(&dir) {
             if !prev.exited() {
                 debug!(%cgroup, pid = prev.pid, "stall continues while the last victim exits");
@@ -192,7 +225,7 @@ impl Responder {
             }
         };
         let stalled_comm = String::from_utf8_lossy(v.comm()).into_owned();
-        if self.policy.dry_run {
+        if self.policy.dry_run() {
             let latency_us = monotonic_ns().saturating_sub(v.ktime_ns) / 1000;
             if !self.repeated(&dir, format!("dry-run {}", victim.pid)) {
                 info!(%cgroup, pid = victim.pid, comm = %victim.comm,
@@ -204,7 +237,7 @@ impl Responder {
         }
         let pinned = Victim::pin(&self.proc_root, victim.pid, victim.start_time)
             .and_then(|p| p.kill().map(|()| p));
-        let killed_ns = monotonic_ns();
+        let mut killed_ns = monotonic_ns();
         let pinned = match pinned {
             Ok(p) => p,
             Err(e @ (KillError::Gone(_) | KillError::Reused(_))) => {
@@ -217,14 +250,21 @@ impl Responder {
                 return Outcome::KillFailed(victim.pid);
             }
         };
+        // The victim is dead; the kill mode may take its company with it.
+        let (mode, killed_cgroup, also) =
+            self.kill_company(&victim, &procs, &dir, kill_mode, kill_watched);
+        if also > 0 || killed_cgroup.is_some() {
+            killed_ns = monotonic_ns();
+        }
+        let killed_cgroup = killed_cgroup.unwrap_or_else(|| "-".to_owned());
         let latency_us = killed_ns.saturating_sub(v.ktime_ns) / 1000;
         // Of the latency: the wake-up through the ring buffer, and our work.
         let wakeup_us = received_ns.saturating_sub(v.ktime_ns) / 1000;
         let decide_us = killed_ns.saturating_sub(received_ns) / 1000;
         info!(%cgroup, pid = victim.pid, comm = %victim.comm,
             footprint_bytes = victim.footprint, stall_ms, latency_us, wakeup_us, decide_us,
-            current = mem.current, high = mem.high,
-            stalled_task = %stalled_comm, stalled_pid = v.worst_pid, "killed");
+            current = mem.current, high = mem.high, kill_mode = %mode, %killed_cgroup,
+            also_killed = also, stalled_task = %stalled_comm, stalled_pid = v.worst_pid, "killed");
         if let Err(e) = pinned.release_memory() {
             debug!(pid = victim.pid, error = %e, "process_mrelease did not reap the victim");
         }
@@ -237,6 +277,88 @@ impl Responder {
         Outcome::Killed {
             pid: victim.pid,
             latency_us,
+            report: KillReport {
+                pid: victim.pid,
+                comm: victim.comm,
+                cgroup,
+                footprint: victim.footprint,
+            },
+        }
+    }
+
+    /// After the victim itself: in `process-group` mode every unprotected
+    /// member of its process group in the stalled subtree, in `cgroup` mode
+    /// its leaf cgroup through cgroup.kill. Falls back to the victim alone
+    /// (and says why) when the wider kill would reach a protected process or
+    /// the watched cgroup itself. Returns the mode applied, the cgroup
+    /// killed, and how many other processes were signalled.
+    fn kill_company(
+        &self,
+        victim: &ProcessInfo,
+        procs: &[ProcessInfo],
+        limited: &Path,
+        mode: KillMode,
+        kill_watched: bool,
+    ) -> (KillMode, Option<String>, usize) {
+        match mode {
+            KillMode::Process => (mode, None, 0),
+            KillMode::ProcessGroup => {
+                let group: Vec<&ProcessInfo> = procs
+                    .iter()
+                    .filter(|p| p.pgrp == victim.pgrp && p.pid != victim.pid)
+                    .collect();
+                if let Some(p) = group
+                    .iter()
+                    .find(|p| self.policy.protection(p, self.guard_pid).is_some())
+                {
+                    warn!(pid = p.pid, comm = %p.comm,
+                        "process group holds a protected process: killed the victim alone");
+                    return (KillMode::Process, None, 0);
+                }
+                let mut n = 0;
+                for p in group {
+                    match Victim::pin(&self.proc_root, p.pid, p.start_time).and_then(|v| v.kill()) {
+                        Ok(()) => n += 1,
+                        Err(e) => debug!(pid = p.pid, error = %e, "group member not killed"),
+                    }
+                }
+                (mode, None, n)
+            }
+            KillMode::Cgroup => {
+                let leaf = self
+                    .hierarchy
+                    .root()
+                    .join(victim.cgroup.trim_start_matches('/'));
+                if leaf == limited && !kill_watched {
+                    warn!(cgroup = %victim.cgroup,
+                        "the victim lives in the watched cgroup itself and kill_watched_cgroup is off: killed the victim alone");
+                    return (KillMode::Process, None, 0);
+                }
+                let inside: Vec<&ProcessInfo> = procs
+                    .iter()
+                    .filter(|p| Path::new(&p.cgroup).starts_with(&victim.cgroup))
+                    .collect();
+                if let Some(p) = inside
+                    .iter()
+                    .find(|p| self.policy.protection(p, self.guard_pid).is_some())
+                {
+                    warn!(pid = p.pid, comm = %p.comm, cgroup = %victim.cgroup,
+                        "the victim's cgroup holds a protected process: killed the victim alone");
+                    return (KillMode::Process, None, 0);
+                }
+                match std::fs::write(leaf.join("cgroup.kill"), "1") {
+                    Ok(()) => (
+                        mode,
+                        Some(victim.cgroup.clone()),
+                        inside.len().saturating_sub(1),
+                    ),
+                    Err(e) => {
+                        warn!(cgroup = %victim.cgroup, error = %e,
+                            "writing cgroup.kill failed: killed the victim alone");
+                        (KillMode::Process, None, 0)
+                    }
+                }
+            }
         }
     }
 }
@@ -281,10 +403,8 @@ mod tests {
     }
 
     fn responder(f: &Fixture, dry_run: bool) -> Responder {
-        let policy = Policy {
-            dry_run,
-            ..Policy::default()
-        };
+        let mut policy = Policy::default();
+        policy.config.dry_run = dry_run;
         let watched = HashMap::from([(f.id, f.root.path().join("seed"))]);
         Responder::new(policy, Hierarchy::new(f.root.path()), "/proc", watched)
     }

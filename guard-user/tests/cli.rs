@@ -1,0 +1,61 @@
+//! The `guard` command line as an admin uses it (no root, no kernel needed).
+
+use std::process::Command;
+
+fn guard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(args)
+        .output()
+        .expect("run guard")
+}
+
+#[test]
+fn config_default_prints_a_policy_that_config_check_accepts() {
+    let out = guard(&["config", "default"]);
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("guard.toml");
+    std::fs::write(&path, &out.stdout).expect("write");
+    let check = guard(&["config", "check", path.to_str().expect("utf-8")]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains(": ok"));
+}
+
+#[test]
+fn config_check_names_every_error_with_line_and_column_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "budget_ms = 0\n[order]\nprefer = [\"(unclosed\"]\n[[scope]]\npaths = [\"/**\"]\n",
+    )
+    .expect("write");
+    let out = guard(&["config", "check", path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = path.display().to_string();
+    assert!(stderr.contains(&format!("{p}:1:")), "{stderr}");
+    assert!(stderr.contains(&format!("{p}:3:")), "{stderr}");
+}
+
+#[test]
+fn run_with_a_missing_policy_file_says_which_file() {
+    let out = guard(&["run", "--dry-run", "--config", "/nonexistent/guard.toml"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/guard.toml"), "{stderr}");
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let bash = guard(&["completions", "bash"]);
+    assert!(bash.status.success());
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("config"));
+    let man = guard(&["man"]);
+    assert!(man.status.success());
+    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH guard"));
+}
