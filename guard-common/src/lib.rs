@@ -30,6 +30,10 @@ pub mod globals {
     pub const NS_PER_JIFFY: &str = "NS_PER_JIFFY";
     /// Non-zero: charge tasks under no watched cgroup to their own cgroup.
     pub const WATCH_ALL: &str = "WATCH_ALL";
+    /// Offsets of `root`, `id` and `path` in the cgroup_mkdir/rmdir records.
+    pub const CGROUP_ROOT_OFFSET: &str = "CGROUP_ROOT_OFFSET";
+    pub const CGROUP_ID_OFFSET: &str = "CGROUP_ID_OFFSET";
+    pub const CGROUP_PATH_OFFSET: &str = "CGROUP_PATH_OFFSET";
 }
 
 /// Names of the programs in the eBPF object, so both halves agree.
@@ -39,6 +43,8 @@ pub mod programs {
     pub const OVER_HIGH_ENTER: &str = "over_high_enter";
     pub const OVER_HIGH_EXIT: &str = "over_high_exit";
     pub const PENALTY_SLEEP: &str = "penalty_sleep";
+    pub const CGROUP_MKDIR: &str = "cgroup_mkdir";
+    pub const CGROUP_RMDIR: &str = "cgroup_rmdir";
 }
 
 /// Names of the maps.
@@ -48,6 +54,7 @@ pub mod maps {
     pub const TASKS: &str = "TASKS";
     pub const VERDICTS: &str = "VERDICTS";
     pub const STATS: &str = "STATS";
+    pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
 }
 
 /// Value of the `WATCHED` map (key: cgroup v2 id). Reserved for per-cgroup
@@ -129,6 +136,25 @@ pub struct Verdict {
     pub worst_comm: [u8; COMM_LEN],
 }
 
+/// Longest cgroup path a `CgroupEvent` carries; a longer one arrives cut
+/// and the daemon ignores it (its id still identifies it on removal).
+pub const CGROUP_PATH_LEN: usize = 256;
+
+pub const CGROUP_CREATED: u32 = 1;
+pub const CGROUP_REMOVED: u32 = 2;
+
+/// A cgroup2 directory was created or removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupEvent {
+    pub id: u64,
+    /// `CGROUP_CREATED` or `CGROUP_REMOVED`.
+    pub kind: u32,
+    /// Bytes of `path` before its NUL.
+    pub len: u32,
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+
 /// Indexes into the per-CPU `STATS` array.
 pub mod stat {
     pub const PASSES: u32 = 0;
@@ -139,7 +165,9 @@ pub mod stat {
     /// Tasks the per-task map had no room for.
     pub const TASKS_FULL: u32 = 4;
     pub const PENALTIES: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Cgroup events the ring buffer had no room for.
+    pub const CGROUP_EVENTS_LOST: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 #[cfg(feature = "user")]
@@ -153,6 +181,30 @@ mod user {
     unsafe impl aya::Pod for super::TaskStall {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Verdict {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CgroupEvent {}
+}
+
+#[cfg(feature = "user")]
+impl CgroupEvent {
+    /// Reads an event from a ring buffer record; `None` if it is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length is checked above, `CgroupEvent` is plain old
+        // data and `read_unaligned` needs no alignment.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+
+    /// The path, if it arrived whole and is UTF-8.
+    pub fn path(&self) -> Option<&str> {
+        let len = self.len as usize;
+        if len == 0 || len >= CGROUP_PATH_LEN {
+            return None;
+        }
+        core::str::from_utf8(&self.path[..len]).ok()
+    }
 }
 
 #[cfg(feature = "user")]

@@ -10,6 +10,7 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
@@ -18,7 +19,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
-use guard_common::{CgroupStall, MAX_CGROUP_DEPTH, TaskStall, Verdict, Watch, stat};
+use guard_common::{
+    CGROUP_CREATED, CGROUP_REMOVED, CgroupEvent, CgroupStall, MAX_CGROUP_DEPTH, TaskStall, Verdict,
+    Watch, stat,
+};
 
 // Set by the loader (see guard_common::globals); the values here are the
 // defaults of the embedded policy.
@@ -38,6 +42,12 @@ static NS_PER_JIFFY: u64 = 4_000_000;
 /// so every cgroup is watched without user space listing them.
 #[unsafe(no_mangle)]
 static WATCH_ALL: u64 = 1;
+#[unsafe(no_mangle)]
+static CGROUP_ROOT_OFFSET: u64 = 8;
+#[unsafe(no_mangle)]
+static CGROUP_ID_OFFSET: u64 = 16;
+#[unsafe(no_mangle)]
+static CGROUP_PATH_OFFSET: u64 = 24;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -54,6 +64,8 @@ static CGROUPS: LruHashMap<u64, CgroupStall> = LruHashMap::with_max_entries(4096
 static TASKS: LruHashMap<u32, TaskStall> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static VERDICTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+#[map]
+static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
@@ -332,6 +344,58 @@ pub fn penalty_sleep(ctx: FEntryContext) -> u32 {
     count(stat::PENALTIES);
     charge(task, now, jiffies as u64 * global(&NS_PER_JIFFY));
     0
+}
+
+/// cgroup:cgroup_mkdir / cgroup_rmdir on the cgroup2 hierarchy (hierarchy
+/// id 0): tells the daemon which cgroups come and go, so it can list new
+/// ones under their scope and forget removed ones without rescanning.
+#[inline(always)]
+fn cgroup_event(ctx: &TracePointContext, kind: u32) -> u32 {
+    // SAFETY: offsets come from this kernel's format file; read_at goes
+    // through bpf_probe_read and cannot fault.
+    let fields = unsafe {
+        (
+            ctx.read_at::<i32>(global(&CGROUP_ROOT_OFFSET) as usize),
+            ctx.read_at::<u64>(global(&CGROUP_ID_OFFSET) as usize),
+            ctx.read_at::<u32>(global(&CGROUP_PATH_OFFSET) as usize),
+        )
+    };
+    let (Ok(root), Ok(id), Ok(loc)) = fields else {
+        return 0;
+    };
+    if root != 0 {
+        return 0;
+    }
+    let Some(mut slot) = CGROUP_EVENTS.reserve::<CgroupEvent>(0) else {
+        count(stat::CGROUP_EVENTS_LOST);
+        return 0;
+    };
+    let event = slot.as_mut_ptr();
+    // SAFETY: `event` points into the reserved, writable ring buffer slot;
+    // the string is read from inside this tracepoint's own record (the
+    // __data_loc word gives its offset in the low 16 bits).
+    unsafe {
+        (*event).id = id;
+        (*event).kind = kind;
+        let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+        (*event).len =
+            match aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut (*event).path) {
+                Ok(bytes) => bytes.len() as u32,
+                Err(_) => 0,
+            };
+    }
+    slot.submit(0);
+    0
+}
+
+#[tracepoint]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    cgroup_event(&ctx, CGROUP_CREATED)
+}
+
+#[tracepoint]
+pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+    cgroup_event(&ctx, CGROUP_REMOVED)
 }
 
 #[cfg(not(test))]

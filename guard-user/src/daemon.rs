@@ -11,16 +11,16 @@ use std::{
 };
 
 use anyhow::Context as _;
-use guard_common::{Verdict, Watch, stat};
+use guard_common::{CGROUP_CREATED, CGROUP_REMOVED, CgroupEvent, Verdict, Watch, stat};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{self, Hierarchy},
-    config::{self, Config, Hook},
+    config::{self, Config, Hook, Scope},
     policy::Policy,
     probes::{Probes, Settings, Throttle},
     respond::{KillReport, Outcome, Responder},
@@ -64,14 +64,82 @@ fn scan(
     let mut out = HashMap::new();
     for (id, dir) in hierarchy.scan_high_limited()? {
         if let Some(scope) = policy.config.scope_for(&hierarchy.display_path(&dir)) {
-            let limits = Watch {
-                budget_ns: nanos(scope.budget),
-                window_ns: nanos(scope.window),
-            };
-            out.insert(id, (dir, limits));
+            out.insert(id, (dir, scope_limits(scope)));
         }
     }
     Ok(out)
+}
+
+/// Whether a cgroup created after start is listed in the kernel under its
+/// scope. A catch-all scope (one that matches any path, like the default
+/// `/**`) lists nothing at creation: the kernel already charges stalls to the
+/// task's own cgroup with the default limits, and listing every new cgroup
+/// would only keep subtrees from adding up.
+fn lists_on_creation(scope: &Scope) -> bool {
+    !scope.matches("/guard-probe.slice/any/depth.scope")
+}
+
+fn scope_limits(scope: &Scope) -> Watch {
+    Watch {
+        budget_ns: nanos(scope.budget),
+        window_ns: nanos(scope.window),
+    }
+}
+
+/// Follows one cgroup creation or removal.
+fn follow_cgroup(
+    event: &CgroupEvent,
+    probes: &mut Probes,
+    responder: &mut Responder,
+    hierarchy: &Hierarchy,
+) {
+    match event.kind {
+        CGROUP_CREATED => {
+            let Some(path) = event.path() else {
+                debug!(
+                    cgroup_id = event.id,
+                    "created cgroup's path is too long to follow"
+                );
+                return;
+            };
+            let Some(scope) = responder.policy.config.scope_for(path) else {
+                return;
+            };
+            if !lists_on_creation(scope) {
+                return;
+            }
+            let limits = scope_limits(scope);
+            match probes.watch(event.id, limits) {
+                Ok(()) => {
+                    info!(
+                        cgroup = path,
+                        cgroup_id = event.id,
+                        budget_ms = limits.budget_ns / 1_000_000,
+                        window_ms = limits.window_ns / 1_000_000,
+                        "watching new cgroup"
+                    );
+                    responder.add_watched(
+                        event.id,
+                        hierarchy.root().join(path.trim_start_matches('/')),
+                    );
+                }
+                Err(e) => warn!(cgroup = path, error = %e, "could not watch a new cgroup"),
+            }
+        }
+        CGROUP_REMOVED => {
+            if responder.forget(event.id) {
+                if let Err(e) = probes.unwatch(event.id) {
+                    warn!(cgroup_id = event.id, error = %e, "could not unlist a removed cgroup");
+                }
+                info!(
+                    cgroup = event.path().unwrap_or("?"),
+                    cgroup_id = event.id,
+                    "forgot removed cgroup"
+                );
+            }
+        }
+        _ => warn!(kind = event.kind, "unknown cgroup event"),
+    }
 }
 
 /// Makes the kernel's list match `wanted`; returns the id -> path map.
@@ -210,6 +278,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .map_err(|e| e.into_parts().1)
         .context("registering the verdict ring buffer with tokio")?;
 
+    let cgroup_ring = probes.take_cgroup_events()?;
+    // SAFETY: as for the verdict ring buffer above.
+    let mut cgroup_ring =
+        unsafe { AsyncFd::register_with_interest(cgroup_ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("registering the cgroup event ring buffer with tokio")?;
+
     let mut responder = Responder::new(policy, hierarchy.clone(), "/proc", watched);
     responder.warm_up();
     info!(
@@ -248,6 +323,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             }
                         }
                         None => warn!("short record in the verdict ring buffer"),
+                    }
+                }
+                ready.clear_ready();
+            }
+            ready = cgroup_ring.readable_mut() => {
+                let mut ready = ready.context("waiting on the cgroup event ring buffer")?;
+                while let Some(item) = ready.get_inner_mut().next() {
+                    let event = CgroupEvent::from_bytes(&item);
+                    drop(item);
+                    match event {
+                        Some(e) => follow_cgroup(&e, &mut probes, &mut responder, &hierarchy),
+                        None => warn!("short record in the cgroup event ring buffer"),
                     }
                 }
                 ready.clear_ready();
@@ -291,6 +378,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             penalties = s[stat::PENALTIES as usize],
             verdicts = s[stat::VERDICTS as usize],
             verdicts_lost = s[stat::VERDICTS_LOST as usize],
+            cgroup_events_lost = s[stat::CGROUP_EVENTS_LOST as usize],
             "guard stopping"
         );
     }
@@ -348,6 +436,18 @@ mod tests {
             .await
             .expect("join");
         assert_eq!(end, HookEnd::NotStarted);
+    }
+
+    #[test]
+    fn only_specific_scopes_list_cgroups_at_creation() {
+        let p = Config::parse(
+            "[[scope]]\npaths = [\"/user.slice/user-*.slice\"]\n[[scope]]\npaths = [\"/**\"]\n",
+            "<test>",
+        )
+        .expect("valid");
+        assert!(lists_on_creation(&p.scopes[0]));
+        assert!(!lists_on_creation(&p.scopes[1]));
+        assert!(!lists_on_creation(&Config::default_policy().scopes[0]));
     }
 
     #[test]

@@ -28,13 +28,17 @@ const PENALTY_SLEEP: &str = "schedule_timeout_killable";
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
-        "no tracefs format for vmscan:{RECLAIM_END} under {TRACEFS:?}: {source}. Fix: mount \
-         tracefs (`mount -t tracefs tracefs /sys/kernel/tracing`); the kernel needs \
-         CONFIG_FTRACE and the vmscan tracepoints"
+        "no tracefs event format under {TRACEFS:?}: {source}. Fix: mount tracefs \
+         (`mount -t tracefs tracefs /sys/kernel/tracing`); the kernel needs CONFIG_FTRACE and \
+         the vmscan and cgroup tracepoints"
     )]
     NoTracefs { source: io::Error },
-    #[error("the format of vmscan:{RECLAIM_END} has no `nr_reclaimed` field:\n{0}")]
-    NoReclaimedField(String),
+    #[error("the format of {event} has no `{field}` field:\n{format}")]
+    NoField {
+        event: String,
+        field: String,
+        format: String,
+    },
     #[error(
         "loading guard's eBPF programs failed: {0}. guard needs root (or CAP_BPF and \
          CAP_PERFMON) and a kernel >= 6.1 with BTF"
@@ -117,22 +121,30 @@ pub fn ensure_tracefs() -> Result<bool, ProbeError> {
     Ok(true)
 }
 
-fn reclaimed_offset() -> Result<u64, ProbeError> {
+/// The format file of a tracepoint, from whichever tracefs is mounted.
+fn format_of(category: &str, event: &str) -> Result<String, ProbeError> {
     let mut last = io::Error::from(io::ErrorKind::NotFound);
     for root in TRACEFS {
         let path = Path::new(root)
-            .join("events/vmscan")
-            .join(RECLAIM_END)
+            .join("events")
+            .join(category)
+            .join(event)
             .join("format");
         match fs::read_to_string(&path) {
-            Ok(text) => {
-                return field_offset(&text, "nr_reclaimed")
-                    .ok_or(ProbeError::NoReclaimedField(text));
-            }
+            Ok(text) => return Ok(text),
             Err(e) => last = e,
         }
     }
     Err(ProbeError::NoTracefs { source: last })
+}
+
+fn offset_in(category: &str, event: &str, field: &str) -> Result<u64, ProbeError> {
+    let text = format_of(category, event)?;
+    field_offset(&text, field).ok_or(ProbeError::NoField {
+        event: format!("{category}:{event}"),
+        field: field.to_owned(),
+        format: text,
+    })
 }
 
 /// 1e9 / CONFIG_HZ: the coarse clocks tick once a jiffy, so their
@@ -157,7 +169,10 @@ impl Probes {
                 "mounted tracefs, which the tracepoints need"
             );
         }
-        let offset = reclaimed_offset()?;
+        let offset = offset_in("vmscan", RECLAIM_END, "nr_reclaimed")?;
+        let cg_root = offset_in("cgroup", "cgroup_mkdir", "root")?;
+        let cg_id = offset_in("cgroup", "cgroup_mkdir", "id")?;
+        let cg_path = offset_in("cgroup", "cgroup_mkdir", "path")?;
         let budget = nanos(settings.budget);
         let window = nanos(settings.window);
         let interval = nanos(settings.verdict_interval);
@@ -175,11 +190,16 @@ impl Probes {
             .override_global(globals::NR_RECLAIMED_OFFSET, &offset, true)
             .override_global(globals::NS_PER_JIFFY, &jiffy, true)
             .override_global(globals::WATCH_ALL, &watch_all, true)
+            .override_global(globals::CGROUP_ROOT_OFFSET, &cg_root, true)
+            .override_global(globals::CGROUP_ID_OFFSET, &cg_id, true)
+            .override_global(globals::CGROUP_PATH_OFFSET, &cg_path, true)
             .load(OBJECT)?;
 
-        for (prog, event) in [
-            (programs::RECLAIM_BEGIN, RECLAIM_BEGIN),
-            (programs::RECLAIM_END, RECLAIM_END),
+        for (prog, category, event) in [
+            (programs::RECLAIM_BEGIN, "vmscan", RECLAIM_BEGIN),
+            (programs::RECLAIM_END, "vmscan", RECLAIM_END),
+            (programs::CGROUP_MKDIR, "cgroup", "cgroup_mkdir"),
+            (programs::CGROUP_RMDIR, "cgroup", "cgroup_rmdir"),
         ] {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -191,11 +211,11 @@ impl Probes {
                 })?;
             let attach = |tp: &mut TracePoint| -> Result<(), ProgramError> {
                 tp.load()?;
-                tp.attach("vmscan", event)?;
+                tp.attach(category, event)?;
                 Ok(())
             };
             attach(tp).map_err(|source| ProbeError::Attach {
-                what: format!("tracepoint vmscan:{event}"),
+                what: format!("tracepoint {category}:{event}"),
                 source,
             })?;
         }
@@ -296,6 +316,18 @@ impl Probes {
         Ok(out)
     }
 
+    /// The ring buffer of cgroup creations and removals.
+    pub fn take_cgroup_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(maps::CGROUP_EVENTS)
+            .ok_or(ProbeError::Missing(maps::CGROUP_EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::CGROUP_EVENTS,
+            source,
+        })
+    }
+
     /// The verdict ring buffer; the caller owns it from here on.
     pub fn take_verdicts(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
@@ -381,6 +413,17 @@ mod tests {
         assert_eq!(field_offset(END_61, "memcg_id"), None);
         // A prefix of the name is not the name.
         assert_eq!(field_offset(END_61, "reclaimed"), None);
+    }
+
+    #[test]
+    fn cgroup_event_fields_are_found_including_the_data_loc_path() {
+        let fmt = "format:\n\tfield:int root;\toffset:8;\tsize:4;\tsigned:1;\n\
+\tfield:int level;\toffset:12;\tsize:4;\tsigned:1;\n\
+\tfield:u64 id;\toffset:16;\tsize:8;\tsigned:0;\n\
+\tfield:__data_loc char[] path;\toffset:24;\tsize:4;\tsigned:0;\n";
+        assert_eq!(field_offset(fmt, "root"), Some(8));
+        assert_eq!(field_offset(fmt, "id"), Some(16));
+        assert_eq!(field_offset(fmt, "path"), Some(24));
     }
 
     #[test]

@@ -92,6 +92,22 @@ impl Responder {
         &self.watched
     }
 
+    /// Lists a cgroup created after start.
+    pub fn add_watched(&mut self, id: u64, dir: PathBuf) {
+        self.watched.insert(id, dir);
+    }
+
+    /// Forgets a removed cgroup; true if it was listed.
+    pub fn forget(&mut self, id: u64) -> bool {
+        match self.watched.remove(&id) {
+            Some(dir) => {
+                self.quiet.remove(&dir);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A reloaded policy and the cgroups it lists. Victims still dying stay
     /// tracked: a reload must not open the door to a premature second kill.
     pub fn replace_policy(&mut self, policy: Policy, watched: HashMap<u64, PathBuf>) {

@@ -195,3 +195,48 @@ fn run_refuses_a_host_without_cgroup_v2_memory_and_says_how_to_fix_it() {
     );
     assert!(!stderr.contains("Stack backtrace"), "{stderr}");
 }
+
+#[test]
+fn cgroup_creation_and_removal_reach_user_space() {
+    if !is_root() {
+        eprintln!("SKIPPED: loading eBPF programs needs root");
+        return;
+    }
+    let (Some(unified), Some(v2_path)) = (unified_mount(), own_cgroup("0::")) else {
+        eprintln!("SKIPPED: no cgroup2 mount on this host");
+        return;
+    };
+    let mut probes = Probes::load(Settings {
+        budget: Duration::from_millis(250),
+        window: Duration::from_secs(1),
+        verdict_interval: Duration::from_secs(1),
+        min_progress_pages: 1,
+        watch_all: false,
+    })
+    .expect("the programs load and the tracepoints attach");
+    let mut events = probes.take_cgroup_events().expect("ring buffer");
+    let rel = format!(
+        "{}/guard-host-events-{}",
+        v2_path.trim_end_matches('/'),
+        std::process::id()
+    );
+    let dir = unified.join(rel.trim_start_matches('/'));
+    fs::create_dir(&dir).expect("create cgroup");
+    let id = fs::metadata(&dir).expect("stat").ino();
+    fs::remove_dir(&dir).expect("remove cgroup");
+
+    let mut seen = Vec::new();
+    while let Some(item) = events.next() {
+        let e = guard_common::CgroupEvent::from_bytes(&item).expect("a whole event");
+        if e.id == id {
+            seen.push((e.kind, e.path().map(str::to_owned)));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (guard_common::CGROUP_CREATED, Some(rel.clone())),
+            (guard_common::CGROUP_REMOVED, Some(rel)),
+        ]
+    );
+}

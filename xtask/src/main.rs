@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own set-up, build, run and test commands.
 
+mod install;
 mod scenarios;
 mod setup;
 mod vm;
@@ -46,6 +47,13 @@ enum Cmd {
     },
     /// Benchmarks: the user-space kill path, natively.
     Bench,
+    /// Build, then install the binary, the systemd unit, the default policy
+    /// (unless one exists), the man page and completions.
+    Install {
+        /// Install into this directory instead of the system root.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -141,6 +149,15 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::from(
                 status.code().unwrap_or(1).clamp(0, 255) as u8
             ))
+        }
+        Cmd::Install { root } => {
+            let guard = build_static()?.join("guard");
+            install::install(
+                &guard,
+                &workspace_root().join("deploy/guard.service"),
+                &root,
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench => {
             setup::build_deps()?;
