@@ -226,6 +226,29 @@ impl Hierarchy {
         Ok(parse_memory_stat(&Self::read(dir, "memory.stat")?))
     }
 
+    /// Every cgroup below the root, by id: the map that names the cgroup of
+    /// a verdict whose task has exited.
+    pub fn scan_all(&self) -> HashMap<u64, PathBuf> {
+        let mut found = HashMap::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+            if dir != self.root
+                && let Ok(id) = Self::id_of(&dir)
+            {
+                found.insert(id, dir);
+            }
+        }
+        found
+    }
+
     /// Every cgroup below the root (the root itself has no memory.high)
     /// whose memory.high is finite, with its id: the embedded default policy.
     pub fn scan_high_limited(&self) -> Result<HashMap<u64, PathBuf>, CgroupError> {
@@ -440,6 +463,18 @@ mod tests {
         assert_eq!(paths, ["/a", "/a/b/c"]);
         let a = root.path().join("a");
         assert_eq!(found.get(&Hierarchy::id_of(&a).expect("id")), Some(&a));
+    }
+
+    #[test]
+    fn scan_all_names_every_cgroup_by_id() {
+        let root = fake_tree();
+        let h = Hierarchy::new(root.path());
+        let all = h.scan_all();
+        let mut paths: Vec<String> = all.values().map(|p| h.display_path(p)).collect();
+        paths.sort();
+        assert_eq!(paths, ["/a", "/a/b", "/a/b/c", "/d"]);
+        let c = root.path().join("a/b/c");
+        assert_eq!(all.get(&Hierarchy::id_of(&c).expect("id")), Some(&c));
     }
 
     #[test]

@@ -102,12 +102,12 @@ fn follow_cgroup(
                 );
                 return;
             };
-            let Some(scope) = responder.policy.config.scope_for(path) else {
+            let dir = hierarchy.root().join(path.trim_start_matches('/'));
+            let scope = responder.policy.config.scope_for(path);
+            let Some(scope) = scope.filter(|s| lists_on_creation(s)) else {
+                responder.add_cgroup(event.id, dir, false);
                 return;
             };
-            if !lists_on_creation(scope) {
-                return;
-            }
             let limits = scope_limits(scope);
             match probes.watch(event.id, limits) {
                 Ok(()) => {
@@ -118,12 +118,12 @@ fn follow_cgroup(
                         window_ms = limits.window_ns / 1_000_000,
                         "watching new cgroup"
                     );
-                    responder.add_watched(
-                        event.id,
-                        hierarchy.root().join(path.trim_start_matches('/')),
-                    );
+                    responder.add_cgroup(event.id, dir, true);
                 }
-                Err(e) => warn!(cgroup = path, error = %e, "could not watch a new cgroup"),
+                Err(e) => {
+                    warn!(cgroup = path, error = %e, "could not watch a new cgroup");
+                    responder.add_cgroup(event.id, dir, false);
+                }
             }
         }
         CGROUP_REMOVED => {
@@ -286,6 +286,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .context("registering the cgroup event ring buffer with tokio")?;
 
     let mut responder = Responder::new(policy, hierarchy.clone(), "/proc", watched);
+    responder.set_known(hierarchy.scan_all());
     responder.warm_up();
     info!(
         dry_run = responder.policy.dry_run(),

@@ -63,6 +63,8 @@ pub struct Responder {
     hierarchy: Hierarchy,
     proc_root: PathBuf,
     watched: HashMap<u64, PathBuf>,
+    /// Every cgroup known by id (scanned at start, followed since).
+    known: HashMap<u64, PathBuf>,
     /// The last victim per cgroup, until it has exited: while it is dying
     /// its memory is still charged, and a second kill would be premature.
     dying: HashMap<PathBuf, Victim>,
@@ -82,6 +84,7 @@ impl Responder {
             hierarchy,
             proc_root: proc_root.into(),
             watched,
+            known: HashMap::new(),
             dying: HashMap::new(),
             quiet: HashMap::new(),
             guard_pid: std::process::id(),
@@ -92,13 +95,22 @@ impl Responder {
         &self.watched
     }
 
-    /// Lists a cgroup created after start.
-    pub fn add_watched(&mut self, id: u64, dir: PathBuf) {
-        self.watched.insert(id, dir);
+    /// Every cgroup that exists now, by id (a scan at start).
+    pub fn set_known(&mut self, known: HashMap<u64, PathBuf>) {
+        self.known = known;
+    }
+
+    /// A cgroup created after start; `listed` when the kernel lists it too.
+    pub fn add_cgroup(&mut self, id: u64, dir: PathBuf, listed: bool) {
+        if listed {
+            self.watched.insert(id, dir.clone());
+        }
+        self.known.insert(id, dir);
     }
 
     /// Forgets a removed cgroup; true if it was listed.
     pub fn forget(&mut self, id: u64) -> bool {
+        self.known.remove(&id);
         match self.watched.remove(&id) {
             Some(dir) => {
                 self.quiet.remove(&dir);
@@ -169,9 +181,13 @@ impl Responder {
     }
 
     /// The directory of the cgroup a verdict charges: a cgroup user space
-    /// listed, or (every cgroup being watched) the stalled task's own.
+    /// listed or knows, or else the one the stalled task is in.
     fn charged_cgroup(&self, v: &Verdict) -> Option<PathBuf> {
-        if let Some(dir) = self.watched.get(&v.cgroup_id) {
+        if let Some(dir) = self
+            .watched
+            .get(&v.cgroup_id)
+            .or(self.known.get(&v.cgroup_id))
+        {
             return Some(dir.clone());
         }
         [v.worst_pid, v.worst_tgid].into_iter().find_map(|pid| {

@@ -76,11 +76,12 @@ fn run_in(cgroups: &[&Path], args: &[&str]) -> (u32, bool) {
     (pid, status.signal() == Some(libc::SIGKILL))
 }
 
-#[test]
-fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
+/// A cgroup2 child and a v1 memory child (16M) of this test's own cgroups,
+/// or None (with the reason printed) where the host cannot provide them.
+fn test_cgroups(tag: &str) -> Option<(TempCgroup, TempCgroup, u64)> {
     if !is_root() {
         eprintln!("SKIPPED: loading eBPF programs needs root");
-        return;
+        return None;
     }
     let (Some(unified), Some(v2_path), Some(v1_path)) =
         (unified_mount(), own_cgroup("0::"), own_cgroup(":memory:"))
@@ -89,9 +90,9 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
             "SKIPPED: this host has no v1 memory controller beside cgroup2; the VM scenarios cover \
              unified hosts"
         );
-        return;
+        return None;
     };
-    let name = format!("guard-host-test-{}", std::process::id());
+    let name = format!("guard-host-{tag}-{}", std::process::id());
     let v2 = TempCgroup(unified.join(v2_path.trim_start_matches('/')).join(&name));
     let v1 = TempCgroup(
         Path::new("/sys/fs/cgroup/memory")
@@ -101,8 +102,65 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
     fs::create_dir(&v2.0).expect("create v2 cgroup");
     fs::create_dir(&v1.0).expect("create v1 memory cgroup");
     fs::write(v1.0.join("memory.limit_in_bytes"), "16M").expect("set the v1 limit");
-    let watched = fs::metadata(&v2.0).expect("stat").ino();
+    let id = fs::metadata(&v2.0).expect("stat").ino();
+    Some((v2, v1, id))
+}
 
+const ANON_HOG: [&str; 5] = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
+
+#[test]
+fn a_full_verdict_ring_is_counted_and_the_stall_reported_again_once_there_is_room() {
+    let Some((v2, v1, watched)) = test_cgroups("ring") else {
+        return;
+    };
+    // Every fruitless pass gives a verdict: no rate limit, a 1 µs budget.
+    let mut probes = Probes::load(Settings {
+        budget: Duration::from_micros(1),
+        window: Duration::from_secs(1),
+        verdict_interval: Duration::ZERO,
+        min_progress_pages: 1,
+        watch_all: false,
+    })
+    .expect("load");
+    probes
+        .watch(watched, guard_common::Watch::default())
+        .expect("watch");
+    let mut verdicts = probes.take_verdicts().expect("ring buffer");
+    let lost = |p: &Probes| p.stats().expect("stats")[guard_common::stat::VERDICTS_LOST as usize];
+    let sent = |p: &Probes| p.stats().expect("stats")[guard_common::stat::VERDICTS as usize];
+    // Nobody reads: hogs until the ring buffer is full and a verdict is lost.
+    let mut runs = 0;
+    while lost(&probes) == 0 && runs < 400 {
+        run_in(&[&v2.0, &v1.0], &ANON_HOG);
+        runs += 1;
+    }
+    assert!(lost(&probes) > 0, "no verdict was lost after {runs} hogs");
+    let mut drained = 0u64;
+    while verdicts.next().is_some() {
+        drained += 1;
+    }
+    assert!(
+        drained > 0 && drained <= sent(&probes),
+        "drained {drained}, sent {}",
+        sent(&probes)
+    );
+    // With room again, the next stall is reported. (The worst task of the
+    // window may still be an earlier hog, so the verdict is told by time.)
+    let before = guard::respond::monotonic_ns();
+    run_in(&[&v2.0, &v1.0], &ANON_HOG);
+    let mut fresh = 0;
+    while let Some(item) = verdicts.next() {
+        let v = guard_common::Verdict::from_bytes(&item).expect("whole");
+        fresh += u32::from(v.ktime_ns > before);
+    }
+    assert!(fresh > 0, "no verdict for the stall after the drain");
+}
+
+#[test]
+fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
+    let Some((v2, v1, watched)) = test_cgroups("reclaim") else {
+        return;
+    };
     // A 1 µs budget: the first fruitless pass must produce a verdict.
     let mut probes = Probes::load(Settings {
         budget: Duration::from_micros(1),
@@ -119,7 +177,8 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
     let mut verdicts = probes.take_verdicts().expect("ring buffer");
 
     // Page cache over the limit: reclaim that makes progress.
-    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.data"));
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("guard-host-cache-{}.data", std::process::id()));
     let of = format!("of={}", file.display());
     let (_, killed) = run_in(
         &[&v2.0, &v1.0],
@@ -140,10 +199,7 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
 
     // A 64 MiB anonymous buffer in a 16 MiB cgroup without swap: reclaim
     // frees nothing (the kernel's v1 OOM killer ends it).
-    let (hog_pid, hog_killed) = run_in(
-        &[&v2.0, &v1.0],
-        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
-    );
+    let (hog_pid, hog_killed) = run_in(&[&v2.0, &v1.0], &ANON_HOG);
     assert!(
         hog_killed,
         "the v1 OOM killer should have ended the anonymous hog"
