@@ -285,6 +285,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .map_err(|e| e.into_parts().1)
             .context("registering the cgroup event ring buffer with tokio")?;
 
+    // Before READY=1: a SIGHUP sent as soon as the guard is ready must reload
+    // it, not end it (the default action).
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+
     let mut responder = Responder::new(policy, hierarchy.clone(), "/proc", watched);
     responder.set_known(hierarchy.scan_all());
     responder.warm_up();
@@ -293,6 +299,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         budget_ms = budget.as_millis() as u64,
         window_ms = window.as_millis() as u64,
         scopes = responder.policy.config.scopes.len(),
+        // CLOCK_MONOTONIC: comparable with the service manager's timestamps.
+        monotonic_us = crate::respond::monotonic_ns() / 1000,
         "guard ready"
     );
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
@@ -305,9 +313,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         )
     });
 
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     loop {
         tokio::select! {
             ready = ring.readable_mut() => {

@@ -86,7 +86,12 @@ fn init_logs(format: LogFormat) -> anyhow::Result<()> {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Journald => registry
-            .with(tracing_journald::layer().context("connecting to journald")?)
+            .with(
+                tracing_journald::layer()
+                    .context("connecting to journald")?
+                    // GUARD_PID, GUARD_COMM, ...: the names the hook gets too.
+                    .with_field_prefix(Some("GUARD".to_owned())),
+            )
             .init(),
         LogFormat::Json => registry
             .with(
