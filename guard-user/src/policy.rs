@@ -174,6 +174,20 @@ pub enum Unresolved {
     },
 }
 
+impl Unresolved {
+    /// What stays the same while the same situation lasts (the sizes in
+    /// the message grow while a throttled hog keeps charging).
+    pub fn key(&self) -> String {
+        match self {
+            Self::Protected { pid, .. } => format!("protected {pid}"),
+            Self::HeldByNoProcess { .. } => "held by no process".to_owned(),
+            Self::NoRelief { largest, .. } => {
+                format!("no relief {:?}", largest.as_ref().map(|l| l.0))
+            }
+        }
+    }
+}
+
 impl fmt::Display for Unresolved {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -365,6 +379,16 @@ mod tests {
             }
             other => panic!("expected protected/unresolved, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_same_situation_keeps_its_key_while_sizes_grow() {
+        let at = |mib| match choose(&[proc(10, "sshd", mib), proc(20, "server", 3)], 20, 10) {
+            Choice::Unresolved(u) => u,
+            other => panic!("expected unresolved, got {other:?}"),
+        };
+        assert_eq!(at(64).key(), at(70).key());
+        assert_ne!(at(64).to_string(), at(70).to_string());
     }
 
     #[test]

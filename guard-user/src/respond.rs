@@ -249,7 +249,7 @@ impl Responder {
             Choice::Kill(p) => p,
             Choice::Unresolved(why) => {
                 let reason = why.to_string();
-                if !self.repeated(&dir, reason.clone()) {
+                if !self.repeated(&dir, why.key()) {
                     warn!(%cgroup, stall_ms, current = mem.current, high = mem.high,
                         %reason, "stall unresolved: nothing to kill");
                 }

@@ -4,6 +4,9 @@
 //! `guard-scenario <scenario>`; this program builds the cgroups, starts the
 //! workloads (and the guard, unless it is the control run), measures from
 //! the kernel's own trace, and prints one `GUARD-RESULT {json}` line.
+//!
+//! The same binary is the workloads, started by the scenarios as
+//! `/proc/self/exe <workload> ARGS`.
 
 mod scenario;
 mod trace;
@@ -21,20 +24,58 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+const USAGE: &str = "usage: guard-scenario SCENARIO | hog MIB [NAME [OOM_SCORE_ADJ]] | \
+    bystander MS | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
+    filecache PATH MIB READS | idle NAME";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
+    let num = |i: usize, default: u64| -> u64 {
+        match arg(i) {
+            None => default,
+            Some(s) => s.parse().unwrap_or_else(|_| {
+                eprintln!("guard-scenario: argument {s:?} is not a number\n{USAGE}");
+                std::process::exit(2)
+            }),
+        }
+    };
+    let ms = |i: usize, default: u64| Duration::from_millis(num(i, default));
     match arg(0) {
-        Some("hog") => workload::hog(arg(1).and_then(|s| s.parse().ok()).unwrap_or(100)),
-        Some("bystander") => workload::bystander(Duration::from_millis(
-            arg(1).and_then(|s| s.parse().ok()).unwrap_or(5000),
-        )),
+        Some("hog") => workload::hog(
+            num(1, 100) as usize,
+            arg(2).unwrap_or("hog"),
+            arg(3).map(|s| {
+                s.parse().unwrap_or_else(|_| {
+                    eprintln!("guard-scenario: bad oom_score_adj {s:?}");
+                    std::process::exit(2)
+                })
+            }),
+        ),
+        Some("bystander") => workload::bystander(ms(1, 5000)),
+        Some("worker-parent") => workload::workers(num(1, 4) as usize, num(2, 30) as usize),
+        Some("worker") => workload::worker(num(1, 30) as usize),
+        Some("burst") => workload::burst(
+            num(1, 1024),
+            num(2, 5) as u32,
+            ms(3, 1000),
+            num(4, 80) as usize,
+            ms(5, 3000),
+        ),
+        Some("filecache") => match arg(1) {
+            Some(path) => workload::filecache(path, num(2, 300) as usize, num(3, 3) as u32),
+            None => {
+                eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+        },
+        Some("idle") => workload::idle(arg(1).unwrap_or("idle")),
         Some(name) => {
             let result = scenario::run(name);
             println!("GUARD-RESULT {result}");
         }
         None => {
-            eprintln!("usage: guard-scenario hog MIB | bystander MS | seed | control");
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     }

@@ -1,12 +1,30 @@
 //! The scenarios. Each returns a JSON object: `scenario`, `pass`,
 //! `failures` (what a person would call wrong) and measured values.
+//!
+//! This file holds the seed incident (control, seed, nested) and the pieces
+//! every scenario uses: cgroups with limits, the guard with its log,
+//! workloads started inside a cgroup. The other scenarios are in
+//! `scenario/`.
+
+mod benign;
+mod cgroup_kill;
+mod pid_reuse;
+mod protected;
+mod sighup;
+mod workers;
 
 use std::{
+    ffi::CString,
     fs,
     io::Read,
-    os::unix::{net::UnixDatagram, process::CommandExt, process::ExitStatusExt},
+    os::unix::{
+        fs::PermissionsExt,
+        io::AsRawFd,
+        net::UnixDatagram,
+        process::{CommandExt, ExitStatusExt},
+    },
     path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -16,7 +34,8 @@ use serde_json::{Value, json};
 use crate::{monotonic_ns, trace};
 
 /// Where the incident happens: the limited cgroup, and the cgroups the hog
-/// and the bystander run in (the same one, or two children of it).
+/// and the bystander run in (the same one, or two children of it), as
+/// paths below the cgroup2 root.
 struct Layout {
     limited: &'static str,
     hog: &'static str,
@@ -27,35 +46,36 @@ struct Layout {
 }
 
 const SEED: Layout = Layout {
-    limited: "/sys/fs/cgroup/seed",
-    hog: "/sys/fs/cgroup/seed",
-    bystander: "/sys/fs/cgroup/seed",
+    limited: "/seed",
+    hog: "/seed",
+    bystander: "/seed",
     guard: true,
     guard_first: false,
 };
+pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const GUARD: &str = "/bin/guard";
 const GUARD_LOG: &str = "/tmp/guard.log";
 const NOTIFY: &str = "/run/guard-notify";
 /// The budget the guard runs with (its default) and the margin the
 /// first-no-progress-to-SIGKILL time may exceed it by under TCG.
-const BUDGET_MS: f64 = 250.0;
-const MARGIN_MS: f64 = 250.0;
+pub(crate) const BUDGET_MS: f64 = 250.0;
+pub(crate) const MARGIN_MS: f64 = 250.0;
 /// Bystander ticks scheduled this long after the kill count as "after".
 const SETTLE_MS: u64 = 250;
 const BYSTANDER_AFTER_MAX_MS: f64 = 100.0;
 
-struct Report {
+pub(crate) struct Report {
     failures: Vec<String>,
     values: serde_json::Map<String, Value>,
 }
 
 impl Report {
-    fn check(&mut self, ok: bool, what: impl Into<String>) {
+    pub(crate) fn check(&mut self, ok: bool, what: impl Into<String>) {
         if !ok {
             self.failures.push(what.into());
         }
     }
-    fn set(&mut self, key: &str, v: impl Into<Value>) {
+    pub(crate) fn set(&mut self, key: &str, v: impl Into<Value>) {
         self.values.insert(key.to_owned(), v.into());
     }
 }
@@ -79,13 +99,19 @@ pub fn run(name: &str) -> Value {
         "nested" => incident(
             &mut report,
             &Layout {
-                limited: "/sys/fs/cgroup/nest.slice",
-                hog: "/sys/fs/cgroup/nest.slice/hog.scope",
-                bystander: "/sys/fs/cgroup/nest.slice/bystander.scope",
+                limited: "/nest.slice",
+                hog: "/nest.slice/hog.scope",
+                bystander: "/nest.slice/bystander.scope",
                 guard: true,
                 guard_first: true,
             },
         ),
+        "workers" => workers::run(&mut report),
+        "protected" => protected::run(&mut report),
+        "benign" => benign::run(&mut report),
+        "cgroup-kill" => cgroup_kill::run(&mut report),
+        "sighup" => sighup::run(&mut report),
+        "pid-reuse" => pid_reuse::run(&mut report),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {
@@ -102,23 +128,23 @@ pub fn run(name: &str) -> Value {
     out
 }
 
-fn write(path: &str, value: &str) -> Result<(), String> {
+pub(crate) fn write(path: &str, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("writing {value:?} to {path}: {e}"))
 }
 
-fn read(path: &str) -> String {
+pub(crate) fn read(path: &str) -> String {
     fs::read_to_string(path).unwrap_or_default()
 }
 
 /// A counter from a flat keyed file such as memory.events.
-fn keyed(text: &str, key: &str) -> u64 {
+pub(crate) fn keyed(text: &str, key: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0)
 }
 
 /// `full` stall total (µs) and avg10 (%) from a memory.pressure file.
-fn pressure_full(text: &str) -> (u64, f64) {
+pub(crate) fn pressure_full(text: &str) -> (u64, f64) {
     let Some(line) = text.lines().find(|l| l.starts_with("full ")) else {
         return (0, 0.0);
     };
@@ -133,46 +159,242 @@ fn pressure_full(text: &str) -> (u64, f64) {
     )
 }
 
-fn spawn_in_cgroup(cgroup: &'static str, args: &[&str], stdout: Stdio) -> Result<Child, String> {
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.args(args).stdout(stdout).stdin(Stdio::null());
-    // SAFETY: the closure only writes a file (open/write/close) between
-    // fork and exec; this program starts no threads before it spawns.
-    unsafe {
-        cmd.pre_exec(move || fs::write(format!("{cgroup}/cgroup.procs"), "0"));
-    }
-    cmd.spawn().map_err(|e| format!("spawning {args:?}: {e}"))
+/// `key=value` from a line of space-separated pairs.
+pub(crate) fn kv<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
-fn start_guard() -> Result<Child, String> {
-    let _ = fs::remove_file(NOTIFY);
-    let sock = UnixDatagram::bind(NOTIFY).map_err(|e| format!("binding {NOTIFY}: {e}"))?;
-    sock.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    let log = fs::File::create(GUARD_LOG).map_err(|e| format!("{GUARD_LOG}: {e}"))?;
-    let child = Command::new(GUARD)
-        .args(["--log-format", "json", "run"])
-        .env("NOTIFY_SOCKET", NOTIFY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("spawning {GUARD}: {e}"))?;
-    let mut buf = [0u8; 256];
-    loop {
-        let n = sock
-            .recv(&mut buf)
-            .map_err(|e| format!("no READY=1 from the guard: {e}; log:\n{}", read(GUARD_LOG)))?;
-        if String::from_utf8_lossy(&buf[..n])
+/// A cgroup, named by its path below the cgroup2 root ("/seed").
+#[derive(Clone, Debug)]
+pub(crate) struct Cgroup {
+    rel: String,
+}
+
+impl Cgroup {
+    /// Creates the cgroup (and its parents), enabling the memory controller
+    /// on the way down so that every level has its memory files.
+    pub(crate) fn create(rel: &str) -> Result<Self, String> {
+        let mut at = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            let parent = format!("{CGROUP_ROOT}{at}");
+            at.push('/');
+            at.push_str(part);
+            let dir = format!("{CGROUP_ROOT}{at}");
+            if !Path::new(&dir).exists() {
+                if at.matches('/').count() > 1 {
+                    write(&format!("{parent}/cgroup.subtree_control"), "+memory")?;
+                }
+                fs::create_dir(&dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+            }
+        }
+        Ok(Self { rel: at })
+    }
+
+    /// memory.high and memory.max ("64M", "max"), and no swap.
+    pub(crate) fn limit(&self, high: &str, max: &str) -> Result<&Self, String> {
+        write(&self.path("memory.high"), high)?;
+        write(&self.path("memory.max"), max)?;
+        if Path::new(&self.path("memory.swap.max")).exists() {
+            write(&self.path("memory.swap.max"), "0")?;
+        }
+        Ok(self)
+    }
+
+    /// The path as the guard logs it: "/kill.slice".
+    pub(crate) fn rel(&self) -> &str {
+        &self.rel
+    }
+
+    pub(crate) fn path(&self, file: &str) -> String {
+        format!("{CGROUP_ROOT}{}/{file}", self.rel)
+    }
+
+    pub(crate) fn read(&self, file: &str) -> String {
+        read(&self.path(file))
+    }
+
+    pub(crate) fn number(&self, file: &str) -> u64 {
+        self.read(file).trim().parse().unwrap_or(0)
+    }
+
+    pub(crate) fn current(&self) -> u64 {
+        self.number("memory.current")
+    }
+
+    pub(crate) fn high(&self) -> u64 {
+        self.number("memory.high")
+    }
+
+    /// A counter of memory.events.
+    pub(crate) fn event(&self, key: &str) -> u64 {
+        keyed(&self.read("memory.events"), key)
+    }
+
+    /// Pids in this cgroup (not its children).
+    pub(crate) fn procs(&self) -> Vec<u32> {
+        self.read("cgroup.procs")
             .lines()
-            .any(|l| l == "READY=1")
-        {
-            return Ok(child);
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Starts `guard-scenario ARGS` (a workload) inside this cgroup.
+    pub(crate) fn spawn(&self, args: &[&str], stdout: Stdio) -> Result<Child, String> {
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.args(args).stdout(stdout).stdin(Stdio::null());
+        self.spawn_cmd(cmd)
+    }
+
+    /// Starts `cmd` inside this cgroup: the child joins it before exec, so
+    /// not a page of the new program is charged elsewhere.
+    pub(crate) fn spawn_cmd(&self, mut cmd: Command) -> Result<Child, String> {
+        let procs = CString::new(self.path("cgroup.procs")).map_err(|e| e.to_string())?;
+        // SAFETY: between fork and exec the closure makes only the
+        // async-signal-safe calls open, write and close, on memory that
+        // was allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n == 1 { Ok(()) } else { Err(err) }
+            });
+        }
+        let shown = format!("{cmd:?}");
+        cmd.spawn()
+            .map_err(|e| format!("spawning {shown} in {}: {e}", self.rel))
+    }
+}
+
+/// Writes a policy file as the guard requires it: root-owned, written by
+/// root alone, in a directory likewise.
+pub(crate) fn write_policy(path: &str, text: &str) -> Result<(), String> {
+    let dir = Path::new(path)
+        .parent()
+        .ok_or("policy path has no directory")?;
+    fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    // Written to a new file and renamed, as an editor or config manager would.
+    let tmp = format!("{path}.new");
+    fs::write(&tmp, text).map_err(|e| format!("writing {tmp}: {e}"))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+        .map_err(|e| format!("chmod {tmp}: {e}"))?;
+    fs::rename(&tmp, path).map_err(|e| format!("renaming {tmp} to {path}: {e}"))
+}
+
+/// The guard, started as `guard --log-format json run ARGS` with its stderr
+/// in GUARD_LOG.
+pub(crate) struct Guard {
+    child: Child,
+}
+
+impl Guard {
+    /// Starts the guard and waits for its READY=1.
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let _ = fs::remove_file(NOTIFY);
+        let sock = UnixDatagram::bind(NOTIFY).map_err(|e| format!("binding {NOTIFY}: {e}"))?;
+        sock.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let log = fs::File::create(GUARD_LOG).map_err(|e| format!("{GUARD_LOG}: {e}"))?;
+        let child = Command::new(GUARD)
+            .args(["--log-format", "json", "run"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("NOTIFY_SOCKET", NOTIFY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawning {GUARD}: {e}"))?;
+        let mut guard = Self { child };
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let log = guard.stop();
+                    return Err(format!("no READY=1 from the guard: {e}; log:\n{log}"));
+                }
+            };
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                return Ok(guard);
+            }
         }
     }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the guard ended, if it has.
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub(crate) fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// The log so far, one JSON value per line.
+    pub(crate) fn lines(&self) -> Vec<Value> {
+        log_lines(&read(GUARD_LOG))
+    }
+
+    /// SIGTERM, then the whole log (also echoed to the console).
+    pub(crate) fn stop(&mut self) -> String {
+        self.signal(libc::SIGTERM);
+        if wait_exit(&mut self.child, Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let log = read(GUARD_LOG);
+        for line in log.lines() {
+            println!("guard-log: {line}");
+        }
+        log
+    }
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<(ExitStatus, u64)> {
+pub(crate) fn log_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub(crate) fn message(v: &Value) -> &str {
+    v["message"].as_str().unwrap_or_default()
+}
+
+/// The log lines whose message is `m`.
+pub(crate) fn with_message<'a>(lines: &'a [Value], m: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|v| message(v) == m).collect()
+}
+
+/// A log field as text, whether the logger wrote it as a string or number.
+pub(crate) fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A log field as a number, whether written as a number or a string.
+pub(crate) fn number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
+
+pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> Option<(ExitStatus, u64)> {
     let start = Instant::now();
     while start.elapsed() < limit {
         if let Ok(Some(status)) = child.try_wait() {
@@ -183,8 +405,126 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<(ExitStatus, u64)> {
     None
 }
 
+/// Alive and not a zombie.
+pub(crate) fn alive(pid: u32) -> bool {
+    read(&format!("/proc/{pid}/stat"))
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// Kills a child we started and reaps it; how it had ended if it already had.
+pub(crate) fn end(child: &mut Child) -> Option<ExitStatus> {
+    let before = child.try_wait().ok().flatten();
+    let _ = child.kill();
+    let _ = child.wait();
+    before
+}
+
+/// Complete lines from a child's stdout, read without blocking.
+pub(crate) struct Lines {
+    src: ChildStdout,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    pub(crate) fn new(src: ChildStdout) -> Self {
+        // SAFETY: fcntl on an fd we own.
+        unsafe {
+            let fd = src.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        Self {
+            src,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The lines completed since the last call.
+    pub(crate) fn poll(&mut self) -> Vec<String> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.src.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        let done: Vec<u8> = self.buf.drain(..=end).collect();
+        String::from_utf8_lossy(&done)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// SIGKILLs in the trace: (time, sender pid, target pid).
+pub(crate) fn trace_sigkills(trace_text: &str) -> Vec<(f64, u32, u32)> {
+    trace_text
+        .lines()
+        .filter_map(trace::parse)
+        .filter(|l| l.event == "signal_generate" && kv(l.fields, "sig") == Some("9"))
+        .filter_map(|l| Some((l.ts, l.pid, kv(l.fields, "pid")?.parse().ok()?)))
+        .collect()
+}
+
+/// Reclaim passes in the trace by the tasks `pids` (all tasks if empty):
+/// (all passes, passes that freed nothing).
+pub(crate) fn trace_passes(trace_text: &str, pids: &[u32]) -> (u64, u64) {
+    let mut all = 0;
+    let mut none = 0;
+    for l in trace_text.lines().filter_map(trace::parse) {
+        if l.event == "mm_vmscan_memcg_reclaim_end" && (pids.is_empty() || pids.contains(&l.pid)) {
+            all += 1;
+            if kv(l.fields, "nr_reclaimed") == Some("0") {
+                none += 1;
+            }
+        }
+    }
+    (all, none)
+}
+
+/// Starts tracing (the seed events) plus `extra` event directories such
+/// as "sched/sched_process_exit", with `buffer_kb` per CPU.
+pub(crate) fn trace_enable(extra: &[&str], buffer_kb: u32) -> Result<(), String> {
+    trace::enable()?;
+    let w = |rel: &str, v: &str| {
+        fs::write(format!("/sys/kernel/tracing/{rel}"), v)
+            .map_err(|e| format!("tracefs {rel}: {e}"))
+    };
+    w("tracing_on", "0")?;
+    if buffer_kb != 8192 {
+        w("buffer_size_kb", &buffer_kb.to_string())?;
+    }
+    for event in extra {
+        w(&format!("events/{event}/enable"), "1")?;
+    }
+    w("trace", "")?;
+    w("tracing_on", "1")
+}
+
+/// Events the trace buffer dropped (overwritten) on any CPU.
+pub(crate) fn trace_overrun() -> u64 {
+    let Ok(dirs) = fs::read_dir("/sys/kernel/tracing/per_cpu") else {
+        return 0;
+    };
+    dirs.flatten()
+        .map(|d| keyed_colon(&read(&format!("{}/stats", d.path().display())), "overrun"))
+        .sum()
+}
+
+fn keyed_colon(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Bystander output: (completion ns, lateness µs) samples and worst.
-fn bystander_samples(out: &str) -> (Vec<(u64, u64)>, u64) {
+pub(crate) fn bystander_samples(out: &str) -> (Vec<(u64, u64)>, u64) {
     let mut samples = Vec::new();
     let mut worst = 0;
     for line in out.lines() {
@@ -209,7 +549,7 @@ fn bystander_samples(out: &str) -> (Vec<(u64, u64)>, u64) {
 }
 
 /// Worst lateness (ms) of ticks scheduled within [from, to).
-fn worst_between(samples: &[(u64, u64)], from: u64, to: u64) -> f64 {
+pub(crate) fn worst_between(samples: &[(u64, u64)], from: u64, to: u64) -> f64 {
     samples
         .iter()
         .filter(|(done, late)| {
@@ -220,44 +560,59 @@ fn worst_between(samples: &[(u64, u64)], from: u64, to: u64) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// A bystander started in a cgroup, to be judged when it ends.
+pub(crate) struct Bystander {
+    child: Child,
+}
+
+impl Bystander {
+    pub(crate) fn start(cg: &Cgroup, run_for_ms: u64) -> Result<Self, String> {
+        let child = cg.spawn(&["bystander", &run_for_ms.to_string()], Stdio::piped())?;
+        Ok(Self { child })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for it to end; checks that it ended by itself with status 0.
+    /// Returns its (samples, worst µs).
+    pub(crate) fn finish(mut self, r: &mut Report) -> Result<(Vec<(u64, u64)>, u64), String> {
+        let mut out = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        r.check(status.success(), format!("bystander ended with {status}"));
+        Ok(bystander_samples(&out))
+    }
+}
+
 /// The seed incident: memory.high 64M, memory.max 128M, no swap; a bystander
 /// and a 100 MiB hog under the limited cgroup. With the guard the hog must
 /// die fast; without it (control) the livelock must show.
 fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
     let with_guard = layout.guard;
-    let limited = layout.limited;
     trace::enable()?;
     let mut guard = if with_guard && layout.guard_first {
-        Some(start_guard()?)
+        Some(Guard::start(&[], &[])?)
     } else {
         None
     };
-    fs::create_dir_all(limited).map_err(|e| format!("mkdir {limited}: {e}"))?;
-    write(&format!("{limited}/memory.high"), "64M")?;
-    write(&format!("{limited}/memory.max"), "128M")?;
-    if Path::new(&format!("{limited}/memory.swap.max")).exists() {
-        write(&format!("{limited}/memory.swap.max"), "0")?;
-    }
-    for leaf in [layout.hog, layout.bystander] {
-        if leaf != limited {
-            write(&format!("{limited}/cgroup.subtree_control"), "+memory")?;
-            fs::create_dir_all(leaf).map_err(|e| format!("mkdir {leaf}: {e}"))?;
-        }
-    }
+    let limited = Cgroup::create(layout.limited)?;
+    limited.limit("64M", "128M")?;
+    let hog_cg = Cgroup::create(layout.hog)?;
+    let bystander_cg = Cgroup::create(layout.bystander)?;
     if with_guard && guard.is_none() {
-        guard = Some(start_guard()?);
+        guard = Some(Guard::start(&[], &[])?);
     }
     let bystander_ms: u64 = if with_guard { 8000 } else { 13000 };
-    let mut bystander = spawn_in_cgroup(
-        layout.bystander,
-        &["bystander", &bystander_ms.to_string()],
-        Stdio::piped(),
-    )?;
+    let bystander = Bystander::start(&bystander_cg, bystander_ms)?;
     sleep(Duration::from_secs(1));
-    let events0 = read(&format!("{limited}/memory.events"));
-    let (full0, _) = pressure_full(&read(&format!("{limited}/memory.pressure")));
+    let events0 = limited.read("memory.events");
+    let (full0, _) = pressure_full(&limited.read("memory.pressure"));
     let hog_start = monotonic_ns();
-    let mut hog = spawn_in_cgroup(layout.hog, &["hog", "100"], Stdio::null())?;
+    let mut hog = hog_cg.spawn(&["hog", "100"], Stdio::null())?;
     let hog_pid = hog.id();
     r.set("hog_pid", hog_pid);
 
@@ -274,8 +629,7 @@ fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
             }
             None => {
                 r.check(false, "hog still alive 20 s after it started");
-                let _ = hog.kill();
-                let _ = hog.wait();
+                end(&mut hog);
                 hog_end = monotonic_ns();
             }
         }
@@ -288,8 +642,8 @@ fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
             alive,
             "control: the hog died without a guard; the livelock did not happen",
         );
-        let events1 = read(&format!("{limited}/memory.events"));
-        let (full1, avg10) = pressure_full(&read(&format!("{limited}/memory.pressure")));
+        let events1 = limited.read("memory.events");
+        let (full1, avg10) = pressure_full(&limited.read("memory.pressure"));
         let high = keyed(&events1, "high") - keyed(&events0, "high");
         let oom_kills = keyed(&events1, "oom_kill") - keyed(&events0, "oom_kill");
         let full_share = (full1 - full0) as f64 / (secs * 1e6);
@@ -297,11 +651,7 @@ fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
         r.set("oom_kills", oom_kills);
         r.set("pressure_full_share", full_share);
         r.set("pressure_full_avg10", avg10);
-        let current: u64 = read(&format!("{limited}/memory.current"))
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        r.set("memory_current", current);
+        r.set("memory_current", limited.current());
         r.check(
             oom_kills == 0,
             format!("control: {oom_kills} kernel OOM kills"),
@@ -314,36 +664,18 @@ fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
                 full_share * 100.0
             ),
         );
-        let _ = hog.kill();
-        let _ = hog.wait();
+        end(&mut hog);
         hog_end = monotonic_ns();
     }
 
-    let mut out = String::new();
-    if let Some(mut s) = bystander.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    let by_status = bystander.wait().map_err(|e| e.to_string())?;
-    r.check(
-        by_status.success(),
-        format!("bystander ended with {by_status}"),
-    );
-    let (samples, worst_us) = bystander_samples(&out);
+    let (samples, worst_us) = bystander.finish(r)?;
     r.set("bystander_worst_ms", worst_us as f64 / 1000.0);
     r.set(
         "bystander_worst_during_ms",
         worst_between(&samples, hog_start, hog_end),
     );
 
-    let log = if let Some(mut g) = guard.take() {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(g.id() as i32, libc::SIGTERM) };
-        let _ = wait_exit(&mut g, Duration::from_secs(5));
-        let _ = g.kill();
-        read(GUARD_LOG)
-    } else {
-        String::new()
-    };
+    let log = guard.as_mut().map(Guard::stop).unwrap_or_default();
     let trace = trace::read();
     r.set(
         "no_progress_passes",
@@ -362,20 +694,15 @@ fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
     Ok(())
 }
 
-fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
-    for line in log.lines() {
-        println!("guard-log: {line}");
-    }
-    let lines: Vec<Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let msg = |v: &Value| v["message"].as_str().unwrap_or_default().to_owned();
+/// The guard killed the hog, once, within budget + margin of the hog's
+/// first fruitless reclaim pass (measured from the kernel's trace).
+pub(crate) fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
+    let lines = log_lines(log);
     let hooked = lines
         .iter()
-        .any(|v| msg(v).starts_with("throttle hooks attached"));
+        .any(|v| message(v).starts_with("throttle hooks attached"));
     r.set("throttle_hooks", hooked);
-    let kills: Vec<&Value> = lines.iter().filter(|v| msg(v) == "killed").collect();
+    let kills = with_message(&lines, "killed");
     r.check(
         kills.len() == 1,
         format!(
@@ -386,7 +713,7 @@ fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
     match kills.first() {
         Some(k) => {
             r.check(
-                k["pid"].as_u64() == Some(u64::from(hog_pid)),
+                number(&k["pid"]) == Some(u64::from(hog_pid)),
                 format!(
                     "the guard killed pid {} ({}), not the hog {hog_pid}",
                     k["pid"], k["comm"]
@@ -399,9 +726,15 @@ fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
         }
         None => r.check(false, format!("no kill in the guard's log:\n{log}")),
     }
+    detect_to_kill(r, trace_text, hog_pid);
+}
+
+/// First no-progress reclaim pass of `pid` to its SIGKILL, from the trace:
+/// sets `detect_to_kill_ms` and checks it against budget + margin.
+pub(crate) fn detect_to_kill(r: &mut Report, trace_text: &str, pid: u32) -> Option<f64> {
     match (
-        trace::first_no_progress(trace_text, hog_pid),
-        trace::first_sigkill(trace_text, hog_pid),
+        trace::first_no_progress(trace_text, pid),
+        trace::first_sigkill(trace_text, pid),
     ) {
         (Some(t0), Some((t1, _sender))) => {
             let ms = (t1 - t0) * 1000.0;
@@ -412,13 +745,17 @@ fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
                     "first no-progress reclaim to SIGKILL took {ms:.0} ms (budget {BUDGET_MS} + margin {MARGIN_MS})"
                 ),
             );
+            Some(ms)
         }
-        (t0, t1) => r.check(
-            false,
-            format!(
-                "trace lacks the hog's first no-progress pass ({t0:?}) or its SIGKILL ({t1:?})"
-            ),
-        ),
+        (t0, t1) => {
+            r.check(
+                false,
+                format!(
+                    "trace lacks the first no-progress pass ({t0:?}) or the SIGKILL ({t1:?}) of pid {pid}"
+                ),
+            );
+            None
+        }
     }
 }
 
@@ -446,5 +783,34 @@ mod tests {
         assert_eq!(worst_between(&samples, 2_000_000_000, u64::MAX), 2.0);
         let (parsed, worst) = bystander_samples("sample 5 7\nbystander ticks=3 worst_us=7\n");
         assert_eq!((parsed, worst), (vec![(5, 7)], 7));
+    }
+
+    const TRACE: &str = "\
+# tracer: nop
+          worker-101     [001] d..1.    12.500100: mm_vmscan_memcg_reclaim_end: nr_reclaimed=3
+          worker-101     [001] d..1.    12.600200: mm_vmscan_memcg_reclaim_end: nr_reclaimed=0
+       bystander-98      [000] d..1.    12.610000: mm_vmscan_memcg_reclaim_end: nr_reclaimed=0
+           guard-97      [000] d..2.    12.700300: signal_generate: sig=9 errno=0 code=0 comm=worker pid=101 grp=1 res=0
+ guard-scenario-96      [000] d..2.    13.000000: signal_generate: sig=9 errno=0 code=0 comm=worker pid=102 grp=1 res=0
+";
+
+    #[test]
+    fn sigkills_and_passes_are_read_from_the_trace() {
+        assert_eq!(
+            trace_sigkills(TRACE),
+            vec![(12.7003, 97, 101), (13.0, 96, 102)]
+        );
+        assert_eq!(trace_passes(TRACE, &[]), (3, 2));
+        assert_eq!(trace_passes(TRACE, &[101]), (2, 1));
+        assert_eq!(trace_passes(TRACE, &[5]), (0, 0));
+    }
+
+    #[test]
+    fn key_value_fields_are_found_whole() {
+        let line = "burst 0 peak=68395008 high=67108864 over_ms=12.5 gave_up=0";
+        assert_eq!(kv(line, "high"), Some("67108864"));
+        assert_eq!(kv(line, "over_ms"), Some("12.5"));
+        assert_eq!(kv(line, "ms"), None);
+        assert_eq!(keyed_colon("entries: 5\noverrun: 17\n", "overrun"), 17);
     }
 }

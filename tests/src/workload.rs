@@ -1,16 +1,24 @@
 //! The programs a scenario runs inside its cgroups.
 
 use std::{
-    io::Write,
+    fs,
+    io::{Read, Write},
+    os::unix::process::ExitStatusExt,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 const PAGE: usize = 4096;
+const MIB: usize = 1 << 20;
 
 /// Sets the task's comm, which is what the guard and the trace show.
-fn set_name(name: &std::ffi::CStr) {
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+fn set_name(name: &str) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+    // bytes; `buf` is 16 bytes with a NUL at or before index 15.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
 }
 
 /// Maps `bytes` of anonymous memory; the mapping lives until exit.
@@ -38,11 +46,25 @@ fn touch(p: *mut u8, bytes: usize, value: u8) {
     }
 }
 
+/// Line-buffered writes to stdout that go out at once (the reader polls).
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// Takes `mib` MiB of anonymous memory and keeps touching all of it, like a
-/// grep holding a huge match buffer. Runs until killed.
-pub fn hog(mib: usize) -> ! {
-    set_name(c"hog");
-    let bytes = mib << 20;
+/// grep holding a huge match buffer. Runs until killed. `name` is its comm;
+/// `oom_score_adj`, when given, is set before the first allocation.
+pub fn hog(mib: usize, name: &str, oom_score_adj: Option<i32>) -> ! {
+    set_name(name);
+    if let Some(adj) = oom_score_adj
+        && let Err(e) = fs::write("/proc/self/oom_score_adj", adj.to_string())
+    {
+        eprintln!("hog: setting oom_score_adj {adj}: {e}");
+        std::process::exit(3);
+    }
+    let bytes = mib * MIB;
     let p = map_anon(bytes);
     let mut round: u8 = 0;
     loop {
@@ -51,12 +73,198 @@ pub fn hog(mib: usize) -> ! {
     }
 }
 
+/// One of a parent's workers: takes `mib` MiB, says `ready PID` once all of
+/// it is touched, and keeps touching it until killed.
+pub fn worker(mib: usize) -> ! {
+    set_name("worker");
+    let bytes = mib * MIB;
+    let p = map_anon(bytes);
+    touch(p, bytes, 1);
+    say(&format!("ready {}", std::process::id()));
+    let mut round: u8 = 1;
+    loop {
+        round = round.wrapping_add(1);
+        touch(p, bytes, round);
+    }
+}
+
+/// A small parent with `n` workers of `mib` MiB each (a build driver and
+/// its compilers). Prints `worker PID` for each, then `exit PID SIGNAL` as
+/// each one ends (SIGNAL 0 for a normal exit), and exits 0 when all have.
+pub fn workers(n: usize, mib: usize) {
+    set_name("workers");
+    let mut children = Vec::new();
+    for _ in 0..n {
+        match Command::new("/proc/self/exe")
+            .args(["worker", &mib.to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => {
+                say(&format!("worker {}", c.id()));
+                children.push(c);
+            }
+            Err(e) => {
+                eprintln!("workers: spawning a worker: {e}");
+                std::process::exit(3);
+            }
+        }
+    }
+    let mut ended = vec![false; children.len()];
+    while ended.iter().any(|e| !e) {
+        for (child, ended) in children.iter_mut().zip(ended.iter_mut()) {
+            if !*ended && let Ok(Some(status)) = child.try_wait() {
+                *ended = true;
+                say(&format!(
+                    "exit {} {}",
+                    child.id(),
+                    status.signal().unwrap_or(0)
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The cgroup v2 directory this process is in.
+fn own_cgroup() -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(format!("/sys/fs/cgroup{}", rel.trim_end_matches('/')))
+}
+
+fn read_u64(path: &str) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `rounds` short bursts, `interval` apart: each maps memory (without
+/// transparent huge pages) and touches it 256 KiB at a time until its cgroup's memory.current is `over_kib` above
+/// memory.high (or `limit_mib` is touched, or `give_up` has passed), then
+/// unmaps it at once. Prints `burst I peak=BYTES high=BYTES mib=M ms=T
+/// over_ms=T gave_up=0|1` per round (over_ms: from first seeing
+/// memory.current above memory.high to the unmap).
+pub fn burst(over_kib: u64, rounds: u32, interval: Duration, limit_mib: usize, give_up: Duration) {
+    set_name("burst");
+    let Some(cg) = own_cgroup() else {
+        eprintln!("burst: no cgroup v2 line in /proc/self/cgroup");
+        std::process::exit(3);
+    };
+    let high = read_u64(&format!("{cg}/memory.high"));
+    let current = format!("{cg}/memory.current");
+    const STEP: usize = 256 << 10;
+    for round in 0..rounds {
+        let began = Instant::now();
+        let bytes = limit_mib * MIB;
+        let p = map_anon(bytes);
+        // Small pages: a transparent huge page would charge 2 MiB at once,
+        // and the kernel scales its penalty sleep by the pages charged.
+        // SAFETY: advice on exactly the mapping made above.
+        unsafe { libc::madvise(p.cast(), bytes, libc::MADV_NOHUGEPAGE) };
+        let mut done = 0;
+        let mut peak = 0;
+        let mut gave_up = false;
+        let mut over_at = None;
+        while done < bytes {
+            touch(
+                // SAFETY: `done` < `bytes`, inside the mapping.
+                unsafe { p.add(done) },
+                STEP.min(bytes - done),
+                1,
+            );
+            done += STEP;
+            let now = read_u64(&current);
+            peak = peak.max(now);
+            if now > high && over_at.is_none() {
+                over_at = Some(Instant::now());
+            }
+            if over_kib > 0 && now >= high + over_kib * 1024 {
+                break;
+            }
+            if began.elapsed() > give_up {
+                gave_up = true;
+                break;
+            }
+        }
+        // SAFETY: unmapping exactly the mapping made above.
+        unsafe { libc::munmap(p.cast(), bytes) };
+        let over_ms = over_at.map_or(0.0, |t: Instant| t.elapsed().as_secs_f64() * 1000.0);
+        say(&format!(
+            "burst {round} peak={peak} high={high} mib={:.2} ms={:.1} over_ms={over_ms:.1} gave_up={}",
+            done.min(bytes) as f64 / MIB as f64,
+            began.elapsed().as_secs_f64() * 1000.0,
+            u8::from(gave_up)
+        ));
+        let next = interval.saturating_sub(began.elapsed());
+        std::thread::sleep(next);
+    }
+}
+
+/// Writes a `mib` MiB file at `path`, then reads it back `reads` times
+/// through the page cache, 1 MiB at a time. Prints `write ms=T`, then
+/// `read I ms=T` per pass, then `filecache ok`.
+pub fn filecache(path: &str, mib: usize, reads: u32) {
+    set_name("filecache");
+    let fail = |what: &str, e: std::io::Error| -> ! {
+        eprintln!("filecache: {what} {path}: {e}");
+        std::process::exit(3);
+    };
+    let mut chunk = vec![0u8; MIB];
+    let began = Instant::now();
+    let mut f = fs::File::create(path).unwrap_or_else(|e| fail("creating", e));
+    for i in 0..mib {
+        chunk.iter_mut().step_by(PAGE).for_each(|b| *b = i as u8);
+        f.write_all(&chunk).unwrap_or_else(|e| fail("writing", e));
+    }
+    f.sync_all().unwrap_or_else(|e| fail("syncing", e));
+    drop(f);
+    say(&format!(
+        "write ms={:.0}",
+        began.elapsed().as_secs_f64() * 1000.0
+    ));
+    for pass in 0..reads {
+        let began = Instant::now();
+        let mut f = fs::File::open(path).unwrap_or_else(|e| fail("opening", e));
+        let mut total = 0;
+        for i in 0..mib {
+            f.read_exact(&mut chunk)
+                .unwrap_or_else(|e| fail("reading", e));
+            if chunk[0] != i as u8 {
+                eprintln!(
+                    "filecache: {path}: MiB {i} reads back {} not {}",
+                    chunk[0], i as u8
+                );
+                std::process::exit(4);
+            }
+            total += chunk.len();
+        }
+        say(&format!(
+            "read {pass} mib={} ms={:.0}",
+            total / MIB,
+            began.elapsed().as_secs_f64() * 1000.0
+        ));
+    }
+    say("filecache ok");
+}
+
+/// Does nothing until killed, under the name `name` (a helper process
+/// sharing a cgroup, or an innocent holding a recycled pid).
+pub fn idle(name: &str) -> ! {
+    set_name(name);
+    loop {
+        // SAFETY: pause(2) has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
 /// A server's event loop: every 10 ms it maps, touches and unmaps 256 KiB
 /// (64 pages, one charge batch), and records how late it finished against
 /// its schedule. Prints `sample <monotonic_ns> <late_us>` for every tick
 /// later than 1 ms, then `bystander ticks=<n> worst_us=<w>`.
 pub fn bystander(run_for: Duration) {
-    set_name(c"bystander");
+    set_name("bystander");
     const TICK: Duration = Duration::from_millis(10);
     const BUF: usize = 256 << 10;
     let start = Instant::now();

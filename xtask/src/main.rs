@@ -3,6 +3,7 @@
 mod install;
 mod scenarios;
 mod setup;
+mod systemd_vm;
 mod vm;
 
 use std::{

@@ -13,7 +13,22 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 3] = ["control", "seed", "nested"];
+pub const SCENARIOS: [&str; 9] = [
+    "control",
+    "seed",
+    "nested",
+    "workers",
+    "protected",
+    "benign",
+    "cgroup-kill",
+    "sighup",
+    "pid-reuse",
+];
+
+/// Scenarios that get a scratch disk (a sparse raw image, fresh per boot,
+/// attached as NVMe): they need a real filesystem, the initramfs being RAM.
+const WITH_DISK: [&str; 1] = ["benign"];
+const DISK_BYTES: u64 = 512 << 20;
 
 const INIT: &str = r#"#!/bin/sh
 mount -t proc proc /proc
@@ -62,6 +77,7 @@ fn fmt_num(v: &Value, digits: usize) -> String {
 
 fn summary(scenario: &str, r: &Value) -> String {
     let text = match scenario {
+        "systemd" => crate::systemd_vm::summary(r),
         "seed" | "nested" => format!(
             "first no-progress->SIGKILL {} ms; verdict->kill {} us; bystander worst {} ms during, {} ms after; hooks {}",
             fmt_num(&r["detect_to_kill_ms"], 1),
@@ -81,6 +97,60 @@ fn summary(scenario: &str, r: &Value) -> String {
             r["oom_kills"],
             fmt_num(&r["bystander_worst_during_ms"], 0),
         ),
+        "workers" => format!(
+            "{} of 4 workers killed one at a time (exit->next kill {} ms), {} survive; first no-progress->SIGKILL {} ms; memory.current {} MiB at the end (high {} MiB); bystander worst {} ms",
+            r["kills"],
+            fmt_list(&r["exit_to_next_kill_ms"], ", "),
+            r["survivors"],
+            fmt_num(&r["detect_to_kill_ms"], 1),
+            mib(&r["memory_current_end"]),
+            mib(&r["memory_high"]),
+            fmt_num(&r["bystander_worst_ms"], 0),
+        ),
+        "protected" => format!(
+            "nothing killed; \"stall unresolved\" naming the protection {} ms (sshd) / {} ms (oom_score_adj -1000) after memory.high was crossed, {} / {} such lines in 5 s; bystander worst {} / {} ms",
+            fmt_num(&r["name_over_high_to_unresolved_ms"], 0),
+            fmt_num(&r["adj_over_high_to_unresolved_ms"], 0),
+            r["name_unresolved_lines"],
+            r["adj_unresolved_lines"],
+            fmt_num(&r["name_bystander_worst_ms"], 0),
+            fmt_num(&r["adj_bystander_worst_ms"], 0),
+        ),
+        "benign" => format!(
+            "nothing killed; bursts (thp {}): up to {} KiB over high for {} ms each, {} high events, {}/{} reclaim passes without progress, pressure full {} ms; file cache ({}): {} high events, {}/{} passes without progress, {} ms; guard verdicts {}",
+            r["thp"].as_str().unwrap_or("-"),
+            r["burst_peak_over_high_kib"],
+            fmt_list(&r["burst_over_high_ms"], "/"),
+            r["burst_high_events"],
+            r["burst_no_progress_passes"],
+            r["burst_passes"],
+            fmt_num(&r["burst_pressure_full_ms"], 0),
+            r["scratch_fs"].as_str().unwrap_or("-"),
+            r["cache_high_events"],
+            r["cache_no_progress_passes"],
+            r["cache_passes"],
+            r["cache_ms"],
+            r["guard_verdicts"],
+        ),
+        "cgroup-kill" => format!(
+            "kill_mode {}, killed_cgroup {}; SIGKILLs to {}; first no-progress->SIGKILL {} ms; helper dead {} ms after the hog",
+            r["kill_mode"].as_str().unwrap_or("-"),
+            r["killed_cgroup"].as_str().unwrap_or("-"),
+            r["sigkill_targets"],
+            fmt_num(&r["detect_to_kill_ms"], 1),
+            fmt_num(&r["helper_after_hog_ms"], 1),
+        ),
+        "sighup" => format!(
+            "bad file kept the policy ({}); hog killed in mode {}; first no-progress->SIGKILL {} ms",
+            r["reload_error"].as_str().unwrap_or("-"),
+            r["kill_mode"].as_str().unwrap_or("-"),
+            fmt_num(&r["detect_to_kill_ms"], 1),
+        ),
+        "pid-reuse" => format!(
+            "held at pidfd_open: gone -> {}; reused -> {}",
+            r["gone_reason"].as_str().unwrap_or("-"),
+            r["reused_reason"].as_str().unwrap_or("-"),
+        ),
         _ => String::new(),
     };
     match r["retried_after"].as_array() {
@@ -90,6 +160,41 @@ fn summary(scenario: &str, r: &Value) -> String {
         ),
         None => text,
     }
+}
+
+/// A fresh sparse image of DISK_BYTES at `path` (an existing one is
+/// replaced: each boot formats its own).
+fn scratch_disk(path: &Path) -> Result<PathBuf> {
+    if path.to_string_lossy().contains(',') {
+        anyhow::bail!(
+            "{}: qemu's -drive option cannot take a path with a comma",
+            path.display()
+        );
+    }
+    let _ = fs::remove_file(path);
+    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(DISK_BYTES)
+        .with_context(|| format!("sizing {}", path.display()))?;
+    Ok(path.to_owned())
+}
+
+/// An array of numbers, each without decimals, or "-".
+fn fmt_list(v: &Value, sep: &str) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| fmt_num(x, 0))
+                .collect::<Vec<_>>()
+                .join(sep)
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// Bytes as MiB with one decimal, or "-".
+fn mib(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{:.1}", x / 1048576.0))
+        .unwrap_or_else(|| "-".to_owned())
 }
 
 /// Runs the matrix; prints the table; true when every cell passed.
@@ -122,14 +227,27 @@ pub fn run_matrix(
             let started = Instant::now();
             let mut retried = Vec::new();
             let result = loop {
-                let console = vm::run_qemu(
-                    &k.vmlinuz,
-                    &initrd,
-                    1024,
-                    &format!("guard.scenario={s}"),
-                    Duration::from_secs(240),
-                    &log,
-                );
+                let disk = WITH_DISK
+                    .contains(s)
+                    .then(|| scratch_disk(&work.join(format!("{}-{}.img", k.label, s))))
+                    .transpose()?;
+                let append = format!("guard.scenario={s}");
+                let timeout = Duration::from_secs(240);
+                let console = match &disk {
+                    Some(d) => vm::run_qemu_with_disk(
+                        &k.vmlinuz,
+                        &initrd,
+                        1024,
+                        &append,
+                        timeout,
+                        &log,
+                        Some(d),
+                    ),
+                    None => vm::run_qemu(&k.vmlinuz, &initrd, 1024, &append, timeout, &log),
+                };
+                if let Some(d) = &disk {
+                    let _ = fs::remove_file(d);
+                }
                 match console {
                     Ok(text) => break parse_result(&text, &log),
                     // The guest kernel broke down (an emulator fault): the
@@ -184,6 +302,28 @@ pub fn run_matrix(
                 pass,
                 result,
                 secs,
+            });
+        }
+    }
+    if only_scenario.is_none_or(|o| crate::systemd_vm::SCENARIO.contains(o)) {
+        let chosen: Vec<vm::Kernel> = kernels
+            .iter()
+            .filter(|k| only_kernel.is_none_or(|o| o == k.label))
+            .cloned()
+            .collect();
+        for (label, scenario, result) in
+            crate::systemd_vm::run_systemd_scenarios(&bin.join("guard"), &chosen)?
+        {
+            let release = chosen
+                .iter()
+                .find(|k| k.label == label)
+                .map_or("?", |k| k.release.as_str());
+            rows.push(Row {
+                kernel: format!("{label} ({release})"),
+                scenario,
+                pass: result["pass"].as_bool().unwrap_or(false),
+                secs: result["vm_seconds"].as_f64().unwrap_or(0.0),
+                result,
             });
         }
     }

@@ -150,8 +150,9 @@ pub const GUEST_FAULT: &str = "guest kernel fault";
 /// Console lines that mean the guest kernel is gone or wedged. Under TCG
 /// these come from emulation faults (a corrupted cmpxchg16b, lost IPIs), not
 /// from the code under test, which cannot run once they appear.
-const GUEST_FAULTS: [&str; 4] = [
+pub(crate) const GUEST_FAULTS: [&str; 5] = [
     "BUG: soft lockup",
+    "Oops: int3",
     "Kernel panic",
     "traps: PANIC: double fault",
     "BUG: unable to handle",
@@ -171,6 +172,20 @@ pub fn run_qemu(
     timeout: Duration,
     log: &Path,
 ) -> Result<String> {
+    run_qemu_with_disk(vmlinuz, initrd, mem_mib, extra_append, timeout, log, None)
+}
+
+/// [`run_qemu`], with `disk` (a raw image) attached as an NVMe drive, which
+/// the guest sees as `/dev/nvme0n1`.
+pub fn run_qemu_with_disk(
+    vmlinuz: &Path,
+    initrd: &Path,
+    mem_mib: u32,
+    extra_append: &str,
+    timeout: Duration,
+    log: &Path,
+    disk: Option<&Path>,
+) -> Result<String> {
     let stdout = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let stderr = stdout
         .try_clone()
@@ -189,6 +204,17 @@ pub fn run_qemu(
         .arg(initrd)
         .arg("-append")
         .arg(&append)
+        .args(disk.map_or_else(Vec::new, |d| {
+            let mut file = std::ffi::OsString::from("file=");
+            file.push(d);
+            file.push(",if=none,id=d1,format=raw");
+            vec![
+                "-drive".into(),
+                file,
+                "-device".into(),
+                "nvme,serial=scratch,drive=d1".into(),
+            ]
+        }))
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -233,6 +259,19 @@ pub fn run_qemu(
         std::thread::sleep(Duration::from_millis(100));
     };
     let console = read_lossy(log)?;
+    // A guest that panicked powers off at once, often before the check in
+    // the loop above saw the console: look once more, unless the scenario
+    // had already reported (a fault while tearing down changes no result).
+    if !console.contains("GUARD-RESULT ")
+        && let Some(fault) = GUEST_FAULTS.iter().find(|f| console.contains(*f))
+    {
+        bail!(
+            "{GUEST_FAULT} ({fault:?}) after {:.0?} (console log: {}); last console lines:\n{}",
+            started.elapsed(),
+            log.display(),
+            tail_lines(&console, 20)
+        );
+    }
     if !status.success() {
         bail!(
             "{QEMU} failed with {status} (console log: {}); last lines:\n{}",
@@ -612,7 +651,7 @@ const DEBIAN_SUITES: [&str; 12] = [
 
 /// Finds the Debian mirror this machine's apt uses, so downloads go wherever
 /// the machine is allowed to reach (a local mirror, a proxy, ...).
-fn find_mirror() -> Result<String> {
+pub(crate) fn find_mirror() -> Result<String> {
     let etc = Path::new("/etc/apt");
     let parts = etc.join("sources.list.d");
     let part_names = read_dir_names(&parts)?;
