@@ -1091,6 +1091,17 @@ fn boot(kernel: &Kernel, image: &Path, log: &Path, timeout: Duration) -> Result<
         std::thread::sleep(Duration::from_millis(200));
     };
     let console = read_lossy(log);
+    // A guest that panicked powers off at once, often before the check in
+    // the loop above saw it.
+    if let Some(fault) = vm::unreported_fault(&console) {
+        bail!(
+            "{} ({fault:?}) after {:.0?} (console log: {}); last console lines:\n{}",
+            vm::GUEST_FAULT,
+            started.elapsed(),
+            log.display(),
+            tail_lines(&console, 20)
+        );
+    }
     if !status.success() {
         bail!(
             "{QEMU} failed with {status} (console log: {}); last lines:\n{}",

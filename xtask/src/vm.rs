@@ -158,6 +158,15 @@ pub(crate) const GUEST_FAULTS: [&str; 5] = [
     "BUG: unable to handle",
 ];
 
+/// The guest fault a console shows, unless the scenario had already
+/// reported its result (a fault while tearing down changes no result).
+pub(crate) fn unreported_fault(console: &str) -> Option<&'static str> {
+    if console.contains("GUARD-RESULT ") {
+        return None;
+    }
+    GUEST_FAULTS.iter().find(|f| console.contains(*f)).copied()
+}
+
 /// Boots `vmlinuz` with `initrd` under QEMU TCG and returns the serial
 /// console output, which is also written to `log`.
 ///
@@ -262,9 +271,7 @@ pub fn run_qemu_with_disk(
     // A guest that panicked powers off at once, often before the check in
     // the loop above saw the console: look once more, unless the scenario
     // had already reported (a fault while tearing down changes no result).
-    if !console.contains("GUARD-RESULT ")
-        && let Some(fault) = GUEST_FAULTS.iter().find(|f| console.contains(*f))
-    {
+    if let Some(fault) = unreported_fault(&console) {
         bail!(
             "{GUEST_FAULT} ({fault:?}) after {:.0?} (console log: {}); last console lines:\n{}",
             started.elapsed(),
