@@ -46,7 +46,6 @@ const ARCHIVE_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const DEBOOTSTRAP: &str = "debootstrap";
 /// Size of the sparse ext4 image; the system takes under a fifth of it.
 const IMAGE_BYTES: u64 = 1 << 30;
-const QEMU: &str = "qemu-system-x86_64";
 const MEM_MIB: u32 = 1024;
 /// A run takes about 60 s under TCG, twice that on a busy machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
@@ -1030,97 +1029,22 @@ fn remove_stale_runs(cache: &Path) {
 /// A guest kernel fault ends the run early with an error starting with
 /// [`vm::GUEST_FAULT`]; the timeout kills QEMU and fails the run.
 fn boot(kernel: &Kernel, image: &Path, log: &Path, timeout: Duration) -> Result<String> {
-    let stdout = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let stderr = stdout
-        .try_clone()
-        .with_context(|| format!("duplicating the handle of {}", log.display()))?;
     let mut drive = std::ffi::OsString::from("file=");
     drive.push(image);
     drive.push(",if=none,id=d0,format=raw,snapshot=on");
-    let mut child = Command::new(QEMU)
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max,-cx16", "-m"])
-        .arg(MEM_MIB.to_string())
-        .args(["-smp", "2", "-nographic", "-no-reboot", "-kernel"])
-        .arg(&kernel.vmlinuz)
-        .arg("-append")
-        .arg("console=ttyS0 root=/dev/nvme0n1 rw quiet panic=-1")
-        .arg("-drive")
-        .arg(drive)
-        .args(["-device", "nvme,serial=x,drive=d0"])
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .with_context(|| format!("starting {QEMU} (install qemu-system-x86)"))?;
-
-    let started = Instant::now();
-    let mut checked = Instant::now();
-    let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .with_context(|| format!("waiting for {QEMU}"))?
-        {
-            break status;
-        }
-        if started.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            let console = read_lossy(log);
-            bail!(
-                "{QEMU} timed out after {timeout:?} and was killed (console log: {}); \
-                 last console lines:\n{}",
-                log.display(),
-                tail_lines(&console, 20)
-            );
-        }
-        if checked.elapsed() >= Duration::from_secs(1) {
-            checked = Instant::now();
-            let console = read_lossy(log);
-            if let Some(fault) = vm::GUEST_FAULTS.iter().find(|f| console.contains(*f)) {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "{} ({fault:?}) after {:.0?} (console log: {}); last console lines:\n{}",
-                    vm::GUEST_FAULT,
-                    started.elapsed(),
-                    log.display(),
-                    tail_lines(&console, 20)
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let console = read_lossy(log);
-    // A guest that panicked powers off at once, often before the check in
-    // the loop above saw it.
-    if let Some(fault) = vm::unreported_fault(&console) {
-        bail!(
-            "{} ({fault:?}) after {:.0?} (console log: {}); last console lines:\n{}",
-            vm::GUEST_FAULT,
-            started.elapsed(),
-            log.display(),
-            tail_lines(&console, 20)
-        );
-    }
-    if !status.success() {
-        bail!(
-            "{QEMU} failed with {status} (console log: {}); last lines:\n{}",
-            log.display(),
-            tail_lines(&console, 20)
-        );
-    }
-    Ok(console)
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    vm::boot(
+        &kernel.vmlinuz,
+        MEM_MIB,
+        &[
+            "-drive".into(),
+            drive,
+            "-device".into(),
+            "nvme,serial=x,drive=d0".into(),
+        ],
+        "console=ttyS0 root=/dev/nvme0n1 rw quiet panic=-1",
+        timeout,
+        log,
+    )
 }
 
 /// Runs a command, failing with its stderr if it fails.

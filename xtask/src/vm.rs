@@ -15,6 +15,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -195,35 +196,51 @@ pub fn run_qemu_with_disk(
     log: &Path,
     disk: Option<&Path>,
 ) -> Result<String> {
-    let stdout = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let stderr = stdout
-        .try_clone()
-        .with_context(|| format!("duplicating the handle of {}", log.display()))?;
     let mut append = String::from("console=ttyS0 quiet panic=-1");
     if !extra_append.trim().is_empty() {
         append.push(' ');
         append.push_str(extra_append.trim());
     }
+    let mut args: Vec<OsString> = vec!["-initrd".into(), initrd.into()];
+    if let Some(d) = disk {
+        let mut file = OsString::from("file=");
+        file.push(d);
+        file.push(",if=none,id=d1,format=raw");
+        args.extend([
+            "-drive".into(),
+            file,
+            "-device".into(),
+            "nvme,serial=scratch,drive=d1".into(),
+        ]);
+    }
+    boot(vmlinuz, mem_mib, &args, &append, timeout, log)
+}
+
+/// Boots `vmlinuz` under QEMU TCG with `args` (initrd, drives) and the
+/// kernel command line `append`; returns the console, also written to `log`.
+/// The one boot loop of every VM test: it stops a wedged or crashed guest
+/// early (an error starting with [`GUEST_FAULT`]) and kills QEMU at `timeout`.
+pub(crate) fn boot(
+    vmlinuz: &Path,
+    mem_mib: u32,
+    args: &[OsString],
+    append: &str,
+    timeout: Duration,
+    log: &Path,
+) -> Result<String> {
+    let stdout = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let stderr = stdout
+        .try_clone()
+        .with_context(|| format!("duplicating the handle of {}", log.display()))?;
     let mut child = Command::new(QEMU)
+        // cx16 off: qemu 7.2's multi-threaded TCG corrupts cmpxchg16b.
         .args(["-accel", "tcg,thread=multi", "-cpu", "max,-cx16", "-m"])
         .arg(mem_mib.to_string())
         .args(["-smp", "2", "-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
+        .args(args)
         .arg("-append")
-        .arg(&append)
-        .args(disk.map_or_else(Vec::new, |d| {
-            let mut file = std::ffi::OsString::from("file=");
-            file.push(d);
-            file.push(",if=none,id=d1,format=raw");
-            vec![
-                "-drive".into(),
-                file,
-                "-device".into(),
-                "nvme,serial=scratch,drive=d1".into(),
-            ]
-        }))
+        .arg(append)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -232,6 +249,14 @@ pub fn run_qemu_with_disk(
 
     let started = Instant::now();
     let mut checked = Instant::now();
+    let fault_error = |fault: &str, console: &str| {
+        anyhow!(
+            "{GUEST_FAULT} ({fault:?}) after {:.0?} (console log: {}); last console lines:\n{}",
+            started.elapsed(),
+            log.display(),
+            tail_lines(console, 20)
+        )
+    };
     let status = loop {
         if let Some(status) = child
             .try_wait()
@@ -257,12 +282,7 @@ pub fn run_qemu_with_disk(
             if let Some(fault) = GUEST_FAULTS.iter().find(|f| console.contains(*f)) {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!(
-                    "{GUEST_FAULT} ({fault:?}) after {:.0?} (console log: {}); last console lines:\n{}",
-                    started.elapsed(),
-                    log.display(),
-                    tail_lines(&console, 20)
-                );
+                return Err(fault_error(fault, &console));
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -272,12 +292,7 @@ pub fn run_qemu_with_disk(
     // the loop above saw the console: look once more, unless the scenario
     // had already reported (a fault while tearing down changes no result).
     if let Some(fault) = unreported_fault(&console) {
-        bail!(
-            "{GUEST_FAULT} ({fault:?}) after {:.0?} (console log: {}); last console lines:\n{}",
-            started.elapsed(),
-            log.display(),
-            tail_lines(&console, 20)
-        );
+        return Err(fault_error(fault, &console));
     }
     if !status.success() {
         bail!(
