@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod kill;
 pub mod policy;
 pub mod probes;
