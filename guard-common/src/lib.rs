@@ -34,6 +34,8 @@ pub mod globals {
     pub const CGROUP_ROOT_OFFSET: &str = "CGROUP_ROOT_OFFSET";
     pub const CGROUP_ID_OFFSET: &str = "CGROUP_ID_OFFSET";
     pub const CGROUP_PATH_OFFSET: &str = "CGROUP_PATH_OFFSET";
+    /// Offset of `pid` in the `oom:mark_victim` record.
+    pub const OOM_PID_OFFSET: &str = "OOM_PID_OFFSET";
 }
 
 /// Names of the programs in the eBPF object, so both halves agree.
@@ -45,6 +47,7 @@ pub mod programs {
     pub const PENALTY_SLEEP: &str = "penalty_sleep";
     pub const CGROUP_MKDIR: &str = "cgroup_mkdir";
     pub const CGROUP_RMDIR: &str = "cgroup_rmdir";
+    pub const OOM_MARK_VICTIM: &str = "oom_mark_victim";
 }
 
 /// Names of the maps.
@@ -55,6 +58,8 @@ pub mod maps {
     pub const VERDICTS: &str = "VERDICTS";
     pub const STATS: &str = "STATS";
     pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
+    pub const TRACE: &str = "TRACE";
+    pub const TRACE_ON: &str = "TRACE_ON";
 }
 
 /// Value of the `WATCHED` map (key: cgroup v2 id). Reserved for per-cgroup
@@ -155,6 +160,37 @@ pub struct CgroupEvent {
     pub path: [u8; CGROUP_PATH_LEN],
 }
 
+/// A reclaim pass ended (sent only while someone listens).
+pub const TRACE_RECLAIM: u32 = 1;
+/// A memory.high penalty sleep began (fentry kernels, only while someone
+/// listens).
+pub const TRACE_THROTTLE: u32 = 2;
+/// The kernel's OOM killer marked a victim (always sent: rare and vital).
+pub const TRACE_OOM_VICTIM: u32 = 3;
+
+/// One record of the `TRACE` ring buffer: what the kernel reported, for the
+/// event stream. Whether per-pass records flow is switched at run time
+/// through `TRACE_ON`, so a daemon nobody watches sends none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// `TRACE_RECLAIM`, `TRACE_THROTTLE` or `TRACE_OOM_VICTIM`.
+    pub kind: u32,
+    /// The current task (thread id and process id).
+    pub tid: u32,
+    pub tgid: u32,
+    /// OOM: the victim's pid; else 0.
+    pub victim_pid: u32,
+    /// The cgroup charged (reclaim, throttle) or the current task's cgroup.
+    pub cgroup_id: u64,
+    pub ktime_ns: u64,
+    /// Reclaim: the pass's duration; throttle: the penalty sleep, ns.
+    pub duration_ns: u64,
+    /// Reclaim: pages reclaimed (`u64::MAX`: unreadable).
+    pub reclaimed_pages: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
 /// Indexes into the per-CPU `STATS` array.
 pub mod stat {
     pub const PASSES: u32 = 0;
@@ -167,7 +203,11 @@ pub mod stat {
     pub const PENALTIES: u32 = 5;
     /// Cgroup events the ring buffer had no room for.
     pub const CGROUP_EVENTS_LOST: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Trace records the ring buffer had no room for.
+    pub const TRACE_LOST: u32 = 7;
+    /// Trace records sent (zero while nobody listens, but for OOM kills).
+    pub const TRACE_SENT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]
@@ -183,6 +223,8 @@ mod user {
     unsafe impl aya::Pod for super::Verdict {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CgroupEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TraceRecord {}
 }
 
 #[cfg(feature = "user")]
@@ -227,5 +269,24 @@ impl Verdict {
             .position(|&b| b == 0)
             .unwrap_or(COMM_LEN);
         &self.worst_comm[..end]
+    }
+}
+
+#[cfg(feature = "user")]
+impl TraceRecord {
+    /// Reads a record from a ring buffer record; `None` if it is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length is checked above, `TraceRecord` is plain old
+        // data and `read_unaligned` needs no alignment.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+
+    /// The current task's command name, up to its first NUL.
+    pub fn comm(&self) -> &[u8] {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        &self.comm[..end]
     }
 }

@@ -5,7 +5,10 @@
 //! kernels that allow fentry, also charges the penalty sleep the kernel hands
 //! out in `mem_cgroup_handle_over_high`. When a cgroup's no-progress stall in
 //! the sliding window crosses its budget, one `Verdict` goes to user space.
-//! Nothing else is sent: the daemon sleeps until a verdict arrives.
+//! Nothing else is sent while nobody listens: the daemon sleeps until a
+//! verdict arrives. While `guard trace` or `guard record` listens, user space
+//! sets `TRACE_ON` and every reclaim pass and penalty sleep also goes to the
+//! `TRACE` ring; the kernel OOM killer's victims go there always.
 #![no_std]
 #![no_main]
 
@@ -16,12 +19,12 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
     macros::{fentry, fexit, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use guard_common::{
-    CGROUP_CREATED, CGROUP_REMOVED, CgroupEvent, CgroupStall, MAX_CGROUP_DEPTH, TaskStall, Verdict,
-    Watch, stat,
+    CGROUP_CREATED, CGROUP_REMOVED, CgroupEvent, CgroupStall, MAX_CGROUP_DEPTH, TRACE_OOM_VICTIM,
+    TRACE_RECLAIM, TRACE_THROTTLE, TaskStall, TraceRecord, Verdict, Watch, stat,
 };
 
 // Set by the loader (see guard_common::globals); the values here are the
@@ -48,6 +51,8 @@ static CGROUP_ROOT_OFFSET: u64 = 8;
 static CGROUP_ID_OFFSET: u64 = 16;
 #[unsafe(no_mangle)]
 static CGROUP_PATH_OFFSET: u64 = 24;
+#[unsafe(no_mangle)]
+static OOM_PID_OFFSET: u64 = 8;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -68,6 +73,41 @@ static VERDICTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+/// Per-pass records for listeners. 256 KiB holds 4096 records: a burst of
+/// a few milliseconds of reclaim on every CPU.
+#[map]
+static TRACE: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+/// Slot 0 non-zero: someone listens, send per-pass records.
+#[map]
+static TRACE_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn listening() -> bool {
+    matches!(TRACE_ON.get(0), Some(on) if *on != 0)
+}
+
+/// Sends one trace record for the current task.
+#[inline(always)]
+fn trace(kind: u32, cgroup_id: u64, now: u64, duration_ns: u64, value: u64, victim_pid: u32) {
+    let Some(mut slot) = TRACE.reserve::<TraceRecord>(0) else {
+        count(stat::TRACE_LOST);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    slot.write(TraceRecord {
+        kind,
+        tid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        victim_pid,
+        cgroup_id,
+        ktime_ns: now,
+        duration_ns,
+        reclaimed_pages: value,
+        comm: bpf_get_current_comm().unwrap_or([0; guard_common::COMM_LEN]),
+    });
+    slot.submit(0);
+    count(stat::TRACE_SENT);
+}
 
 #[inline(always)]
 fn count(index: u32) {
@@ -268,6 +308,16 @@ pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
     let reclaimed: u64 =
         unsafe { ctx.read_at(global(&NR_RECLAIMED_OFFSET) as usize) }.unwrap_or(u64::MAX);
     count(stat::PASSES);
+    if listening() {
+        trace(
+            TRACE_RECLAIM,
+            task.cgroup_id,
+            now,
+            now.saturating_sub(start),
+            reclaimed,
+            0,
+        );
+    }
 
     let Some(cg) = cgroup_state(task.cgroup_id) else {
         return 0;
@@ -342,7 +392,27 @@ pub fn penalty_sleep(ctx: FEntryContext) -> u32 {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     count(stat::PENALTIES);
-    charge(task, now, jiffies as u64 * global(&NS_PER_JIFFY));
+    let penalty = jiffies as u64 * global(&NS_PER_JIFFY);
+    if listening() {
+        trace(TRACE_THROTTLE, task.cgroup_id, now, penalty, 0, 0);
+    }
+    charge(task, now, penalty);
+    0
+}
+
+/// oom:mark_victim: the kernel's own OOM killer (global or memcg) chose a
+/// victim. Always sent: it is rare, and it is what a post-mortem needs most.
+/// The current task is the one whose allocation invoked the OOM killer.
+#[tracepoint]
+pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offset comes from this kernel's format file; read_at goes
+    // through bpf_probe_read and cannot fault.
+    let Ok(pid) = (unsafe { ctx.read_at::<i32>(global(&OOM_PID_OFFSET) as usize) }) else {
+        return 0;
+    };
+    // SAFETY: plain helper calls.
+    let (cgroup_id, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_ns()) };
+    trace(TRACE_OOM_VICTIM, cgroup_id, now, 0, 0, pid as u32);
     0
 }
 

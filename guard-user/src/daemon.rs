@@ -11,7 +11,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use guard_common::{CGROUP_CREATED, CGROUP_REMOVED, CgroupEvent, Verdict, Watch, stat};
+use guard_common::{
+    CGROUP_CREATED, CGROUP_REMOVED, CgroupEvent, TraceRecord, Verdict, Watch, stat,
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -21,12 +23,15 @@ use tracing::{debug, info, warn};
 use crate::{
     cgroup::{self, Hierarchy},
     config::{self, Config, Hook, Scope},
+    events::{Event, Record},
+    observe::Observer,
     policy::Policy,
     probes::{Probes, Settings, Throttle},
     respond::{KillReport, Outcome, Responder},
+    stream,
 };
 
-/// Where the policy comes from.
+/// Where the policy comes from, and where the event stream goes.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// `--config`; without it /etc/guard/guard.toml if present, else the
@@ -34,6 +39,119 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     /// `--dry-run`: overrides the file's `dry_run`.
     pub dry_run: bool,
+    /// The event socket (None: no socket).
+    pub socket: Option<PathBuf>,
+    /// Directory of the daemon's own event log (None: no log).
+    pub event_log: Option<PathBuf>,
+    pub event_log_max_bytes: u64,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl RunOptions {
+    /// The defaults of `guard run`: socket and log at their usual places.
+    pub fn new(config: Option<PathBuf>, dry_run: bool) -> Self {
+        Self {
+            config,
+            dry_run,
+            socket: Some(PathBuf::from(stream::SOCKET_PATH)),
+            event_log: Some(PathBuf::from(stream::LOG_DIR)),
+            event_log_max_bytes: stream::LOG_MAX_BYTES,
+            metrics_addr: None,
+        }
+    }
+}
+
+/// How long after a verdict, kill or kernel OOM kill the daemon keeps
+/// sampling the cgroups (and logging the samples): long enough to see the
+/// memory come back.
+const INCIDENT_TAIL: Duration = Duration::from_secs(15);
+/// Sample period during an incident, and while only listeners want rows.
+const INCIDENT_SAMPLE: Duration = Duration::from_millis(250);
+const LISTENER_SAMPLE: Duration = Duration::from_secs(1);
+
+/// Where records go: the socket's listeners, the daemon's log, the metrics.
+pub struct Outputs {
+    pub bus: stream::Bus,
+    pub log: Option<stream::EventLog>,
+    /// Set after a log write failed, so it is said once, not per record.
+    log_failed: bool,
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    incident_until: Option<std::time::Instant>,
+}
+
+impl Outputs {
+    pub fn new(bus: stream::Bus, log: Option<stream::EventLog>) -> Self {
+        Self {
+            bus,
+            log,
+            log_failed: false,
+            metrics: None,
+            incident_until: None,
+        }
+    }
+
+    pub fn emit(&mut self, record: &Record) {
+        if matches!(
+            record.event,
+            Event::Verdict { .. } | Event::Kill { .. } | Event::OomKill { .. }
+        ) {
+            self.incident_until = Some(std::time::Instant::now() + INCIDENT_TAIL);
+        }
+        if let Some(m) = &self.metrics {
+            m.observe(record);
+        }
+        self.bus.send(record);
+        // Raw passes only flow while someone listens, and go to them alone;
+        // samples are kept on disk around incidents.
+        let keep = !record.event.is_raw()
+            && (!matches!(record.event, Event::Sample { .. }) || self.in_incident());
+        if keep && let Some(log) = &mut self.log {
+            match log.write(record) {
+                Ok(()) => self.log_failed = false,
+                Err(e) if !self.log_failed => {
+                    warn!(error = %e, "writing the event log failed; records go to listeners only");
+                    self.log_failed = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    pub fn in_incident(&self) -> bool {
+        self.incident_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// How often to sample now, if at all.
+    fn sample_period(&self) -> Option<Duration> {
+        if self.in_incident() {
+            Some(INCIDENT_SAMPLE)
+        } else if self.bus.listened() {
+            Some(LISTENER_SAMPLE)
+        } else {
+            None
+        }
+    }
+}
+
+/// The running kernel's release, for the hello record.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Registers a ring buffer with tokio.
+pub fn async_ring(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    what: &str,
+) -> anyhow::Result<AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
+    // SAFETY: the ring buffer's fd belongs to `ring`, which the AsyncFd owns
+    // for its whole life, so the registered fd stays open and unchanged.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .with_context(|| format!("registering the {what} ring buffer with tokio"))
 }
 
 /// Reads the policy the options name. An explicit path must load; the
@@ -220,9 +338,19 @@ pub fn spawn_hook(hook: &Hook, report: &KillReport) -> tokio::task::JoinHandle<H
     })
 }
 
+/// Aborts a background task when the daemon's loop ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (policy, origin) = load_policy(&opts)?;
     info!(policy = %origin, "policy loaded");
+    let policy_dry_run = policy.dry_run();
     let mountinfo =
         fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let root = Path::new(cgroup::DEFAULT_ROOT);
@@ -271,19 +399,70 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         with_memory_high = watched.len(),
         "watching every cgroup; those with a finite memory.high now aggregate their subtree"
     );
-    let ring = probes.take_verdicts()?;
-    // SAFETY: the ring buffer's fd belongs to `ring`, which the AsyncFd owns
-    // for its whole life, so the registered fd stays open and unchanged.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("registering the verdict ring buffer with tokio")?;
+    let mut ring = async_ring(probes.take_verdicts()?, "verdict")?;
+    let mut cgroup_ring = async_ring(probes.take_cgroup_events()?, "cgroup event")?;
+    let mut trace_ring = async_ring(probes.take_trace()?, "trace")?;
+    let mut trace_switch = probes.take_trace_switch()?;
+    let mut observer = Observer::new(Some(hierarchy.clone()), "/proc");
 
-    let cgroup_ring = probes.take_cgroup_events()?;
-    // SAFETY: as for the verdict ring buffer above.
-    let mut cgroup_ring =
-        unsafe { AsyncFd::register_with_interest(cgroup_ring, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .context("registering the cgroup event ring buffer with tokio")?;
+    let bus = stream::Bus::new();
+    let mut listeners = bus.watch_listeners();
+    let hello = Record::now(Event::Hello {
+        source: "daemon".to_owned(),
+        guard_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel: kernel_release(),
+        throttle_hooked: matches!(probes.throttle, Throttle::Hooked { .. }),
+        dry_run: policy_dry_run,
+    });
+    // Observability must never stop the guard from guarding: a socket or
+    // log that cannot be set up is said loudly, and the guard runs on.
+    let _server = match &opts.socket {
+        Some(path) => {
+            let access = stream::Access::from_system();
+            if access.group.is_none() {
+                warn!(
+                    group = stream::GROUP,
+                    "no group `guard` on this machine: only root may read the event stream \
+                     (groupadd --system guard)"
+                );
+            }
+            match stream::bind(path, access) {
+                Ok(listener) => {
+                    info!(socket = %path.display(), "serving the event stream");
+                    Some(AbortOnDrop(tokio::spawn(stream::serve(
+                        listener,
+                        bus.clone(),
+                        hello,
+                        access,
+                    ))))
+                }
+                Err(e) => {
+                    warn!(error = %e, "no event stream socket");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let log = opts.event_log.as_ref().and_then(|dir| {
+        match stream::EventLog::open(dir, opts.event_log_max_bytes, stream::LOG_KEEP) {
+            Ok(log) => {
+                info!(path = %log.path().display(), max_bytes = opts.event_log_max_bytes,
+                    "keeping an event log");
+                Some(log)
+            }
+            Err(e) => {
+                warn!(error = %e, "no event log: incidents are not kept on disk");
+                None
+            }
+        }
+    });
+    let mut out = Outputs::new(bus, log);
+    let mut metrics_requests = match opts.metrics_addr {
+        Some(addr) => Some(crate::metrics_glue::start(addr, &probes, &mut out).await?),
+        None => None,
+    };
+    let mut sampler: Option<(Duration, tokio::time::Interval)> = None;
 
     // Before READY=1: a SIGHUP sent as soon as the guard is ready must reload
     // it, not end it (the default action).
@@ -314,6 +493,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     });
 
     loop {
+        // Sampling runs only while someone listens or an incident is fresh:
+        // an idle daemon with nobody watching has no timer but the watchdog.
+        let period = out.sample_period();
+        if sampler.as_ref().map(|(p, _)| *p) != period {
+            sampler = period.map(|p| {
+                let mut tick = tokio::time::interval(p);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                (p, tick)
+            });
+        }
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut ready = ready.context("waiting on the verdict ring buffer")?;
@@ -322,10 +511,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     drop(item);
                     match verdict {
                         Some(v) => {
-                            if let Outcome::Killed { report, .. } = responder.handle(&v, Some(&mut probes))
-                                && let Some(hook) = &responder.policy.config.hook
-                            {
-                                drop(spawn_hook(hook, &report));
+                            out.emit(&observer.verdict(&v));
+                            match responder.handle(&v, Some(&mut probes)) {
+                                Outcome::Killed { report, .. } => {
+                                    if let Some(hook) = &responder.policy.config.hook {
+                                        drop(spawn_hook(hook, &report));
+                                    }
+                                    out.emit(&observer.kill(&report));
+                                }
+                                Outcome::DryRun { report, .. } => out.emit(&observer.kill(&report)),
+                                _ => {}
                             }
                         }
                         None => warn!("short record in the verdict ring buffer"),
@@ -339,11 +534,62 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     let event = CgroupEvent::from_bytes(&item);
                     drop(item);
                     match event {
-                        Some(e) => follow_cgroup(&e, &mut probes, &mut responder, &hierarchy),
+                        Some(e) => {
+                            follow_cgroup(&e, &mut probes, &mut responder, &hierarchy);
+                            if let Some(r) = observer.cgroup_event(&e) {
+                                out.emit(&r);
+                            }
+                        }
                         None => warn!("short record in the cgroup event ring buffer"),
                     }
                 }
                 ready.clear_ready();
+            }
+            ready = trace_ring.readable_mut() => {
+                let mut ready = ready.context("waiting on the trace ring buffer")?;
+                while let Some(item) = ready.get_inner_mut().next() {
+                    let record = TraceRecord::from_bytes(&item);
+                    drop(item);
+                    match record.and_then(|r| observer.trace(&r)) {
+                        Some(r) => out.emit(&r),
+                        None => warn!("short or unknown record in the trace ring buffer"),
+                    }
+                }
+                ready.clear_ready();
+            }
+            changed = listeners.changed() => {
+                if changed.is_ok() {
+                    let on = *listeners.borrow_and_update() > 0;
+                    if let Err(e) = trace_switch.set(on) {
+                        warn!(error = %e, "could not switch the kernel's trace records");
+                    }
+                }
+            }
+            _ = async {
+                match sampler.as_mut() {
+                    Some((_, tick)) => { tick.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                let stalls = probes.cgroup_stalls().unwrap_or_default();
+                let listed: Vec<u64> = responder.watched().keys().copied().collect();
+                for r in observer.samples(&stalls, &listed) {
+                    out.emit(&r);
+                }
+                if let Ok(s) = probes.stats() {
+                    for r in observer.lost(&s) {
+                        out.emit(&r);
+                    }
+                }
+            }
+            Some(reply) = async {
+                match metrics_requests.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                crate::metrics_glue::refresh(&mut probes, &observer, &out);
+                let _ = reply.send(());
             }
             _ = hup.recv() => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
@@ -385,6 +631,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             verdicts = s[stat::VERDICTS as usize],
             verdicts_lost = s[stat::VERDICTS_LOST as usize],
             cgroup_events_lost = s[stat::CGROUP_EVENTS_LOST as usize],
+            trace_sent = s[stat::TRACE_SENT as usize],
+            trace_lost = s[stat::TRACE_LOST as usize],
             "guard stopping"
         );
     }
@@ -401,6 +649,7 @@ mod tests {
             comm: "hog".into(),
             cgroup: "/seed".into(),
             footprint: 70 << 20,
+            ..KillReport::default()
         }
     }
 

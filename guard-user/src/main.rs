@@ -5,7 +5,10 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use guard::{
     config::{self, Config},
     daemon::{self, RunOptions},
+    events::{Event, Record},
+    report, source, stream,
 };
+use tokio::sync::mpsc;
 
 /// guard: kills the process that keeps a memory-limited cgroup stalled on
 /// memory.high, within milliseconds, from what the kernel itself reports.
@@ -40,6 +43,58 @@ enum Command {
         /// Log every decision but kill nothing (whatever the file says).
         #[arg(long)]
         dry_run: bool,
+        /// Serve the event stream on this Unix socket (root and group
+        /// `guard` may read it).
+        #[arg(long, value_name = "PATH", default_value = stream::SOCKET_PATH)]
+        socket: PathBuf,
+        /// Serve no event stream.
+        #[arg(long)]
+        no_socket: bool,
+        /// Keep the daemon's own rotating event log in this directory.
+        #[arg(long, value_name = "DIR", default_value = stream::LOG_DIR)]
+        event_log: PathBuf,
+        /// Keep no event log on disk.
+        #[arg(long)]
+        no_event_log: bool,
+        /// Size of one event log file before it rotates (3 old parts kept).
+        #[arg(long, value_name = "MIB", default_value_t = stream::LOG_MAX_BYTES >> 20)]
+        event_log_mib: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
+    /// Watch memory stalls live: a table of cgroups and the events as they
+    /// happen. Attaches to the daemon's socket, or loads its own probes
+    /// (which never kill) when no daemon runs.
+    Trace {
+        /// One event per line, for people (grep, less).
+        #[arg(long, conflicts_with = "json")]
+        lines: bool,
+        /// One JSON record per line (the socket's schema), for jq.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Write the event stream to a file (JSON lines) for `guard report`.
+    Record {
+        /// The file to write (appended to if it exists).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Reconstruct incidents from a recorded stream or the daemon's log:
+    /// when the stall began, how long, which tasks, what was killed, how
+    /// much memory came back.
+    Report {
+        /// Recorded files (`guard record`, /var/lib/guard/events.jsonl*).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Also draw the incident: memory against high and max, stall per
+        /// second, kill markers.
+        #[arg(long, value_name = "OUT")]
+        svg: Option<PathBuf>,
     },
     /// The policy file: print the default, or check one.
     #[command(subcommand)]
@@ -50,6 +105,19 @@ enum Command {
     /// Print the man page (roff).
     #[command(hide = true)]
     Man,
+}
+
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// The daemon's event socket.
+    #[arg(long, value_name = "PATH", default_value = stream::SOCKET_PATH)]
+    socket: PathBuf,
+    /// Load own probes even if a daemon runs (needs root; never kills).
+    #[arg(long)]
+    standalone: bool,
+    /// Stop after this many seconds (default: until interrupted).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +139,114 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// Ends the stream after `secs`, or at SIGINT/SIGTERM, so every sink
+/// finishes its file or terminal cleanly.
+fn until(mut rx: mpsc::Receiver<Record>, secs: Option<f64>) -> mpsc::Receiver<Record> {
+    let (tx, out) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        let deadline = async {
+            match secs {
+                Some(s) => tokio::time::sleep(std::time::Duration::from_secs_f64(s.max(0.0))).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(terminated);
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => if tx.send(r).await.is_err() { break },
+                    None => break,
+                },
+                _ = &mut deadline => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = &mut terminated => break,
+            }
+        }
+    });
+    out
+}
+
+/// `guard trace --lines/--json`. Samples are rows, not events: `--lines`
+/// leaves them out.
+async fn print_records(mut rx: mpsc::Receiver<Record>, json: bool) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut stdout = io::stdout().lock();
+    while let Some(r) = rx.recv().await {
+        let line = if json {
+            r.to_line()
+        } else if matches!(r.event, Event::Sample { .. }) {
+            continue;
+        } else {
+            r.to_text_line()
+        };
+        if let Err(e) = writeln!(stdout, "{line}") {
+            // A closed pipe (`| head`) ends the trace quietly.
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                break;
+            }
+            return Err(e).context("writing to stdout");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `guard record`: every record, one JSON line each, written through at
+/// once so a crash loses nothing already seen; progress on stderr.
+async fn record(
+    mut rx: mpsc::Receiver<Record>,
+    output: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(output)
+        .with_context(|| format!("opening {}", output.display()))?;
+    let mut file = io::LineWriter::new(file);
+    let (mut total, mut verdicts, mut kills) = (0u64, 0u64, 0u64);
+    let mut last_progress = std::time::Instant::now();
+    eprintln!("guard: recording to {} (Ctrl-C to stop)", output.display());
+    while let Some(r) = rx.recv().await {
+        match &r.event {
+            Event::Verdict { .. } => verdicts += 1,
+            Event::Kill { .. } | Event::OomKill { .. } => kills += 1,
+            _ => {}
+        }
+        writeln!(file, "{}", r.to_line())
+            .with_context(|| format!("writing {}", output.display()))?;
+        total += 1;
+        if last_progress.elapsed() >= std::time::Duration::from_secs(5) {
+            eprintln!("guard: {total} records ({verdicts} verdicts, {kills} kills) so far");
+            last_progress = std::time::Instant::now();
+        }
+    }
+    file.flush()
+        .with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "guard: recorded {total} records ({verdicts} verdicts, {kills} kills) to {}",
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logs(format: LogFormat) -> anyhow::Result<()> {
@@ -111,13 +287,61 @@ fn init_logs(format: LogFormat) -> anyhow::Result<()> {
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, dry_run } => {
+        Command::Run {
+            config,
+            dry_run,
+            socket,
+            no_socket,
+            event_log,
+            no_event_log,
+            event_log_mib,
+            metrics_addr,
+        } => {
             init_logs(cli.log_format)?;
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?
-                .block_on(daemon::run(RunOptions { config, dry_run }))?;
+            let opts = RunOptions {
+                socket: (!no_socket).then_some(socket),
+                event_log: (!no_event_log).then_some(event_log),
+                event_log_max_bytes: event_log_mib.saturating_mul(1 << 20),
+                metrics_addr,
+                ..RunOptions::new(config, dry_run)
+            };
+            runtime()?.block_on(daemon::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trace {
+            lines,
+            json,
+            source,
+        } => {
+            init_logs(cli.log_format)?;
+            runtime()?.block_on(async {
+                let (rx, _) = source::open(&source.socket, source.standalone).await?;
+                let rx = until(rx, source.duration);
+                if lines || json {
+                    print_records(rx, json).await
+                } else {
+                    guard::trace_tui::run(rx).await.map(|()| ExitCode::SUCCESS)
+                }
+            })
+        }
+        Command::Record { output, source } => {
+            init_logs(cli.log_format)?;
+            runtime()?.block_on(async {
+                let (rx, _) = source::open(&source.socket, source.standalone).await?;
+                record(until(rx, source.duration), &output).await
+            })
+        }
+        Command::Report { files, svg } => {
+            let loaded = report::load(&files)?;
+            for (at, why) in &loaded.skipped {
+                eprintln!("guard: skipped {at}: {why}");
+            }
+            let rep = report::analyze(&loaded.records);
+            print!("{rep}");
+            if let Some(out) = svg {
+                report::svg(&loaded.records, &rep, &out)?;
+                eprintln!("guard: drew {}", out.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Default) => {

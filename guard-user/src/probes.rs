@@ -4,7 +4,7 @@ use std::{fs, io, path::Path, time::Duration};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, ProgramError, TracePoint},
 };
 use aya_obj::btf::BtfKind;
@@ -173,6 +173,7 @@ impl Probes {
         let cg_root = offset_in("cgroup", "cgroup_mkdir", "root")?;
         let cg_id = offset_in("cgroup", "cgroup_mkdir", "id")?;
         let cg_path = offset_in("cgroup", "cgroup_mkdir", "path")?;
+        let oom_pid = offset_in("oom", "mark_victim", "pid")?;
         let budget = nanos(settings.budget);
         let window = nanos(settings.window);
         let interval = nanos(settings.verdict_interval);
@@ -193,6 +194,7 @@ impl Probes {
             .override_global(globals::CGROUP_ROOT_OFFSET, &cg_root, true)
             .override_global(globals::CGROUP_ID_OFFSET, &cg_id, true)
             .override_global(globals::CGROUP_PATH_OFFSET, &cg_path, true)
+            .override_global(globals::OOM_PID_OFFSET, &oom_pid, true)
             .load(OBJECT)?;
 
         for (prog, category, event) in [
@@ -200,6 +202,7 @@ impl Probes {
             (programs::RECLAIM_END, "vmscan", RECLAIM_END),
             (programs::CGROUP_MKDIR, "cgroup", "cgroup_mkdir"),
             (programs::CGROUP_RMDIR, "cgroup", "cgroup_rmdir"),
+            (programs::OOM_MARK_VICTIM, "oom", "mark_victim"),
         ] {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -284,15 +287,74 @@ impl Probes {
     }
 
     /// Starts a fresh window for a cgroup, after a kill: the stall that led
-    /// to it must not count again towards the next verdict.
+    /// to it must not count again towards the next verdict. The running
+    /// totals (passes, stall) stay: the metrics and the trace view count on
+    /// them only growing. A pass the kernel accounts between our read and
+    /// write is lost, which costs at most one pass of accounting.
     pub fn reset_cgroup(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        match self.cgroups()?.remove(&cgroup_id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProbeError::Map {
+        let mut map = self.cgroups()?;
+        let old = match map.get(&cgroup_id, 0) {
+            Ok(v) => v,
+            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(source) => {
+                return Err(ProbeError::Map {
+                    name: maps::CGROUPS,
+                    source,
+                });
+            }
+        };
+        let fresh = CgroupStall {
+            passes: old.passes,
+            no_progress_passes: old.no_progress_passes,
+            reclaimed_pages: old.reclaimed_pages,
+            stall_total_ns: old.stall_total_ns,
+            ..CgroupStall::default()
+        };
+        map.insert(cgroup_id, fresh, 0)
+            .map_err(|source| ProbeError::Map {
                 name: maps::CGROUPS,
                 source,
-            }),
-        }
+            })
+    }
+
+    /// Every cgroup the kernel keeps an aggregate for.
+    pub fn cgroup_stalls(&mut self) -> Result<Vec<(u64, CgroupStall)>, ProbeError> {
+        let map = self.cgroups()?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// The ring buffer of trace records; the caller owns it from here on.
+    pub fn take_trace(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(maps::TRACE)
+            .ok_or(ProbeError::Missing(maps::TRACE))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::TRACE,
+            source,
+        })
+    }
+
+    /// The switch for per-pass trace records; the caller owns it.
+    pub fn take_trace_switch(&mut self) -> Result<TraceSwitch, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(maps::TRACE_ON)
+            .ok_or(ProbeError::Missing(maps::TRACE_ON))?;
+        let map = Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::TRACE_ON,
+            source,
+        })?;
+        Ok(TraceSwitch { map, on: false })
+    }
+
+    /// (name, kernel program id) of every loaded program, for BPF run
+    /// statistics.
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| Some((name.to_owned(), prog.info().ok()?.id())))
+            .collect()
     }
 
     /// Kernel-side counters, summed over CPUs, indexed by `guard_common::stat`.
@@ -338,6 +400,32 @@ impl Probes {
             name: maps::VERDICTS,
             source,
         })
+    }
+}
+
+/// Turns the kernel's per-pass trace records on while someone listens.
+pub struct TraceSwitch {
+    map: Array<MapData, u32>,
+    on: bool,
+}
+
+impl TraceSwitch {
+    pub fn set(&mut self, on: bool) -> Result<(), ProbeError> {
+        if on == self.on {
+            return Ok(());
+        }
+        self.map
+            .set(0, u32::from(on), 0)
+            .map_err(|source| ProbeError::Map {
+                name: maps::TRACE_ON,
+                source,
+            })?;
+        self.on = on;
+        Ok(())
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on
     }
 }
 

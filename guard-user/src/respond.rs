@@ -42,6 +42,7 @@ pub enum Outcome {
     },
     DryRun {
         pid: u32,
+        report: KillReport,
     },
     VictimVanished(u32),
     KillFailed(u32),
@@ -49,13 +50,24 @@ pub enum Outcome {
     OutOfScope,
 }
 
-/// What the post-kill hook is told.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the post-kill hook and the event stream are told.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KillReport {
     pub pid: u32,
     pub comm: String,
     pub cgroup: String,
     pub footprint: u64,
+    /// The kill mode applied ("process", "process-group", "cgroup").
+    pub mode: String,
+    pub killed_cgroup: Option<String>,
+    pub also_killed: u64,
+    pub stall_ns: u64,
+    /// From the kernel's verdict to the signal.
+    pub latency_us: u64,
+    pub memory_current: u64,
+    /// `u64::MAX`: no limit.
+    pub memory_high: u64,
+    pub dry_run: bool,
 }
 
 pub struct Responder {
@@ -265,7 +277,22 @@ impl Responder {
                     stalled_task = %stalled_comm, stalled_pid = v.worst_pid,
                     "dry run: would kill");
             }
-            return Outcome::DryRun { pid: victim.pid };
+            return Outcome::DryRun {
+                pid: victim.pid,
+                report: KillReport {
+                    pid: victim.pid,
+                    comm: victim.comm,
+                    cgroup,
+                    footprint: victim.footprint,
+                    mode: kill_mode.to_string(),
+                    stall_ns: v.stall_ns,
+                    latency_us,
+                    memory_current: mem.current,
+                    memory_high: mem.high,
+                    dry_run: true,
+                    ..KillReport::default()
+                },
+            };
         }
         let pinned = Victim::pin(&self.proc_root, victim.pid, victim.start_time)
             .and_then(|p| p.kill().map(|()| p));
@@ -288,14 +315,14 @@ impl Responder {
         if also > 0 || killed_cgroup.is_some() {
             killed_ns = monotonic_ns();
         }
-        let killed_cgroup = killed_cgroup.unwrap_or_else(|| "-".to_owned());
+        let killed_cgroup_name = killed_cgroup.clone().unwrap_or_else(|| "-".to_owned());
         let latency_us = killed_ns.saturating_sub(v.ktime_ns) / 1000;
         // Of the latency: the wake-up through the ring buffer, and our work.
         let wakeup_us = received_ns.saturating_sub(v.ktime_ns) / 1000;
         let decide_us = killed_ns.saturating_sub(received_ns) / 1000;
         info!(%cgroup, pid = victim.pid, comm = %victim.comm,
             footprint_bytes = victim.footprint, stall_ms, latency_us, wakeup_us, decide_us,
-            current = mem.current, high = mem.high, kill_mode = %mode, %killed_cgroup,
+            current = mem.current, high = mem.high, kill_mode = %mode, killed_cgroup = %killed_cgroup_name,
             also_killed = also, stalled_task = %stalled_comm, stalled_pid = v.worst_pid, "killed");
         if let Err(e) = pinned.release_memory() {
             debug!(pid = victim.pid, error = %e, "process_mrelease did not reap the victim");
@@ -314,6 +341,14 @@ impl Responder {
                 comm: victim.comm,
                 cgroup,
                 footprint: victim.footprint,
+                mode: mode.to_string(),
+                killed_cgroup,
+                also_killed: also as u64,
+                stall_ns: v.stall_ns,
+                latency_us,
+                memory_current: mem.current,
+                memory_high: mem.high,
+                dry_run: false,
             },
         }
     }
@@ -477,10 +512,14 @@ mod tests {
     fn dry_run_decides_but_kills_nothing() {
         let mut f = fixture(64 * MIB + 1, 64 * MIB);
         let mut r = responder(&f, true);
-        assert_eq!(
-            r.handle(&verdict(&f), None),
-            Outcome::DryRun { pid: f.child.id() }
-        );
+        match r.handle(&verdict(&f), None) {
+            Outcome::DryRun { pid, report } => {
+                assert_eq!(pid, f.child.id());
+                assert!(report.dry_run);
+                assert_eq!(report.memory_high, 64 * MIB);
+            }
+            o => panic!("{o:?}"),
+        }
         assert!(alive(&mut f.child));
         let _ = f.child.kill();
     }

@@ -208,7 +208,12 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
         .cgroup_stall(watched)
         .expect("map read")
         .expect("state kept");
-    assert!(after_hog.no_progress_passes > 0, "{after_hog:?}");
+    // The reset keeps the running totals; the hog's passes add to them.
+    assert!(
+        after_hog.no_progress_passes > after_cache.no_progress_passes,
+        "{after_hog:?}"
+    );
+    assert!(after_hog.passes > after_cache.passes);
 
     let item = verdicts
         .next()
@@ -223,6 +228,67 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
     assert_eq!(v.worst_tgid, hog_pid);
     assert_eq!(v.comm(), b"dd");
     assert!(v.stall_ns >= v.budget_ns && v.budget_ns == 1000, "{v:?}");
+}
+
+/// Drains a trace ring buffer.
+fn drain_trace(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<guard_common::TraceRecord> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(guard_common::TraceRecord::from_bytes(&item).expect("a whole record"));
+    }
+    out
+}
+
+#[test]
+fn per_pass_trace_records_flow_only_while_switched_on_and_oom_victims_always() {
+    use guard_common::{TRACE_OOM_VICTIM, TRACE_RECLAIM, stat};
+    let Some((v2, v1, watched)) = test_cgroups("trace") else {
+        return;
+    };
+    let mut probes = Probes::load(Settings {
+        budget: Duration::from_secs(10),
+        window: Duration::from_secs(1),
+        verdict_interval: Duration::from_secs(1),
+        min_progress_pages: 1,
+        watch_all: false,
+    })
+    .expect("load");
+    probes
+        .watch(watched, guard_common::Watch::default())
+        .expect("watch");
+    let mut ring = probes.take_trace().expect("trace ring");
+    let mut switch = probes.take_trace_switch().expect("trace switch");
+    let stats = |p: &Probes| p.stats().expect("stats");
+
+    // Nobody listens: the hog's passes are counted, none is sent; the v1
+    // OOM kill that ends it is.
+    let (quiet_pid, killed) = run_in(&[&v2.0, &v1.0], &ANON_HOG);
+    assert!(killed, "the v1 OOM killer should end the anonymous hog");
+    assert!(stats(&probes)[stat::PASSES as usize] > 0, "no pass seen");
+    let quiet = drain_trace(&mut ring);
+    assert!(
+        quiet.iter().all(|r| r.kind == TRACE_OOM_VICTIM),
+        "per-pass records were sent while switched off: {quiet:?}"
+    );
+    assert!(
+        quiet.iter().any(|r| r.victim_pid == quiet_pid),
+        "no oom:mark_victim record for {quiet_pid}: {quiet:?}"
+    );
+
+    // Someone listens: every pass of the hog in the watched cgroup is sent.
+    switch.set(true).expect("switch on");
+    let (pid, killed) = run_in(&[&v2.0, &v1.0], &ANON_HOG);
+    assert!(killed);
+    let loud = drain_trace(&mut ring);
+    let passes: Vec<_> = loud
+        .iter()
+        .filter(|r| r.kind == TRACE_RECLAIM && r.tgid == pid)
+        .collect();
+    assert!(!passes.is_empty(), "no reclaim record of {pid}: {loud:?}");
+    assert!(passes.iter().all(|r| r.cgroup_id == watched && r.comm() == b"dd"));
+    assert!(passes.iter().any(|r| r.reclaimed_pages == 0 && r.duration_ns > 0));
+    assert!(loud.iter().any(|r| r.kind == TRACE_OOM_VICTIM && r.victim_pid == pid));
+    assert_eq!(stats(&probes)[stat::TRACE_LOST as usize], 0);
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod cgroup_kill;
 mod pid_reuse;
 mod protected;
 mod sighup;
+mod stream;
 mod workers;
 
 use std::{
@@ -112,6 +113,7 @@ pub fn run(name: &str) -> Value {
         "cgroup-kill" => cgroup_kill::run(&mut report),
         "sighup" => sighup::run(&mut report),
         "pid-reuse" => pid_reuse::run(&mut report),
+        "stream" => stream::run(&mut report),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "control",
     "seed",
     "nested",
@@ -23,6 +23,7 @@ pub const SCENARIOS: [&str; 9] = [
     "cgroup-kill",
     "sighup",
     "pid-reuse",
+    "stream",
 ];
 
 /// Scenarios that get a scratch disk (a sparse raw image, fresh per boot,
@@ -150,6 +151,19 @@ fn summary(scenario: &str, r: &Value) -> String {
             "held at pidfd_open: gone -> {}; reused -> {}",
             r["gone_reason"].as_str().unwrap_or("-"),
             r["reused_reason"].as_str().unwrap_or("-"),
+        ),
+        "stream" => format!(
+            "guard trace --json: verdict + kill of hog {} (verdict->kill {} ms in the stream), {} reclaim / {} throttle / {} sample records; oom_kill of {} ({}) in {}; daemon log {} records, report names both victims, SVG {} bytes",
+            r["hog_pid"],
+            fmt_num(&r["stream_verdict_to_kill_ms"], 1),
+            r["trace_reclaim_records"],
+            r["trace_throttle_records"],
+            r["trace_sample_records"],
+            r["oom_hog_pid"],
+            r["oom_kill_comm"].as_str().unwrap_or("-"),
+            r["oom_kill_cgroup"].as_str().unwrap_or("-"),
+            r["daemon_log_records"],
+            r["report_svg_bytes"],
         ),
         _ => String::new(),
     };

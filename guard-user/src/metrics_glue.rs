@@ -1,0 +1,83 @@
+//! Wires the Prometheus exporter (`metrics`) into the daemon: the scrape
+//! handler asks the daemon's loop to refresh the gauges, so the kernel maps
+//! are only read by their one owner and only when someone scrapes.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    daemon::Outputs,
+    events::Event,
+    metrics::{self, CgroupGauge, Metrics},
+    observe::Observer,
+    probes::Probes,
+};
+
+pub type RefreshRequests = mpsc::Receiver<oneshot::Sender<()>>;
+
+/// Binds `addr`, turns on the kernel's BPF run-time statistics, and serves
+/// /metrics in the background. A bind failure ends the start-up: the admin
+/// asked for metrics at that address.
+pub async fn start(
+    addr: SocketAddr,
+    _probes: &Probes,
+    out: &mut Outputs,
+) -> anyhow::Result<RefreshRequests> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {addr}: is the port in use?"))?;
+    let stats = match metrics::enable_bpf_stats() {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            warn!(error = %e, "BPF run-time statistics are off: guard_bpf_run_* stay at zero");
+            None
+        }
+    };
+    let m = Arc::new(Metrics::new());
+    out.metrics = Some(m.clone());
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        // Kernel statistics stay on while the exporter runs.
+        let _stats = stats;
+        if let Err(e) = metrics::serve(listener, m, tx).await {
+            warn!(error = %format!("{e:#}"), "the metrics server stopped");
+        }
+    });
+    info!(%addr, "serving Prometheus metrics at /metrics");
+    Ok(rx)
+}
+
+/// Refreshes the gauges read at scrape time: the cgroups' memory and the
+/// kernel's stall totals, and the programs' run statistics.
+pub fn refresh(probes: &mut Probes, observer: &Observer, out: &Outputs) {
+    let Some(m) = &out.metrics else {
+        return;
+    };
+    let stalls = probes.cgroup_stalls().unwrap_or_default();
+    let gauges: Vec<CgroupGauge> = observer
+        .samples(&stalls, &[])
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Sample {
+                cgroup,
+                stall_total_ns,
+                memory_current,
+                memory_high,
+                memory_max,
+                ..
+            } => Some(CgroupGauge {
+                cgroup,
+                stall_total_ns,
+                memory_current,
+                memory_high,
+                memory_max,
+            }),
+            _ => None,
+        })
+        .collect();
+    m.set_cgroups(&gauges);
+    m.set_bpf(&metrics::bpf_program_stats(&probes.program_ids()));
+}

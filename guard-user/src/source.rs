@@ -1,0 +1,263 @@
+//! Where `guard trace` and `guard record` get their records: the daemon's
+//! socket, or, when no daemon runs, probes of their own (which never kill).
+
+use std::{
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use guard_common::{CgroupEvent, TraceRecord, Verdict};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    net::UnixStream,
+    sync::mpsc,
+};
+use tracing::warn;
+
+use crate::{
+    cgroup::{self, Hierarchy, Layout},
+    config::Config,
+    daemon::{async_ring, kernel_release},
+    events::{Event, Record},
+    observe::Observer,
+    policy::Policy,
+    probes::{Probes, Settings, Throttle},
+};
+
+/// Records buffered between the source and a slow sink; beyond that the
+/// source counts what it dropped and says so in a `lost` record.
+const DEPTH: usize = 8192;
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the records come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Daemon(PathBuf),
+    /// Own probes: no daemon was listening on the socket.
+    Standalone,
+}
+
+/// How connecting to the daemon went.
+enum Connect {
+    Connected(UnixStream),
+    NoDaemon(String),
+}
+
+async fn connect(socket: &Path) -> anyhow::Result<Connect> {
+    match UnixStream::connect(socket).await {
+        Ok(s) => Ok(Connect::Connected(s)),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => Ok(
+            Connect::NoDaemon(format!("no guard daemon on {} ({e})", socket.display())),
+        ),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => bail!(
+            "permission denied on {}: guard's event stream is for root and members of group \
+             `{}`. Fix: `usermod -aG {} <user>` and log in again, or run as root",
+            socket.display(),
+            crate::stream::GROUP,
+            crate::stream::GROUP
+        ),
+        Err(e) => Err(e).with_context(|| format!("connecting to {}", socket.display())),
+    }
+}
+
+/// Opens the stream: the daemon's socket if a daemon answers (unless
+/// `standalone`), else own probes. The first record is always a `hello`.
+pub async fn open(
+    socket: &Path,
+    standalone: bool,
+) -> anyhow::Result<(mpsc::Receiver<Record>, Origin)> {
+    let why = if standalone {
+        "--standalone".to_owned()
+    } else {
+        match connect(socket).await? {
+            Connect::Connected(stream) => return from_daemon(stream, socket).await,
+            Connect::NoDaemon(why) => why,
+        }
+    };
+    if !rustix::process::geteuid().is_root() {
+        bail!(
+            "{why}, and loading guard's own probes needs root. Fix: start the daemon \
+             (systemctl start guard), or run this as root"
+        );
+    }
+    eprintln!("guard: {why}: loading own probes; this trace never kills");
+    Ok((standalone_source().await?, Origin::Standalone))
+}
+
+async fn from_daemon(
+    stream: UnixStream,
+    socket: &Path,
+) -> anyhow::Result<(mpsc::Receiver<Record>, Origin)> {
+    let mut lines = BufReader::new(stream).lines();
+    let first = lines
+        .next_line()
+        .await
+        .with_context(|| format!("reading from {}", socket.display()))?
+        .with_context(|| format!("{} closed the connection at once", socket.display()))?;
+    let hello = Record::from_line(&first).context("the daemon's first record")?;
+    if let Event::Error { message } = &hello.event {
+        bail!("the guard daemon refused: {message}");
+    }
+    let (tx, rx) = mpsc::channel(DEPTH);
+    // The hello goes first; the channel is empty, so this cannot fail.
+    let _ = tx.try_send(hello);
+    tokio::spawn(async move {
+        let mut bad = 0u64;
+        loop {
+            let line = match lines.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx
+                        .send(Record::now(Event::Error {
+                            message: format!("reading the daemon's stream: {e}"),
+                        }))
+                        .await;
+                    break;
+                }
+            };
+            match Record::from_line(&line) {
+                Ok(r) => {
+                    if tx.send(r).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    bad += 1;
+                    if bad == 1 {
+                        warn!(error = %e, "skipping a record this guard cannot read");
+                    }
+                }
+            }
+        }
+        let _ = tx
+            .send(Record::now(Event::Error {
+                message: "the guard daemon closed the stream".to_owned(),
+            }))
+            .await;
+    });
+    Ok((rx, Origin::Daemon(socket.to_owned())))
+}
+
+/// The cgroup2 hierarchy wherever it is mounted (on a hybrid host it is
+/// beside the v1 controllers), for naming cgroups.
+fn find_hierarchy() -> Option<Hierarchy> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    match cgroup::layout(&mountinfo, Path::new(cgroup::DEFAULT_ROOT)) {
+        Layout::Unified(root) => Some(Hierarchy::new(root)),
+        Layout::Hybrid { unified, .. } => unified.map(Hierarchy::new),
+    }
+}
+
+/// Own probes, with the default policy's limits so verdicts show where the
+/// daemon would judge; nothing here kills.
+async fn standalone_source() -> anyhow::Result<mpsc::Receiver<Record>> {
+    let policy = Policy {
+        config: Config::default_policy(),
+    };
+    let (budget, window) = policy.default_limits();
+    let mut probes = Probes::load(Settings {
+        budget,
+        window,
+        verdict_interval: policy.config.verdict_interval,
+        min_progress_pages: policy.config.min_progress_pages,
+        watch_all: true,
+    })?;
+    if let Throttle::Refused { reason } = &probes.throttle {
+        eprintln!(
+            "guard: fentry refused by this kernel ({reason}): penalty sleeps are not seen, \
+             reclaim tracepoints only"
+        );
+    }
+    let mut verdicts = async_ring(probes.take_verdicts()?, "verdict")?;
+    let mut cgroups = async_ring(probes.take_cgroup_events()?, "cgroup event")?;
+    let mut trace = async_ring(probes.take_trace()?, "trace")?;
+    let mut switch = probes.take_trace_switch()?;
+    switch.set(true)?;
+    let mut observer = Observer::new(find_hierarchy(), "/proc");
+    let (tx, rx) = mpsc::channel(DEPTH);
+    let hello = Record::now(Event::Hello {
+        source: "standalone".to_owned(),
+        guard_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel: kernel_release(),
+        throttle_hooked: matches!(probes.throttle, Throttle::Hooked { .. }),
+        dry_run: true,
+    });
+    let _ = tx.try_send(hello);
+    tokio::spawn(async move {
+        let mut dropped = 0u64;
+        // Never blocks the reading of the rings: a sink that cannot keep up
+        // loses records, counted and reported when there is room again.
+        let send = |r: Record, dropped: &mut u64| {
+            if *dropped > 0
+                && tx
+                    .try_send(Record::now(Event::Lost {
+                        what: "stream".to_owned(),
+                        count: *dropped,
+                    }))
+                    .is_ok()
+            {
+                *dropped = 0;
+            }
+            if tx.try_send(r).is_err() {
+                *dropped += 1;
+            }
+        };
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tx.closed() => break,
+                ready = trace.readable_mut() => {
+                    let Ok(mut ready) = ready else { break };
+                    while let Some(item) = ready.get_inner_mut().next() {
+                        let r = TraceRecord::from_bytes(&item);
+                        drop(item);
+                        if let Some(r) = r.and_then(|r| observer.trace(&r)) {
+                            send(r, &mut dropped);
+                        }
+                    }
+                    ready.clear_ready();
+                }
+                ready = verdicts.readable_mut() => {
+                    let Ok(mut ready) = ready else { break };
+                    while let Some(item) = ready.get_inner_mut().next() {
+                        let v = Verdict::from_bytes(&item);
+                        drop(item);
+                        if let Some(v) = v {
+                            send(observer.verdict(&v), &mut dropped);
+                        }
+                    }
+                    ready.clear_ready();
+                }
+                ready = cgroups.readable_mut() => {
+                    let Ok(mut ready) = ready else { break };
+                    while let Some(item) = ready.get_inner_mut().next() {
+                        let e = CgroupEvent::from_bytes(&item);
+                        drop(item);
+                        if let Some(r) = e.and_then(|e| observer.cgroup_event(&e)) {
+                            send(r, &mut dropped);
+                        }
+                    }
+                    ready.clear_ready();
+                }
+                _ = tick.tick() => {
+                    let stalls = probes.cgroup_stalls().unwrap_or_default();
+                    for r in observer.samples(&stalls, &[]) {
+                        send(r, &mut dropped);
+                    }
+                    if let Ok(s) = probes.stats() {
+                        for r in observer.lost(&s) {
+                            send(r, &mut dropped);
+                        }
+                    }
+                }
+            }
+        }
+        // Dropping the probes detaches every program.
+        drop(probes);
+    });
+    Ok(rx)
+}

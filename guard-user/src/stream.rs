@@ -1,0 +1,475 @@
+//! Serving the event stream: the daemon's Unix socket (who may read it,
+//! checked with SO_PEERCRED), and its own size-capped, rotating log on disk
+//! so an incident is kept even when nobody was watching.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::{PermissionsExt as _, chown},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{UnixListener, UnixStream},
+    sync::{broadcast, watch},
+};
+use tracing::{debug, info, warn};
+
+use crate::events::{Event, Record};
+
+pub const SOCKET_PATH: &str = "/run/guard/events.sock";
+/// Members of this group may read the stream (besides root).
+pub const GROUP: &str = "guard";
+pub const LOG_DIR: &str = "/var/lib/guard";
+pub const LOG_FILE: &str = "events.jsonl";
+/// Default cap of one log file; with `LOG_KEEP` older parts that is 64 MiB.
+pub const LOG_MAX_BYTES: u64 = 16 << 20;
+pub const LOG_KEEP: usize = 3;
+/// Records a slow listener may fall behind before it is told what it lost.
+const BUS_DEPTH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("creating {dir}: {source}")]
+    Dir { dir: PathBuf, source: io::Error },
+    #[error(
+        "binding the event socket {path}: {source}. Fix: is another guard running? Stop it, \
+         or give this one another --socket"
+    )]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("setting owner and mode of {path}: {source}")]
+    Mode { path: PathBuf, source: io::Error },
+    #[error("event log {path}: {source}")]
+    Log { path: PathBuf, source: io::Error },
+}
+
+/// Who may read the stream: root, and members of the `guard` group if it
+/// exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub group: Option<u32>,
+}
+
+impl Access {
+    /// The `guard` group from /etc/group.
+    pub fn from_system() -> Self {
+        Self {
+            group: fs::read_to_string("/etc/group")
+                .ok()
+                .and_then(|t| group_id(&t, GROUP)),
+        }
+    }
+
+    /// Whether a peer with these credentials may read. `groups`: its
+    /// supplementary groups.
+    pub fn allows(&self, uid: u32, gid: u32, groups: &[u32]) -> bool {
+        uid == 0 || self.group.is_some_and(|g| gid == g || groups.contains(&g))
+    }
+
+    /// The refusal a peer is sent.
+    pub fn refusal(&self, uid: u32) -> String {
+        match self.group {
+            Some(_) => format!(
+                "uid {uid} may not read guard's event stream: it is for root and members of \
+                 group `{GROUP}`. Fix: `usermod -aG {GROUP} <user>`, then log in again"
+            ),
+            None => format!(
+                "uid {uid} may not read guard's event stream: only root may, as this machine \
+                 has no group `{GROUP}`. Fix: `groupadd --system {GROUP}`, add the user to it, \
+                 and restart guard"
+            ),
+        }
+    }
+}
+
+/// The gid of `name` in /etc/group's text.
+pub fn group_id(etc_group: &str, name: &str) -> Option<u32> {
+    etc_group.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+/// Supplementary groups from /proc/<pid>/status ("Groups:\t4 24 27").
+pub fn groups_in_status(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where records go to every connected listener.
+#[derive(Clone)]
+pub struct Bus {
+    tx: broadcast::Sender<Arc<str>>,
+    listeners: Arc<watch::Sender<usize>>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bus {
+    pub fn new() -> Self {
+        Self {
+            tx: broadcast::channel(BUS_DEPTH).0,
+            listeners: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Sends a record to the listeners, if any.
+    pub fn send(&self, record: &Record) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(record.to_line().into());
+        }
+    }
+
+    /// Whether anyone listens now.
+    pub fn listened(&self) -> bool {
+        *self.listeners.borrow() > 0
+    }
+
+    /// Changes whenever a listener comes or goes.
+    pub fn watch_listeners(&self) -> watch::Receiver<usize> {
+        self.listeners.subscribe()
+    }
+}
+
+/// Binds the event socket: its directory is made if missing, a stale socket
+/// left by a crash is replaced, and the socket gets mode 0660 with the
+/// `guard` group so the file system enforces the rule before we do.
+pub fn bind(path: &Path, access: Access) -> Result<UnixListener, StreamError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|source| StreamError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    }
+    if path.exists() {
+        // A live guard answers on it; a stale socket refuses connections.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(StreamError::Bind {
+                path: path.to_owned(),
+                source: io::Error::new(io::ErrorKind::AddrInUse, "a guard already serves it"),
+            });
+        }
+        let _ = fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|source| StreamError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = |source| StreamError::Mode {
+        path: path.to_owned(),
+        source,
+    };
+    chown(path, None, access.group).map_err(mode)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(mode)?;
+    Ok(listener)
+}
+
+/// Accepts listeners until the task is dropped. Each gets `hello` first,
+/// then every record sent on the bus; one that falls behind is told how
+/// many records it lost.
+pub async fn serve(listener: UnixListener, bus: Bus, hello: Record, access: Access) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "accepting an event stream listener failed");
+                continue;
+            }
+        };
+        let bus = bus.clone();
+        let hello = hello.to_line();
+        tokio::spawn(async move {
+            if let Err(e) = listener_task(stream, bus, hello, access).await {
+                debug!(error = %e, "event stream listener ended");
+            }
+        });
+    }
+}
+
+async fn listener_task(
+    mut stream: UnixStream,
+    bus: Bus,
+    hello: String,
+    access: Access,
+) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (uid, gid) = (cred.uid(), cred.gid());
+    let groups = cred
+        .pid()
+        .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .map(|s| groups_in_status(&s))
+        .unwrap_or_default();
+    if !access.allows(uid, gid, &groups) {
+        info!(uid, gid, "refused an event stream listener");
+        let refusal = Record::now(Event::Error {
+            message: access.refusal(uid),
+        });
+        stream
+            .write_all(format!("{}\n", refusal.to_line()).as_bytes())
+            .await?;
+        return stream.shutdown().await;
+    }
+    let mut rx = bus.tx.subscribe();
+    bus.listeners.send_modify(|n| *n += 1);
+    info!(uid, "event stream listener attached");
+    let result = forward(&mut stream, &mut rx, hello).await;
+    bus.listeners.send_modify(|n| *n = n.saturating_sub(1));
+    info!(uid, "event stream listener left");
+    result
+}
+
+async fn forward(
+    stream: &mut UnixStream,
+    rx: &mut broadcast::Receiver<Arc<str>>,
+    hello: String,
+) -> io::Result<()> {
+    let (mut read, mut write) = stream.split();
+    write.write_all(format!("{hello}\n").as_bytes()).await?;
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            // A listener sends nothing; EOF (or an error) means it left.
+            n = read.read(&mut scratch) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+            }
+            line = rx.recv() => match line {
+                Ok(line) => {
+                    write.write_all(line.as_bytes()).await?;
+                    write.write_all(b"\n").await?;
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let lost = Record::now(Event::Lost { what: "stream".to_owned(), count: n });
+                    write.write_all(format!("{}\n", lost.to_line()).as_bytes()).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The daemon's own record of what happened: verdicts, kills, OOM kills,
+/// cgroup changes, lost counts and samples around incidents (not raw
+/// passes). Appends one line per record; at `max_bytes` the file becomes
+/// `.1`, `.1` becomes `.2`, and so on up to `keep` old parts.
+pub struct EventLog {
+    path: PathBuf,
+    file: fs::File,
+    size: u64,
+    max_bytes: u64,
+    keep: usize,
+}
+
+impl EventLog {
+    pub fn open(dir: &Path, max_bytes: u64, keep: usize) -> Result<Self, StreamError> {
+        fs::create_dir_all(dir).map_err(|source| StreamError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(LOG_FILE);
+        let file = Self::append(&path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self {
+            path,
+            file,
+            size,
+            max_bytes: max_bytes.max(4096),
+            keep,
+        })
+    }
+
+    fn append(path: &Path) -> Result<fs::File, StreamError> {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| StreamError::Log {
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The rotated part `n` (1 = newest old part).
+    pub fn part(&self, n: usize) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    pub fn write(&mut self, record: &Record) -> Result<(), StreamError> {
+        let line = format!("{}\n", record.to_line());
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|source| StreamError::Log {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), StreamError> {
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StreamError::Log { path, source }
+        };
+        if self.keep == 0 {
+            fs::remove_file(&self.path).map_err(err(&self.path))?;
+        } else {
+            for n in (1..self.keep).rev() {
+                let from = self.part(n);
+                if from.exists() {
+                    fs::rename(&from, self.part(n + 1)).map_err(err(&from))?;
+                }
+            }
+            fs::rename(&self.path, self.part(1)).map_err(err(&self.path))?;
+        }
+        self.file = Self::append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_the_guard_group_may_read_others_may_not() {
+        let access = Access { group: Some(990) };
+        assert!(access.allows(0, 0, &[]));
+        assert!(access.allows(1000, 990, &[]), "primary group");
+        assert!(access.allows(1000, 1000, &[4, 990]), "supplementary group");
+        assert!(!access.allows(1000, 1000, &[4, 24]));
+        let none = Access { group: None };
+        assert!(none.allows(0, 0, &[]));
+        assert!(!none.allows(1000, 990, &[990]));
+        assert!(access.refusal(1000).contains("usermod -aG guard"));
+        assert!(none.refusal(1000).contains("groupadd --system guard"));
+    }
+
+    #[test]
+    fn group_and_supplementary_groups_are_parsed() {
+        let etc = "root:x:0:\nguardian:x:5:\nguard:x:990:alice,bob\n";
+        assert_eq!(group_id(etc, "guard"), Some(990));
+        assert_eq!(group_id(etc, "nope"), None);
+        let status =
+            "Name:\tbash\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 24 990 \nVmRSS:\t1 kB\n";
+        assert_eq!(groups_in_status(status), vec![4, 24, 990]);
+        assert!(groups_in_status("Groups:\n").is_empty());
+    }
+
+    fn sample(n: u64) -> Record {
+        Record::at(
+            n,
+            Event::Lost {
+                what: "trace".into(),
+                count: n,
+            },
+        )
+    }
+
+    #[test]
+    fn the_event_log_rotates_at_its_cap_and_keeps_its_parts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = EventLog::open(dir.path(), 4096, 2).expect("open");
+        let line_len = sample(1).to_line().len() as u64 + 1;
+        let per_file = 4096 / line_len;
+        let total = per_file * 3 + 5;
+        for n in 0..total {
+            log.write(&sample(n)).expect("write");
+        }
+        let read = |p: &Path| -> Vec<Record> {
+            fs::read_to_string(p)
+                .expect("read")
+                .lines()
+                .map(|l| Record::from_line(l).expect("valid"))
+                .collect()
+        };
+        let current = read(log.path());
+        let one = read(&log.part(1));
+        let two = read(&log.part(2));
+        assert!(!log.part(3).exists(), "only `keep` old parts");
+        for part in [log.path(), &log.part(1), &log.part(2)] {
+            assert!(fs::metadata(part).expect("meta").len() <= 4096);
+        }
+        // The newest records are in the current file, in order, and the
+        // parts hold the ones before them without a gap.
+        assert_eq!(current.last().map(|r| r.mono_ns), Some(total - 1));
+        assert_eq!(
+            one.last().map(|r| r.mono_ns + 1),
+            current.first().map(|r| r.mono_ns)
+        );
+        assert_eq!(
+            two.last().map(|r| r.mono_ns + 1),
+            one.first().map(|r| r.mono_ns)
+        );
+        // Reopening appends instead of truncating.
+        drop(log);
+        let mut log = EventLog::open(dir.path(), 4096, 2).expect("reopen");
+        log.write(&sample(total)).expect("write");
+        let after = read(log.path());
+        assert_eq!(after.len(), current.len() + 1);
+    }
+
+    #[tokio::test]
+    async fn a_listener_gets_hello_then_records_and_is_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run/events.sock");
+        let listener = bind(&path, Access { group: None }).expect("bind");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
+        let bus = Bus::new();
+        let hello = Record::now(Event::Hello {
+            source: "daemon".into(),
+            guard_version: "t".into(),
+            kernel: "k".into(),
+            throttle_hooked: false,
+            dry_run: true,
+        });
+        let server = tokio::spawn(serve(listener, bus.clone(), hello, Access { group: None }));
+        // A second guard must not steal a live socket.
+        assert!(matches!(
+            bind(&path, Access { group: None }),
+            Err(StreamError::Bind { .. })
+        ));
+        let mut listeners = bus.watch_listeners();
+        let client = UnixStream::connect(&path).await.expect("connect");
+        listeners.wait_for(|n| *n == 1).await.expect("counted");
+        assert!(bus.listened());
+        bus.send(&sample(7));
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client));
+        let first = lines.next_line().await.expect("read").expect("hello");
+        assert_eq!(
+            Record::from_line(&first).expect("valid").event.kind(),
+            "hello"
+        );
+        let second = lines.next_line().await.expect("read").expect("record");
+        assert_eq!(Record::from_line(&second).expect("valid"), sample(7));
+        drop(lines);
+        listeners.wait_for(|n| *n == 0).await.expect("uncounted");
+        server.abort();
+    }
+}
