@@ -706,18 +706,69 @@ mod tests {
     }
 
     #[test]
+    fn the_daemon_log_keeps_events_and_samples_around_incidents_but_no_raw_passes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = stream::EventLog::open(dir.path(), 1 << 20, 1).expect("log");
+        let path = log.path().to_owned();
+        let mut out = Outputs::new(stream::Bus::new(), Some(log));
+        let sample = || {
+            Record::now(Event::Sample {
+                cgroup_id: 1,
+                cgroup: "/a".into(),
+                memory_current: 1,
+                memory_high: None,
+                memory_max: None,
+                stall_total_ns: 0,
+                passes: 0,
+                no_progress_passes: 0,
+                reclaimed_pages: 0,
+                psi_some_avg10: None,
+                psi_full_avg10: None,
+                worst_pid: 0,
+                worst_comm: String::new(),
+            })
+        };
+        let pass = Record::now(Event::Reclaim {
+            pid: 1,
+            tid: 1,
+            comm: "x".into(),
+            cgroup_id: 1,
+            cgroup: "/a".into(),
+            duration_ns: 1,
+            reclaimed_pages: 0,
+        });
+        assert_eq!(out.sample_period(), None, "idle and unwatched: no timer");
+        out.emit(&pass);
+        out.emit(&sample());
+        let verdict = Record::now(Event::Verdict {
+            cgroup_id: 1,
+            cgroup: "/a".into(),
+            stall_ns: 1,
+            window_ns: 1,
+            budget_ns: 1,
+            streak: 1,
+            episode_start_ns: 0,
+            worst_pid: 1,
+            worst_comm: "x".into(),
+        });
+        out.emit(&verdict);
+        assert_eq!(out.sample_period(), Some(INCIDENT_SAMPLE));
+        out.emit(&sample());
+        out.emit(&pass);
+        let kinds: Vec<String> = fs::read_to_string(&path)
+            .expect("log")
+            .lines()
+            .map(|l| Record::from_line(l).expect("valid").event.kind().to_owned())
+            .collect();
+        assert_eq!(kinds, vec!["verdict", "sample"]);
+    }
+
+    #[test]
     fn an_explicit_policy_file_must_load_and_dry_run_overrides_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let missing = RunOptions {
-            config: Some(dir.path().join("nope.toml")),
-            dry_run: false,
-        };
+        let missing = RunOptions::new(Some(dir.path().join("nope.toml")), false);
         assert!(load_policy(&missing).is_err());
-        let (policy, origin) = load_policy(&RunOptions {
-            config: None,
-            dry_run: true,
-        })
-        .expect("default");
+        let (policy, origin) = load_policy(&RunOptions::new(None, true)).expect("default");
         if !Path::new(config::DEFAULT_PATH).exists() {
             assert_eq!(origin, "embedded default");
         }

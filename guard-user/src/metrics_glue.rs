@@ -4,7 +4,6 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -26,9 +25,7 @@ pub async fn start(
     _probes: &Probes,
     out: &mut Outputs,
 ) -> anyhow::Result<RefreshRequests> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding --metrics-addr {addr}: is the port in use?"))?;
+    let listener = metrics::bind(addr).await?;
     let stats = match metrics::enable_bpf_stats() {
         Ok(fd) => Some(fd),
         Err(e) => {

@@ -235,14 +235,49 @@ impl Observer {
             }
         }
         chosen.sort_by_key(|(_, s)| std::cmp::Reverse((s.stall_total_ns, s.passes)));
-        chosen
-            .into_iter()
-            .filter_map(|(id, s)| {
-                let name = self.names.get(&id)?;
-                self.sample(&h.root().join(name.trim_start_matches('/')), id, name, &s)
-            })
-            .take(MAX_SAMPLED)
-            .collect()
+        let mut out: Vec<Record> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (id, s) in chosen {
+            if out.len() >= MAX_SAMPLED {
+                break;
+            }
+            let Some(name) = self.names.get(&id) else {
+                continue;
+            };
+            if seen.insert(id)
+                && let Some(r) =
+                    self.sample(&h.root().join(name.trim_start_matches('/')), id, name, &s)
+            {
+                out.push(r);
+            }
+            // The stall is charged where the task runs, but the limit that
+            // throttles it may sit on an ancestor (a slice): sample that too,
+            // so the row shows memory against the limit that matters.
+            if let Some((dir, aid)) = self.limited_ancestor(h, name)
+                && seen.insert(aid)
+            {
+                let aname = h.display_path(&dir);
+                if let Some(r) = self.sample(&dir, aid, &aname, &CgroupStall::default()) {
+                    out.push(r);
+                }
+            }
+        }
+        out.truncate(MAX_SAMPLED);
+        out
+    }
+
+    /// The nearest strict ancestor of `name` (below the root) with a finite
+    /// memory.high or memory.max.
+    fn limited_ancestor(&self, h: &Hierarchy, name: &str) -> Option<(PathBuf, u64)> {
+        let mut dir = h.root().join(name.trim_start_matches('/'));
+        while dir.pop() && dir.starts_with(h.root()) && dir != h.root() {
+            if let Ok(mem) = Hierarchy::memory(&dir)
+                && (mem.high != u64::MAX || mem.max != u64::MAX)
+            {
+                return Some((dir.clone(), Hierarchy::id_of(&dir).ok()?));
+            }
+        }
+        None
     }
 
     fn sample(&self, dir: &Path, id: u64, name: &str, s: &CgroupStall) -> Option<Record> {
@@ -385,6 +420,35 @@ mod tests {
         };
         let samples = obs.samples(&[(id, stall), (id + 999, stall)], &[]);
         assert_eq!(samples.len(), 1, "the unknown id is skipped");
+        // A stall charged to an unlimited child is sampled with the limited
+        // parent beside it.
+        let (dir, mut obs2, _) = tree();
+        let child = dir.path().join("cg/seed.slice/hog.scope");
+        fs::create_dir_all(&child).expect("mkdir");
+        fs::write(child.join("memory.current"), "60000000\n").expect("w");
+        fs::write(child.join("memory.high"), "max\n").expect("w");
+        fs::write(child.join("memory.max"), "max\n").expect("w");
+        let child_id = Hierarchy::id_of(&child).expect("id");
+        obs2.names.insert(child_id, "/seed.slice/hog.scope".into());
+        let both = obs2.samples(&[(child_id, stall)], &[]);
+        let names: Vec<(String, Option<u64>)> = both
+            .iter()
+            .map(|r| match &r.event {
+                Event::Sample {
+                    cgroup,
+                    memory_high,
+                    ..
+                } => (cgroup.clone(), *memory_high),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("/seed.slice/hog.scope".to_owned(), None),
+                ("/seed.slice".to_owned(), Some(64 << 20))
+            ]
+        );
         match &samples[0].event {
             Event::Sample {
                 memory_current,

@@ -231,7 +231,9 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
 }
 
 /// Drains a trace ring buffer.
-fn drain_trace(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<guard_common::TraceRecord> {
+fn drain_trace(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+) -> Vec<guard_common::TraceRecord> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         out.push(guard_common::TraceRecord::from_bytes(&item).expect("a whole record"));
@@ -285,9 +287,20 @@ fn per_pass_trace_records_flow_only_while_switched_on_and_oom_victims_always() {
         .filter(|r| r.kind == TRACE_RECLAIM && r.tgid == pid)
         .collect();
     assert!(!passes.is_empty(), "no reclaim record of {pid}: {loud:?}");
-    assert!(passes.iter().all(|r| r.cgroup_id == watched && r.comm() == b"dd"));
-    assert!(passes.iter().any(|r| r.reclaimed_pages == 0 && r.duration_ns > 0));
-    assert!(loud.iter().any(|r| r.kind == TRACE_OOM_VICTIM && r.victim_pid == pid));
+    assert!(
+        passes
+            .iter()
+            .all(|r| r.cgroup_id == watched && r.comm() == b"dd")
+    );
+    assert!(
+        passes
+            .iter()
+            .any(|r| r.reclaimed_pages == 0 && r.duration_ns > 0)
+    );
+    assert!(
+        loud.iter()
+            .any(|r| r.kind == TRACE_OOM_VICTIM && r.victim_pid == pid)
+    );
     assert_eq!(stats(&probes)[stat::TRACE_LOST as usize], 0);
 }
 

@@ -83,7 +83,28 @@ pub fn install(guard: &Path, unit: &Path, root: &Path) -> Result<()> {
         0o644,
     )?;
     if root == Path::new("/") {
+        ensure_group()?;
         eprintln!("xtask: now run: systemctl daemon-reload && systemctl enable --now guard");
     }
+    Ok(())
+}
+
+/// The `guard` group: its members may read the event stream
+/// (/run/guard/events.sock) without being root.
+fn ensure_group() -> Result<()> {
+    let groups = fs::read_to_string("/etc/group").context("reading /etc/group")?;
+    if groups.lines().any(|l| l.split(':').next() == Some("guard")) {
+        return Ok(());
+    }
+    let status = Command::new("groupadd")
+        .args(["--system", "guard"])
+        .status()
+        .context("running groupadd")?;
+    if !status.success() {
+        bail!("groupadd --system guard failed: {status}");
+    }
+    eprintln!(
+        "xtask: created group `guard`; add users who may watch `guard trace`: usermod -aG guard USER"
+    );
     Ok(())
 }

@@ -41,6 +41,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+ip link set lo up
 scenario=$(sed -n 's/.*guard\.scenario=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "GUARD-KERNEL $(uname -r)"
 /bin/guard-scenario "$scenario"
@@ -153,7 +154,7 @@ fn summary(scenario: &str, r: &Value) -> String {
             r["reused_reason"].as_str().unwrap_or("-"),
         ),
         "stream" => format!(
-            "guard trace --json: verdict + kill of hog {} (verdict->kill {} ms in the stream), {} reclaim / {} throttle / {} sample records; oom_kill of {} ({}) in {}; daemon log {} records, report names both victims, SVG {} bytes",
+            "guard trace --json: verdict + kill of hog {} (verdict->kill {} ms in the stream), {} reclaim / {} throttle / {} sample records; oom_kill of {} ({}) in {}; daemon log {} records, report names both victims, SVG {} bytes; /metrics: kills {}, memcg_reclaim_end {} runs at {} ns each",
             r["hog_pid"],
             fmt_num(&r["stream_verdict_to_kill_ms"], 1),
             r["trace_reclaim_records"],
@@ -164,6 +165,9 @@ fn summary(scenario: &str, r: &Value) -> String {
             r["oom_kill_cgroup"].as_str().unwrap_or("-"),
             r["daemon_log_records"],
             r["report_svg_bytes"],
+            r["metrics_kills"],
+            r["metrics_reclaim_end_runs"],
+            fmt_num(&r["metrics_reclaim_end_ns_per_run"], 0),
         ),
         _ => String::new(),
     };

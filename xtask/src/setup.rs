@@ -25,8 +25,12 @@ pub const BUILD_PACKAGES: [(&str, &str); 4] = [
 ];
 
 /// Packages for the VM tests.
-pub const VM_PACKAGES: [(&str, &str); 2] = [
+pub const VM_PACKAGES: [(&str, &str); 3] = [
     ("qemu-system-x86", "boots the test kernels"),
+    (
+        "tmux",
+        "runs `guard trace` in a real terminal for the host test of the live view",
+    ),
     (
         "busybox-static",
         "the shell and tools inside the test initramfs",
@@ -142,7 +146,8 @@ pub fn build_deps() -> Result<()> {
     ensure_bpf_linker()
 }
 
-/// Everything the VM tests need besides the build.
+/// Everything the tests need besides the build (the VMs, and tmux for the
+/// live view's terminal test).
 pub fn vm_deps() -> Result<()> {
     ensure_packages(&VM_PACKAGES)
 }

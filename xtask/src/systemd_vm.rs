@@ -212,6 +212,11 @@ systemctl start seed.slice || fail "seed.slice did not start"
 high=$(cat /sys/fs/cgroup/seed.slice/memory.high 2>/dev/null)
 [ "$high" = 67108864 ] || fail "seed.slice memory.high is '$high', not 64M"
 
+# Members of group guard may read the event stream; others may not.
+groupadd --system guard || fail "groupadd guard failed"
+useradd --system --no-create-home -G guard watcher || fail "useradd watcher failed"
+useradd --system --no-create-home stranger || fail "useradd stranger failed"
+
 # (a) active, and only once the programs are attached.
 step "starting guard.service"
 t0=$(date +%s%N)
@@ -270,6 +275,19 @@ put system_slice_memory_min "$(cat /sys/fs/cgroup/system.slice/memory.min)"
 warnings=$(guard_events | jq -c 'select(.level == "WARN" or .level == "ERROR") | .message' | jq -cs '.')
 put guard_warnings "$warnings"
 echo "$warnings" | grep -q mlockall && fail "mlockall failed under the unit"
+
+# The event socket: mode 0660, group guard; a member attaches, a stranger is
+# refused with the fix named.
+sock=$(stat -c '%a %G' /run/guard/events.sock 2>&1)
+putstr socket_mode "$sock"
+[ "$sock" = "660 guard" ] || fail "/run/guard/events.sock is '$sock', not '660 guard'"
+first=$(runuser -u watcher -- /usr/local/sbin/guard trace --json --duration 1 2>&1 | head -n 1)
+putstr member_first_record "$(echo "$first" | jq -r '.type + " " + .source' 2>/dev/null)"
+[ "$(echo "$first" | jq -r '.type + " " + .source' 2>/dev/null)" = "hello daemon" ] ||
+    fail "a member of group guard could not attach: $first"
+refusal=$(runuser -u stranger -- /usr/local/sbin/guard trace --json --duration 1 2>&1)
+echo "$refusal" | grep -q 'permission denied' ||
+    fail "a stranger was not refused by name: $refusal"
 
 # (b) still the same process after more than one watchdog period.
 step "waiting ${WATCHDOG_WAIT} s with WatchdogSec=$(prop guard WatchdogUSec)"
@@ -343,6 +361,12 @@ else
     [ "$kill_mono" = null ] || put hog_start_to_kill_log_ms $(((kill_mono - hog_start) / 1000))
 fi
 others=$(guard_events | jq -c "select(.message == \"killed\" and .pid != $hogpid) | .pid" | jq -cs '.')
+# The daemon's own log kept the kill, with nobody listening.
+logged=$(jq -c "select(.type == \"kill\" and .pid == $hogpid)" /var/lib/guard/events.jsonl 2>/dev/null | tail -n 1)
+if [ -n "$logged" ]; then put kill_in_event_log true; else
+    put kill_in_event_log false
+    fail "no kill record for $hogpid in /var/lib/guard/events.jsonl"
+fi
 [ "$others" = "[]" ] || fail "the guard also killed pid(s) $others"
 
 i=0
@@ -479,13 +503,16 @@ pub fn summary(r: &Value) -> String {
     };
     format!(
         "start {} ms, ready->active {} ms; watchdog {watchdog}; hog SIGKILLed {} ms after start \
-         (verdict->kill {} us); bystander {} worst {} ms",
+         (verdict->kill {} us); bystander {} worst {} ms; socket {}, member attached, stranger \
+         refused; kill in /var/lib/guard log {}",
         num("guard_start_ms", 1.0, 0),
         num("ready_to_active_us", 1000.0, 1),
         num("hog_lifetime_ms", 1.0, 0),
         num("kill_latency_us", 1.0, 0),
         r["bystander_result"].as_str().unwrap_or("-"),
         num("bystander_worst_us", 1000.0, 0),
+        r["socket_mode"].as_str().unwrap_or("-"),
+        r["kill_in_event_log"],
     )
 }
 
@@ -1109,11 +1136,13 @@ GUARD-RESULT {\"pass\":true,\"failures\":[],\"hog_lifetime_ms\":1234}\r
             "watchdog_ok": false, "watchdog_timeouts": 2, "watchdog_restarts": 1,
             "hog_lifetime_ms": 1800, "kill_latency_us": 450,
             "bystander_result": "success", "bystander_worst_us": 250000,
+            "socket_mode": "660 guard", "kill_in_event_log": true,
         });
         assert_eq!(
             summary(&r),
             "start 2100 ms, ready->active 1.5 ms; watchdog NOT fed (2 timeouts, 1 restarts); \
-             hog SIGKILLed 1800 ms after start (verdict->kill 450 us); bystander success worst 250 ms"
+             hog SIGKILLed 1800 ms after start (verdict->kill 450 us); bystander success worst 250 ms; \
+             socket 660 guard, member attached, stranger refused; kill in /var/lib/guard log true"
         );
         assert!(summary(&json!({})).contains("watchdog -"));
     }

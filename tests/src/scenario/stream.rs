@@ -12,6 +12,35 @@ use super::*;
 const TRACE_OUT: &str = "/tmp/trace.jsonl";
 const DAEMON_LOG: &str = "/var/lib/guard/events.jsonl";
 const REPORT_SVG: &str = "/tmp/incident.svg";
+const METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// GET /metrics, the body.
+fn scrape() -> Result<String, String> {
+    use std::io::Write as _;
+    let mut conn = std::net::TcpStream::connect(METRICS_ADDR)
+        .map_err(|e| format!("connecting to {METRICS_ADDR}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: guard\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)
+        .map_err(|e| format!("reading the response: {e}"))?;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(format!("not a 200 response: {text}")),
+    }
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn metric(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
 
 fn records(text: &str) -> Vec<Value> {
     text.lines()
@@ -60,7 +89,7 @@ fn hog_until_killed(
 pub(super) fn run(r: &mut Report) -> Result<(), String> {
     trace::enable()?;
     let _ = fs::remove_file(DAEMON_LOG);
-    let mut guard = Guard::start(&[], &[])?;
+    let mut guard = Guard::start(&["--metrics-addr", METRICS_ADDR], &[])?;
     let out = fs::File::create(TRACE_OUT).map_err(|e| format!("{TRACE_OUT}: {e}"))?;
     let mut tracer = Command::new(GUARD)
         .args(["trace", "--json"])
@@ -105,6 +134,46 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
     );
     if trace_status.is_none() {
         end(&mut tracer);
+    }
+    // The metrics, scraped like Prometheus would, before the guard stops.
+    match scrape() {
+        Ok(body) => {
+            let kills = metric(&body, "guard_kills_total{");
+            let oom = metric(&body, "guard_kernel_oom_kills_total{cgroup=\"/oom.slice\"}");
+            let runs = metric(
+                &body,
+                "guard_bpf_run_count_total{program=\"memcg_reclaim_end\"}",
+            );
+            let run_s = metric(
+                &body,
+                "guard_bpf_run_time_seconds_total{program=\"memcg_reclaim_end\"}",
+            );
+            r.set("metrics_kills", kills);
+            r.set("metrics_reclaim_end_runs", runs);
+            if let (Some(n), Some(s)) = (runs, run_s)
+                && n > 0.0
+            {
+                r.set("metrics_reclaim_end_ns_per_run", s * 1e9 / n);
+            }
+            r.check(
+                kills == Some(1.0),
+                format!("guard_kills_total is {kills:?}, not 1"),
+            );
+            r.check(
+                oom == Some(1.0),
+                format!("guard_kernel_oom_kills_total for /oom.slice is {oom:?}"),
+            );
+            r.check(
+                runs.is_some_and(|n| n > 0.0),
+                format!("no BPF run count for memcg_reclaim_end: {runs:?}"),
+            );
+            r.check(
+                body.contains("guard_cgroup_memory_current_bytes{cgroup=\"/stream.slice\"}")
+                    || body.contains("guard_cgroup_memory_current_bytes{cgroup=\"/oom.slice\"}"),
+                "no memory gauge for the incident cgroups",
+            );
+        }
+        Err(e) => r.check(false, format!("scraping /metrics: {e}")),
     }
     let log = guard.stop();
     let kernel_trace = trace::read();

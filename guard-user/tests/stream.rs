@@ -1,0 +1,253 @@
+//! The event socket seen from outside: who may read it (real peers with
+//! other uids and gids, checked by the file mode and by SO_PEERCRED), and
+//! the round trip `guard record` -> file -> `guard report --svg`.
+//! No probes are loaded here: the test serves records itself.
+
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use guard::{
+    events::{Event, Record},
+    stream::{self, Access, Bus},
+};
+
+const GUARD: &str = env!("CARGO_BIN_EXE_guard");
+/// A group id no real group uses here, standing in for `guard`.
+const TEST_GID: u32 = 54_321;
+const NOBODY: u32 = 65_534;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn hello() -> Record {
+    Record::now(Event::Hello {
+        source: "daemon".into(),
+        guard_version: "test".into(),
+        kernel: "test".into(),
+        throttle_hooked: true,
+        dry_run: false,
+    })
+}
+
+/// A served socket in a directory everyone may traverse.
+async fn serve(dir: &Path) -> (PathBuf, Bus, tokio::task::JoinHandle<()>) {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let path = dir.join("events.sock");
+    let access = Access {
+        group: Some(TEST_GID),
+    };
+    let listener = stream::bind(&path, access).expect("bind");
+    let bus = Bus::new();
+    let task = tokio::spawn(stream::serve(listener, bus.clone(), hello(), access));
+    (path, bus, task)
+}
+
+/// `guard trace --json` against `socket` as uid/gid, for at most 2 s.
+async fn trace_as(socket: &Path, uid: u32, gid: u32) -> Output {
+    let mut cmd = Command::new(GUARD);
+    cmd.args(["trace", "--json", "--duration", "2", "--socket"])
+        .arg(socket)
+        .current_dir("/");
+    cmd.uid(uid).gid(gid);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run guard trace"))
+        .await
+        .expect("join")
+}
+
+#[tokio::test]
+async fn root_and_the_guard_group_may_read_the_stream_and_others_are_refused_by_name() {
+    if !is_root() {
+        eprintln!("SKIPPED: switching to other uids needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (socket, _bus, task) = serve(dir.path()).await;
+    let meta = fs::metadata(&socket).expect("socket");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), TEST_GID);
+
+    // Root, and a member of the group: the hello record arrives.
+    for (uid, gid) in [(0, 0), (NOBODY, TEST_GID)] {
+        let out = trace_as(&socket, uid, gid).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "uid {uid} gid {gid}: {out:?}");
+        let first =
+            Record::from_line(stdout.lines().next().unwrap_or_default()).expect("a record line");
+        assert_eq!(first.event, hello().event);
+    }
+
+    // Anyone else: the file mode refuses first, and the client names the fix.
+    let out = trace_as(&socket, NOBODY, NOBODY).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "nothing is streamed to a stranger");
+    assert!(
+        stderr.contains("permission denied") && stderr.contains("usermod -aG guard"),
+        "{stderr}"
+    );
+
+    // With the file mode opened up, SO_PEERCRED still refuses, with an
+    // error record the client prints.
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let out = trace_as(&socket, NOBODY, NOBODY).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("refused") && stderr.contains("uid 65534 may not read"),
+        "{stderr}"
+    );
+    task.abort();
+}
+
+/// A small incident as the daemon would stream it: the cgroup fills past
+/// memory.high, passes stop making progress, a verdict, a kill, memory
+/// comes back.
+fn incident(t0: u64) -> Vec<Record> {
+    let ms = 1_000_000u64;
+    let mib = 1u64 << 20;
+    let mut out = Vec::new();
+    let sample = |at: u64, current: u64, stall: u64| {
+        Record::at(
+            at,
+            Event::Sample {
+                cgroup_id: 7,
+                cgroup: "/seed.slice".into(),
+                memory_current: current,
+                memory_high: Some(64 * mib),
+                memory_max: Some(128 * mib),
+                stall_total_ns: stall,
+                passes: stall / ms,
+                no_progress_passes: stall / ms,
+                reclaimed_pages: 0,
+                psi_some_avg10: Some(40.0),
+                psi_full_avg10: Some(30.0),
+                worst_pid: 4242,
+                worst_comm: "grep".into(),
+            },
+        )
+    };
+    for i in 0..4u64 {
+        out.push(sample(t0 + i * 250 * ms, (40 + 8 * i) * mib, 0));
+    }
+    for i in 0..30u64 {
+        out.push(Record::at(
+            t0 + 1000 * ms + i * 10 * ms,
+            Event::Reclaim {
+                pid: 4242,
+                tid: 4242,
+                comm: "grep".into(),
+                cgroup_id: 7,
+                cgroup: "/seed.slice".into(),
+                duration_ns: 9 * ms,
+                reclaimed_pages: 0,
+            },
+        ));
+    }
+    out.push(sample(t0 + 1250 * ms, 66 * mib, 250 * ms));
+    out.push(Record::at(
+        t0 + 1300 * ms,
+        Event::Verdict {
+            cgroup_id: 7,
+            cgroup: "/seed.slice".into(),
+            stall_ns: 270 * ms,
+            window_ns: 1000 * ms,
+            budget_ns: 250 * ms,
+            streak: 30,
+            episode_start_ns: t0 + 1000 * ms,
+            worst_pid: 4242,
+            worst_comm: "grep".into(),
+        },
+    ));
+    out.push(Record::at(
+        t0 + 1302 * ms,
+        Event::Kill {
+            cgroup: "/seed.slice".into(),
+            pid: 4242,
+            comm: "grep".into(),
+            footprint_bytes: 60 * mib,
+            reason: "memory_high_stall".into(),
+            mode: "process".into(),
+            killed_cgroup: None,
+            also_killed: 0,
+            stall_ns: 270 * ms,
+            latency_us: 2000,
+            memory_current: 66 * mib,
+            memory_high: Some(64 * mib),
+            dry_run: false,
+        },
+    ));
+    for i in 1..5u64 {
+        out.push(sample(t0 + 1302 * ms + i * 250 * ms, 6 * mib, 280 * ms));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_recorded_stream_reports_the_incident_and_draws_it() {
+    if !is_root() {
+        eprintln!("SKIPPED: the socket is served as root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (socket, bus, task) = serve(dir.path()).await;
+    let file = dir.path().join("incident.jsonl");
+    let mut recorder = tokio::process::Command::new(GUARD)
+        .args(["record", "--duration", "3", "-o"])
+        .arg(&file)
+        .arg("--socket")
+        .arg(&socket)
+        .spawn()
+        .expect("spawn guard record");
+    let mut listeners = bus.watch_listeners();
+    tokio::time::timeout(Duration::from_secs(10), listeners.wait_for(|n| *n == 1))
+        .await
+        .expect("guard record attached in time")
+        .expect("bus alive");
+    let sent = incident(guard::respond::monotonic_ns());
+    for r in &sent {
+        bus.send(r);
+    }
+    let status = recorder.wait().await.expect("guard record ends");
+    assert!(status.success());
+    task.abort();
+
+    // Every record sent is in the file, after the daemon's hello.
+    let text = fs::read_to_string(&file).expect("recorded file");
+    let got: Vec<Record> = text
+        .lines()
+        .map(|l| Record::from_line(l).expect("valid line"))
+        .collect();
+    assert_eq!(got.first().map(|r| r.event.kind()), Some("hello"));
+    assert_eq!(&got[1..], &sent[..]);
+
+    let svg = dir.path().join("incident.svg");
+    let out = Command::new(GUARD)
+        .arg("report")
+        .arg(&file)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("run guard report");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(report.contains("/seed.slice"), "{report}");
+    assert!(
+        report.contains("grep") && report.contains("4242"),
+        "{report}"
+    );
+    let drawing = fs::read_to_string(&svg).expect("svg written");
+    let doc = roxmltree::Document::parse(&drawing).expect("the SVG is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert!(
+        doc.descendants()
+            .any(|n| n.text().is_some_and(|t| t.contains("grep[4242]"))),
+        "the kill marker names the victim"
+    );
+}
