@@ -19,3 +19,4 @@ pub mod respond;
 pub mod source;
 pub mod stream;
 pub mod trace_tui;
+pub mod trace_view;

@@ -313,7 +313,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
             json,
             source,
         } => {
-            init_logs(cli.log_format)?;
+            // The live view owns the terminal: log lines would tear it.
+            if lines || json {
+                init_logs(cli.log_format)?;
+            }
             runtime()?.block_on(async {
                 let (rx, _) = source::open(&source.socket, source.standalone).await?;
                 let rx = until(rx, source.duration);
@@ -332,15 +335,28 @@ fn real_main() -> anyhow::Result<ExitCode> {
             })
         }
         Command::Report { files, svg } => {
+            // A log part rotated a moment ago is empty; with other parts
+            // beside it, it says nothing and is left out.
+            let files: Vec<PathBuf> = if files.len() > 1 {
+                files
+                    .into_iter()
+                    .filter(|f| std::fs::metadata(f).map_or(true, |m| m.len() > 0))
+                    .collect()
+            } else {
+                files
+            };
             let loaded = report::load(&files)?;
-            for (at, why) in &loaded.skipped {
-                eprintln!("guard: skipped {at}: {why}");
-            }
-            let rep = report::analyze(&loaded.records);
+            let mut rep = report::analyze(&loaded.records);
+            rep.skipped = loaded.skipped;
             print!("{rep}");
             if let Some(out) = svg {
-                report::svg(&loaded.records, &rep, &out)?;
-                eprintln!("guard: drew {}", out.display());
+                match report::svg(&loaded.records, &rep, &out) {
+                    Ok(()) => eprintln!("guard: drew {}", out.display()),
+                    Err(report::ReportError::NoIncident) => {
+                        eprintln!("guard: no incident in these records: nothing to draw")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
