@@ -437,7 +437,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     ))))
                 }
                 Err(e) => {
-                    warn!(error = %e, "no event stream socket");
+                    warn!(error = %e, "no event stream socket: guard trace and guard record \
+                        cannot attach (the daemon's own log is kept regardless)");
                     None
                 }
             }

@@ -416,8 +416,18 @@ fn clusters(sorted: &[&Record]) -> Vec<Cluster> {
             Event::Verdict { cgroup, .. } | Event::Kill { cgroup, .. } => cgroup,
             _ => continue,
         };
-        match clusters.iter_mut().rev().find(|c| c.cgroup == *cgroup) {
-            Some(c) if r.mono_ns.saturating_sub(c.last_ns) <= VERDICT_GAP_NS => c.add(i, r.mono_ns),
+        // A verdict names the cgroup the stall was charged to (where the
+        // task runs); the kill names the cgroup over memory.high it
+        // relieved, which may be an ancestor (a slice). Related cgroups
+        // close in time are one incident, named by the wider of the two.
+        let related = |c: &&mut Cluster| within(cgroup, &c.cgroup) || within(&c.cgroup, cgroup);
+        match clusters.iter_mut().rev().find(related) {
+            Some(c) if r.mono_ns.saturating_sub(c.last_ns) <= VERDICT_GAP_NS => {
+                c.add(i, r.mono_ns);
+                if c.cgroup != *cgroup && within(&c.cgroup, cgroup) {
+                    c.cgroup = cgroup.clone();
+                }
+            }
             _ => clusters.push(Cluster::new(cgroup, i, r.mono_ns)),
         }
     }
@@ -2294,6 +2304,42 @@ mod tests {
                 .any(|p| p.len() == 2 && p[0].0 == p[1].0),
             "no OOM marker"
         );
+    }
+
+    #[test]
+    fn a_verdict_in_a_scope_and_the_kill_at_its_limited_slice_are_one_incident() {
+        // As the daemon reports it: the stall is charged to the task's own
+        // scope, the kill names the slice over memory.high it relieved.
+        let scope = format!("{SEED}/hog.scope");
+        let mut v = verdict(at_ms(1_300), at_ms(1_000));
+        if let Event::Verdict { cgroup, .. } = &mut v.event {
+            *cgroup = scope.clone();
+        }
+        let mut records = vec![hello()];
+        for k in 0..10 {
+            let mut r = reclaim(at_ms(1_000 + k * 30), 4242, "grep", 0);
+            if let Event::Reclaim { cgroup, .. } = &mut r.event {
+                *cgroup = scope.clone();
+            }
+            records.push(r);
+        }
+        records.push(v);
+        records.push(kill(at_ms(1_302), false));
+        let report = analyze(&records);
+        assert_eq!(report.incidents.len(), 1, "{report}");
+        let inc = &report.incidents[0];
+        assert_eq!(inc.cgroup, SEED, "named by the slice whose limit was hit");
+        assert_eq!(inc.ended_by, Ending::Kill);
+        assert_eq!(inc.verdicts, 1);
+        assert_eq!(inc.start.mono_ns, at_ms(1_000));
+        assert_eq!(inc.tasks[0].no_progress_passes, 10);
+        // A sibling slice's verdict at the same time stays apart.
+        let mut other = verdict(at_ms(1_301), at_ms(1_000));
+        if let Event::Verdict { cgroup, .. } = &mut other.event {
+            *cgroup = "/other.slice/x.scope".into();
+        }
+        records.push(other);
+        assert_eq!(analyze(&records).incidents.len(), 2);
     }
 
     #[test]

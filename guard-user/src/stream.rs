@@ -39,7 +39,10 @@ pub enum StreamError {
          or give this one another --socket"
     )]
     Bind { path: PathBuf, source: io::Error },
-    #[error("setting owner and mode of {path}: {source}")]
+    #[error(
+        "giving {path} to group `guard` with mode 0660: {source}. Fix: run guard as root with \
+         CAP_CHOWN (deploy/guard.service grants it)"
+    )]
     Mode { path: PathBuf, source: io::Error },
     #[error("event log {path}: {source}")]
     Log { path: PathBuf, source: io::Error },
@@ -169,12 +172,16 @@ pub fn bind(path: &Path, access: Access) -> Result<UnixListener, StreamError> {
         path: path.to_owned(),
         source,
     })?;
-    let mode = |source| StreamError::Mode {
-        path: path.to_owned(),
-        source,
-    };
-    chown(path, None, access.group).map_err(mode)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(mode)?;
+    let secured = chown(path, None, access.group)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o660)));
+    if let Err(source) = secured {
+        // No socket rather than one with the wrong owner or mode.
+        let _ = fs::remove_file(path);
+        return Err(StreamError::Mode {
+            path: path.to_owned(),
+            source,
+        });
+    }
     Ok(listener)
 }
 
@@ -432,6 +439,44 @@ mod tests {
         log.write(&sample(total)).expect("write");
         let after = read(log.path());
         assert_eq!(after.len(), current.len() + 1);
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_falls_behind_is_told_how_many_records_it_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.sock");
+        let listener = bind(&path, Access { group: None }).expect("bind");
+        let bus = Bus::new();
+        let hello = sample(0);
+        let server = tokio::spawn(serve(listener, bus.clone(), hello, Access { group: None }));
+        let mut listeners = bus.watch_listeners();
+        let client = UnixStream::connect(&path).await.expect("connect");
+        listeners.wait_for(|n| *n == 1).await.expect("counted");
+        // All sent before the forwarding task runs again (one thread): the
+        // oldest fall out of the bus.
+        let total = BUS_DEPTH as u64 + 1000;
+        for n in 1..=total {
+            bus.send(&sample(n));
+        }
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client));
+        let mut lost = 0;
+        let mut last = 0;
+        let mut received = 0;
+        while last < total {
+            let line = lines.next_line().await.expect("read").expect("line");
+            match Record::from_line(&line).expect("valid").event {
+                Event::Lost { what, count } if what == "stream" => lost += count,
+                Event::Lost { .. } => {
+                    received += 1;
+                    last = Record::from_line(&line).expect("valid").mono_ns;
+                }
+                e => panic!("{e:?}"),
+            }
+        }
+        // The hello (mono_ns 0) is counted among the received.
+        assert_eq!(lost, 1000, "what fell out is counted exactly");
+        assert_eq!(received - 1 + lost, total, "nothing is lost silently");
+        server.abort();
     }
 
     #[tokio::test]

@@ -179,7 +179,12 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
     let kernel_trace = trace::read();
     detect_to_kill(r, &kernel_trace, hog_pid);
 
-    let recs = records(&read(TRACE_OUT));
+    let trace_text = read(TRACE_OUT);
+    // On the console too, so a run's stream can be replayed on the host.
+    for line in trace_text.lines() {
+        println!("guard-trace: {line}");
+    }
+    let recs = records(&trace_text);
     let count = |t: &str| of_type(&recs, t).len();
     r.set("trace_records", recs.len());
     r.set("trace_reclaim_records", count("reclaim"));

@@ -1,0 +1,21 @@
+//! Renders what `guard trace` would show after a recorded stream, as text:
+//! how the README's capture of the live view is made from a real run.
+//!
+//! cargo run --example render_view -- FILE [WIDTH HEIGHT]
+
+use guard::{events::Record, trace_view};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(path) = args.next() else {
+        anyhow::bail!("usage: render_view FILE [WIDTH HEIGHT]");
+    };
+    let width = args.next().map(|w| w.parse()).transpose()?.unwrap_or(100);
+    let height = args.next().map(|h| h.parse()).transpose()?.unwrap_or(30);
+    let mut view = trace_view::View::new();
+    for line in std::fs::read_to_string(&path)?.lines() {
+        view.push(&Record::from_line(line)?);
+    }
+    print!("{}", trace_view::render_to_string(&view, width, height));
+    Ok(())
+}
