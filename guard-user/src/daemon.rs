@@ -68,7 +68,7 @@ impl RunOptions {
 const INCIDENT_TAIL: Duration = Duration::from_secs(15);
 /// Sample period during an incident, and while only listeners want rows.
 const INCIDENT_SAMPLE: Duration = Duration::from_millis(250);
-const LISTENER_SAMPLE: Duration = Duration::from_secs(1);
+const LISTENER_SAMPLE: Duration = Duration::from_millis(500);
 
 /// Where records go: the socket's listeners, the daemon's log, the metrics.
 pub struct Outputs {

@@ -283,7 +283,7 @@ pub struct KillFact {
     pub also_killed: u64,
     pub latency_us: u64,
     pub dry_run: bool,
-    /// None: no sample after the kill (or a dry run, which frees nothing).
+    /// None: no sample before and after the kill (or a dry run, which frees nothing).
     pub recovery: Option<Recovery>,
 }
 
@@ -1039,7 +1039,7 @@ fn recovery_line(lines: &mut Vec<(u64, String)>, at: u64, dry_run: bool, r: Opti
         )),
         None => lines.push((
             at,
-            "no sample after the kill: how much memory came back is unknown".to_owned(),
+            "no sample of the cgroup both before and after the kill: how much memory came back is unknown".to_owned(),
         )),
     }
 }
@@ -1283,7 +1283,10 @@ fn write_recovery(f: &mut fmt::Formatter<'_>, r: Option<&Recovery>) -> fmt::Resu
             mib(r.lowest_bytes),
             secs(r.took_ns)
         ),
-        None => writeln!(f, "  memory back:  unknown, no sample after the kill"),
+        None => writeln!(
+            f,
+            "  memory back:  unknown, no sample both before and after the kill"
+        ),
     }
 }
 
@@ -1358,7 +1361,7 @@ impl fmt::Display for Report {
                 "memory back unknown".to_owned()
             } else if known.len() < recoveries.len() {
                 format!(
-                    "{} came back after {} of {} kills (no sample after the others)",
+                    "{} came back after {} of {} kills (no samples around the others)",
                     mib(back_bytes),
                     known.len(),
                     recoveries.len()
@@ -1507,12 +1510,30 @@ fn chart(sorted: &[&Record], report: &Report) -> Chart {
             .filter(|s| shown(s.at))
             .collect();
         let mib = |b: u64| b as f64 / MIB;
+        // The guard read memory.current when it decided to kill: one more
+        // point, where samples are sparse (a short incident falls between
+        // two of them).
+        let mut current: Vec<(f64, f64)> = samples
+            .iter()
+            .map(|s| (rel(s.at), mib(s.current)))
+            .chain(
+                sorted
+                    .iter()
+                    .filter(|r| shown(r.mono_ns))
+                    .filter_map(|r| match &r.event {
+                        Event::Kill {
+                            cgroup,
+                            memory_current,
+                            ..
+                        } if cgroup == cg => Some((rel(r.mono_ns), mib(*memory_current))),
+                        _ => None,
+                    }),
+            )
+            .collect();
+        current.sort_by(|a, b| a.0.total_cmp(&b.0));
         memory.push(MemorySeries {
             cgroup: (*cg).to_owned(),
-            current: samples
-                .iter()
-                .map(|s| (rel(s.at), mib(s.current)))
-                .collect(),
+            current,
             high: samples
                 .iter()
                 .filter_map(|s| s.high.map(|h| (rel(s.at), mib(h))))
@@ -1539,9 +1560,31 @@ fn chart(sorted: &[&Record], report: &Report) -> Chart {
             stall.push(((*cg).to_owned(), steps));
         }
     }
+    // Per-pass events, where recorded, say when the stall happened to the
+    // millisecond; the samples' counters only per interval, and only for
+    // the cgroup the stall was charged to. So events win when there are any.
     let mut stall_from = "from the kernel's counters in samples";
-    if stall.is_empty() {
+    let raw = sorted.iter().any(|r| {
+        shown(r.mono_ns)
+            && incidents
+                .iter()
+                .any(|i| stall_evidence(r, &i.cgroup).is_some())
+    });
+    if stall.is_empty() || raw {
+        stall.clear();
         stall_from = "from reclaim and penalty-sleep events";
+        let deaths: Vec<(u32, u64)> = sorted
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Kill {
+                    pid,
+                    dry_run: false,
+                    ..
+                }
+                | Event::OomKill { pid, .. } => Some((*pid, r.mono_ns)),
+                _ => None,
+            })
+            .collect();
         let width = ((x1 - x0) / 60.0).max(0.1);
         for i in incidents {
             let mut bins = vec![0.0f64; ((x1 - x0) / width).ceil() as usize + 1];
@@ -1550,8 +1593,16 @@ fn chart(sorted: &[&Record], report: &Report) -> Chart {
                 // recorded when it ends. Spread each over the bins it spans,
                 // so a 200 ms sleep does not read as 2 s per second.
                 let span = match &r.event {
-                    Event::Throttle { .. } => stall_evidence(r, &i.cgroup)
-                        .map(|ns| (r.mono_ns, r.mono_ns.saturating_add(ns))),
+                    // A penalty sleep is killable: it ends when its task dies.
+                    Event::Throttle { pid, .. } => stall_evidence(r, &i.cgroup).map(|ns| {
+                        let end = r.mono_ns.saturating_add(ns);
+                        let died = deaths
+                            .iter()
+                            .filter(|(p, t)| p == pid && *t >= r.mono_ns)
+                            .map(|&(_, t)| t)
+                            .min();
+                        (r.mono_ns, died.map_or(end, |t| t.min(end)))
+                    }),
                     _ => stall_evidence(r, &i.cgroup)
                         .map(|ns| (r.mono_ns.saturating_sub(ns), r.mono_ns)),
                 };
@@ -2307,6 +2358,50 @@ mod tests {
     }
 
     #[test]
+    fn a_short_incident_between_samples_is_drawn_from_its_passes_and_the_kill() {
+        // As a fast kill looks: the incident falls between two samples, the
+        // slice's counters show no stall (it was charged to a child), but
+        // the passes and the guard's own reading at the kill were recorded.
+        let mut records = vec![hello(), sample(SEED, at_ms(0), 2 << 20, 0, (0, ""))];
+        for k in 0..20 {
+            records.push(reclaim(at_ms(600 + k * 5), 4242, "grep", 0));
+        }
+        // A 2 s penalty sleep that the kill cuts short.
+        records.push(throttle(at_ms(650), 4242, "grep", 2 * SEC));
+        records.push(verdict(at_ms(700), at_ms(595)));
+        records.push(kill(at_ms(702), false));
+        records.push(sample(SEED, at_ms(720), 1 << 20, 0, (0, "")));
+        let sorted: Vec<&Record> = records.iter().collect();
+        let report = analyze(&records);
+        let c = chart(&sorted, &report);
+        assert_eq!(c.stall_from, "from reclaim and penalty-sleep events");
+        let peak = c
+            .stall
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(|&(_, y)| y))
+            .fold(0.0, f64::max);
+        assert!(peak > 0.0, "the passes' stall is drawn");
+        let kill_x = (at_ms(702) - at_ms(595)) as f64 / 1e9;
+        let after: f64 = c
+            .stall
+            .iter()
+            .flat_map(|(_, s)| {
+                s.iter()
+                    .filter(|&&(x, _)| x > kill_x + 0.1)
+                    .map(|&(_, y)| y)
+            })
+            .fold(0.0, f64::max);
+        assert_eq!(after, 0.0, "the victim's penalty sleep ends with it");
+        let seed = c.memory.iter().find(|m| m.cgroup == SEED).expect("series");
+        let top = seed.current.iter().map(|&(_, y)| y).fold(0.0, f64::max);
+        assert_eq!(top, 97.0, "the kill's reading of memory.current is a point");
+        assert!(
+            seed.current.windows(2).all(|w| w[0].0 <= w[1].0),
+            "in time order"
+        );
+    }
+
+    #[test]
     fn a_verdict_in_a_scope_and_the_kill_at_its_limited_slice_are_one_incident() {
         // As the daemon reports it: the stall is charged to the task's own
         // scope, the kill names the slice over memory.high it relieved.
@@ -2460,7 +2555,7 @@ mod tests {
         let report = analyze(&records);
         let text = report.to_string();
         assert!(
-            text.contains("memory back:  unknown, no sample after the kill"),
+            text.contains("memory back:  unknown, no sample both before and after the kill"),
             "{text}"
         );
         let sorted: Vec<&Record> = records.iter().collect();
