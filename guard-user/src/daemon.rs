@@ -528,6 +528,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                 }
                 ready.clear_ready();
+                // After the kill, never before it: were records dropped?
+                if let Ok(s) = probes.stats() {
+                    for r in observer.lost(&s) {
+                        out.emit(&r);
+                    }
+                }
             }
             ready = cgroup_ring.readable_mut() => {
                 let mut ready = ready.context("waiting on the cgroup event ring buffer")?;

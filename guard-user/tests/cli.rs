@@ -59,3 +59,46 @@ fn completions_and_man_page_are_generated() {
     assert!(man.status.success());
     assert!(String::from_utf8_lossy(&man.stdout).contains(".TH guard"));
 }
+
+#[test]
+fn report_of_a_missing_or_foreign_file_fails_and_names_it() {
+    let out = guard(&["report", "/nonexistent/guard-events.jsonl"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/guard-events.jsonl"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "this is not a recorded stream\n").expect("write");
+    let out = guard(&["report", path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("notes.txt"), "{stderr}");
+}
+
+#[test]
+fn trace_without_a_daemon_or_root_says_what_to_do() {
+    use std::os::unix::process::CommandExt as _;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to become another user");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(["trace", "--json", "--socket", "/nonexistent/events.sock"])
+        .current_dir("/")
+        .uid(65_534)
+        .gid(65_534)
+        .output()
+        .expect("run guard");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no guard daemon on /nonexistent/events.sock")
+            && stderr.contains("needs root")
+            && stderr.contains("systemctl start guard"),
+        "{stderr}"
+    );
+}
