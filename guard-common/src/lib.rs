@@ -36,6 +36,13 @@ pub mod globals {
     pub const CGROUP_PATH_OFFSET: &str = "CGROUP_PATH_OFFSET";
     /// Offset of `pid` in the `oom:mark_victim` record.
     pub const OOM_PID_OFFSET: &str = "OOM_PID_OFFSET";
+    /// Offset of `nr_reclaimed` in `mm_vmscan_direct_reclaim_end`.
+    pub const DIRECT_NR_RECLAIMED_OFFSET: &str = "DIRECT_NR_RECLAIMED_OFFSET";
+    /// Offset of `no_progress_loops` in `oom:reclaim_retry_zone`.
+    pub const RETRY_LOOPS_OFFSET: &str = "RETRY_LOOPS_OFFSET";
+    /// Host scope: a verdict as soon as the page allocator has retried
+    /// reclaim this many times without progress (0: only the budget).
+    pub const HOST_RETRY_LOOPS: &str = "HOST_RETRY_LOOPS";
 }
 
 /// Names of the programs in the eBPF object, so both halves agree.
@@ -48,6 +55,9 @@ pub mod programs {
     pub const CGROUP_MKDIR: &str = "cgroup_mkdir";
     pub const CGROUP_RMDIR: &str = "cgroup_rmdir";
     pub const OOM_MARK_VICTIM: &str = "oom_mark_victim";
+    pub const DIRECT_RECLAIM_BEGIN: &str = "direct_reclaim_begin";
+    pub const DIRECT_RECLAIM_END: &str = "direct_reclaim_end";
+    pub const RECLAIM_RETRY_ZONE: &str = "reclaim_retry_zone";
 }
 
 /// Names of the maps.
@@ -61,6 +71,12 @@ pub mod maps {
     pub const TRACE: &str = "TRACE";
     pub const TRACE_ON: &str = "TRACE_ON";
 }
+
+/// The key under which the whole host is aggregated (no cgroup has id 0):
+/// direct reclaim by the page allocator when the machine itself is short of
+/// memory. Listed in `WATCHED` (with the host scope's budget) when the host
+/// scope is on; a `Verdict` for it means the host, not a cgroup.
+pub const HOST_ID: u64 = 0;
 
 /// Value of the `WATCHED` map (key: cgroup v2 id). Reserved for per-cgroup
 /// settings; a zero field means "use the global default".
@@ -112,6 +128,8 @@ pub struct TaskStall {
     pub pass_start_ns: u64,
     /// Entry into the memory.high handler in flight (0: none; fentry only).
     pub over_high_start_ns: u64,
+    /// Start of the direct (global) reclaim pass in flight (0: none).
+    pub direct_start_ns: u64,
     /// No-progress time charged to this task in the window that began at
     /// `window_start_ns`.
     pub window_start_ns: u64,
@@ -207,7 +225,12 @@ pub mod stat {
     pub const TRACE_LOST: u32 = 7;
     /// Trace records sent (zero while nobody listens, but for OOM kills).
     pub const TRACE_SENT: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Direct (host-wide) reclaim passes, and those without progress.
+    pub const DIRECT_PASSES: u32 = 9;
+    pub const DIRECT_NO_PROGRESS: u32 = 10;
+    /// Allocator retries without progress at or over HOST_RETRY_LOOPS.
+    pub const RETRY_LIMIT_HITS: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 #[cfg(feature = "user")]

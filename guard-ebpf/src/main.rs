@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use guard_common::{
-    CGROUP_CREATED, CGROUP_REMOVED, CgroupEvent, CgroupStall, MAX_CGROUP_DEPTH, TRACE_OOM_VICTIM,
-    TRACE_RECLAIM, TRACE_THROTTLE, TaskStall, TraceRecord, Verdict, Watch, stat,
+    CGROUP_CREATED, CGROUP_REMOVED, CgroupEvent, CgroupStall, HOST_ID, MAX_CGROUP_DEPTH,
+    TRACE_OOM_VICTIM, TRACE_RECLAIM, TRACE_THROTTLE, TaskStall, TraceRecord, Verdict, Watch, stat,
 };
 
 // Set by the loader (see guard_common::globals); the values here are the
@@ -53,6 +53,12 @@ static CGROUP_ID_OFFSET: u64 = 16;
 static CGROUP_PATH_OFFSET: u64 = 24;
 #[unsafe(no_mangle)]
 static OOM_PID_OFFSET: u64 = 8;
+#[unsafe(no_mangle)]
+static DIRECT_NR_RECLAIMED_OFFSET: u64 = 8;
+#[unsafe(no_mangle)]
+static RETRY_LOOPS_OFFSET: u64 = 48;
+#[unsafe(no_mangle)]
+static HOST_RETRY_LOOPS: u64 = 4;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -203,7 +209,12 @@ fn limits(cgroup_id: u64) -> (u64, u64) {
 /// and sends a verdict when the sliding-window estimate crosses the budget.
 #[inline(always)]
 fn charge(task: &mut TaskStall, now: u64, ns: u64) {
-    let cgroup_id = task.cgroup_id;
+    charge_to(task.cgroup_id, task, now, ns);
+}
+
+/// `charge` to a given key: a cgroup, or `HOST_ID`.
+#[inline(always)]
+fn charge_to(cgroup_id: u64, task: &mut TaskStall, now: u64, ns: u64) {
     let Some(cg) = cgroup_state(cgroup_id) else {
         return;
     };
@@ -397,6 +408,89 @@ pub fn penalty_sleep(ctx: FEntryContext) -> u32 {
         trace(TRACE_THROTTLE, task.cgroup_id, now, penalty, 0, 0);
     }
     charge(task, now, penalty);
+    0
+}
+
+/// mm_vmscan_direct_reclaim_begin: the page allocator itself reclaims, for
+/// the whole machine (not a cgroup's limit). Only attached with the host
+/// scope on.
+#[tracepoint]
+pub fn direct_reclaim_begin(_ctx: TracePointContext) -> u32 {
+    let Some(task) = task_state(HOST_ID, true) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the whole program run; plain helper.
+    unsafe { (*task).direct_start_ns = bpf_ktime_get_ns() };
+    0
+}
+
+/// mm_vmscan_direct_reclaim_end: a pass that freed (almost) nothing is
+/// host-wide stall, charged to `HOST_ID` like a cgroup's.
+#[tracepoint]
+pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
+    let Some(task) = task_state(HOST_ID, false) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the whole program run.
+    let task = unsafe { &mut *task };
+    let start = task.direct_start_ns;
+    if start == 0 {
+        return 0;
+    }
+    task.direct_start_ns = 0;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the offset comes from this kernel's format file; read_at goes
+    // through bpf_probe_read and cannot fault.
+    let reclaimed: u64 =
+        unsafe { ctx.read_at(global(&DIRECT_NR_RECLAIMED_OFFSET) as usize) }.unwrap_or(u64::MAX);
+    count(stat::DIRECT_PASSES);
+    if listening() {
+        trace(
+            TRACE_RECLAIM,
+            HOST_ID,
+            now,
+            now.saturating_sub(start),
+            reclaimed,
+            0,
+        );
+    }
+    if reclaimed >= global(&MIN_PROGRESS_PAGES) {
+        return 0;
+    }
+    count(stat::DIRECT_NO_PROGRESS);
+    charge_to(HOST_ID, task, now, now.saturating_sub(start));
+    0
+}
+
+/// oom:reclaim_retry_zone: the allocator decides whether to retry reclaim
+/// or give up (after 16 loops without progress, the OOM killer). At
+/// HOST_RETRY_LOOPS the host is judged stalled at once: charging a whole
+/// budget crosses it, and the verdict interval still applies.
+#[tracepoint]
+pub fn reclaim_retry_zone(ctx: TracePointContext) -> u32 {
+    let limit = global(&HOST_RETRY_LOOPS);
+    if limit == 0 {
+        return 0;
+    }
+    // SAFETY: the offset comes from this kernel's format file; read_at goes
+    // through bpf_probe_read and cannot fault.
+    let Ok(loops) = (unsafe { ctx.read_at::<i32>(global(&RETRY_LOOPS_OFFSET) as usize) }) else {
+        return 0;
+    };
+    if loops < 0 || (loops as u64) < limit {
+        return 0;
+    }
+    count(stat::RETRY_LIMIT_HITS);
+    let Some(task) = task_state(HOST_ID, true) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the whole program run.
+    let task = unsafe { &mut *task };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (budget, _) = limits(HOST_ID);
+    charge_to(HOST_ID, task, now, budget);
     0
 }
 

@@ -36,6 +36,10 @@ const DEFAULT_VERDICT_INTERVAL_MS: u64 = 200;
 const DEFAULT_MIN_PROGRESS_PAGES: u64 = 1;
 const DEFAULT_MIN_SHARE_PERCENT: u64 = 25;
 const DEFAULT_HOOK_TIMEOUT_MS: u64 = 5000;
+const DEFAULT_HOST_BUDGET_MS: u64 = 250;
+const DEFAULT_HOST_WINDOW_MS: u64 = 1000;
+const DEFAULT_HOST_RETRY_LOOPS: u64 = 4;
+const DEFAULT_HOST_MIN_AVAILABLE_PERCENT: u64 = 5;
 /// Protected names while `protect.comm` is absent: leaving the key out must
 /// not silently make sshd killable.
 const DEFAULT_PROTECT_COMM: &str = "^(sshd|systemd|dockerd|containerd|t3-dispatch|tmux)$";
@@ -56,6 +60,45 @@ pub struct Config {
     pub hook: Option<Hook>,
     /// In file order: the first match wins.
     pub scopes: Vec<Scope>,
+    /// The whole machine short of memory (no cgroup limit involved).
+    pub host: Host,
+}
+
+/// What guard does when the machine itself runs out of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostMode {
+    /// Not watched: the direct-reclaim programs are not even attached.
+    Off,
+    /// Watched and judged, logged and streamed, but nothing killed.
+    #[default]
+    Watch,
+    /// The largest unprotected process on the host is killed.
+    Kill,
+}
+
+impl fmt::Display for HostMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Watch => "watch",
+            Self::Kill => "kill",
+        })
+    }
+}
+
+/// The host scope: direct reclaim by the page allocator without progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    pub mode: HostMode,
+    /// No-progress direct reclaim the host may accumulate within `window`.
+    pub budget: Duration,
+    pub window: Duration,
+    /// A verdict at once when the allocator has retried this many times
+    /// without progress (the kernel's OOM killer comes after 16); 0: off.
+    pub retry_loops: u64,
+    /// Confirmation: MemAvailable must be below this share of MemTotal.
+    pub min_available_percent: u64,
 }
 
 /// A set of watched cgroups and how their stalls are handled.
@@ -258,6 +301,17 @@ struct RawConfig {
     order: RawOrder,
     hook: Option<Spanned<RawHook>>,
     scope: Vec<Spanned<RawScope>>,
+    host: RawHost,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawHost {
+    mode: HostMode,
+    budget_ms: Option<Spanned<u64>>,
+    window_ms: Option<Spanned<u64>>,
+    retry_loops: Option<Spanned<u64>>,
+    min_available_percent: Option<Spanned<u64>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -408,7 +462,11 @@ fn check_timing(
     }
     let (span, window_note) = match (window_key, budget_key) {
         (Some(w), _) => (w.span(), String::new()),
-        (None, Some(b)) if level.is_empty() => (b.span(), ", the default".to_owned()),
+        // The top level and the host scope inherit nothing: a missing
+        // window is the built-in default.
+        (None, Some(b)) if level.is_empty() || level == "host." => {
+            (b.span(), ", the default".to_owned())
+        }
         (None, Some(b)) => (b.span(), ", inherited".to_owned()),
         // Neither set here: checked where they were set.
         (None, None) => return,
@@ -587,6 +645,50 @@ impl Config {
             })
             .collect();
 
+        check_timing(
+            &mut errors,
+            "host.",
+            raw.host.budget_ms.as_ref(),
+            raw.host.window_ms.as_ref(),
+            (DEFAULT_HOST_BUDGET_MS, DEFAULT_HOST_WINDOW_MS),
+        );
+        if let Some(l) = raw.host.retry_loops.as_ref().filter(|l| *l.get_ref() >= 16) {
+            errors.at(
+                l.span(),
+                format!(
+                    "host.retry_loops ({}) must be below 16: the kernel's OOM killer acts after 16 \
+                     retries without progress, so the guard would always come too late",
+                    l.get_ref()
+                ),
+            );
+        }
+        if let Some(p) = raw
+            .host
+            .min_available_percent
+            .as_ref()
+            .filter(|p| *p.get_ref() > 100)
+        {
+            errors.at(
+                p.span(),
+                format!(
+                    "host.min_available_percent ({}) must be at most 100",
+                    p.get_ref()
+                ),
+            );
+        }
+        let host = Host {
+            mode: raw.host.mode,
+            budget: Duration::from_millis(
+                value(raw.host.budget_ms.as_ref()).unwrap_or(DEFAULT_HOST_BUDGET_MS),
+            ),
+            window: Duration::from_millis(
+                value(raw.host.window_ms.as_ref()).unwrap_or(DEFAULT_HOST_WINDOW_MS),
+            ),
+            retry_loops: value(raw.host.retry_loops.as_ref()).unwrap_or(DEFAULT_HOST_RETRY_LOOPS),
+            min_available_percent: value(raw.host.min_available_percent.as_ref())
+                .unwrap_or(DEFAULT_HOST_MIN_AVAILABLE_PERCENT),
+        };
+
         if !errors.found.is_empty() {
             errors.found.sort_by_key(|(offset, _)| *offset);
             return Err(ConfigError::Invalid {
@@ -606,6 +708,7 @@ impl Config {
             order,
             hook,
             scopes,
+            host,
         })
     }
 
@@ -1138,5 +1241,33 @@ kill = "process"
             ["/a/b", "/a", "/"]
         );
         assert_eq!(self_and_ancestors("/").collect::<Vec<_>>(), ["/"]);
+    }
+
+    #[test]
+    fn the_host_scope_defaults_to_watch_and_is_checked_like_a_scope() {
+        let c = Config::default_policy();
+        assert_eq!(c.host.mode, HostMode::Watch);
+        assert_eq!(c.host.budget, Duration::from_millis(250));
+        assert_eq!(c.host.retry_loops, 4);
+        assert_eq!(c.host.min_available_percent, 5);
+        let c = parse(&format!(
+            "[host]\nmode = \"kill\"\nbudget_ms = 100\nretry_loops = 0\n{SCOPE}"
+        ))
+        .expect("valid");
+        assert_eq!(c.host.mode, HostMode::Kill);
+        assert_eq!(c.host.budget, Duration::from_millis(100));
+        assert_eq!(c.host.retry_loops, 0);
+        let e = one_mistake(&format!("[host]\nretry_loops = 16\n{SCOPE}"));
+        assert_eq!((e.line, e.column), (2, 15));
+        assert!(e.message.contains("must be below 16"), "{e}");
+        let e = one_mistake(&format!("[host]\nbudget_ms = 2000\n{SCOPE}"));
+        assert!(
+            e.message.contains("host.window_ms (1000, the default)"),
+            "{e}"
+        );
+        let e = one_mistake(&format!("[host]\nmin_available_percent = 101\n{SCOPE}"));
+        assert!(e.message.contains("at most 100"), "{e}");
+        let e = one_mistake(&format!("[host]\nmode = \"always\"\n{SCOPE}"));
+        assert!(e.message.contains("unknown variant"), "{e}");
     }
 }

@@ -142,6 +142,15 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// The kernel half's view of the host scope; None when it is off.
+pub fn host_limits(host: &config::Host) -> Option<crate::probes::HostLimits> {
+    (host.mode != config::HostMode::Off).then_some(crate::probes::HostLimits {
+        budget: host.budget,
+        window: host.window,
+        retry_loops: host.retry_loops,
+    })
+}
+
 /// Registers a ring buffer with tokio.
 pub fn async_ring(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
@@ -370,6 +379,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         verdict_interval: policy.config.verdict_interval,
         min_progress_pages: policy.config.min_progress_pages,
         watch_all: true,
+        host: host_limits(&policy.config.host),
     })?;
     match &probes.throttle {
         Throttle::Hooked { handler } => {

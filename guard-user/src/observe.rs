@@ -79,6 +79,9 @@ impl Observer {
     /// The path of a cgroup by id; the root cgroup is "/", an unknown one
     /// "" (removed before it could be named).
     pub fn name(&self, id: u64) -> String {
+        if id == guard_common::HOST_ID {
+            return crate::respond::HOST_NAME.to_owned();
+        }
         if let Some(name) = self.names.get(&id) {
             return name.clone();
         }

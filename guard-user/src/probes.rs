@@ -8,7 +8,7 @@ use aya::{
     programs::{FEntry, FExit, ProgramError, TracePoint},
 };
 use aya_obj::btf::BtfKind;
-use guard_common::{CgroupStall, Watch, globals, maps, programs, stat};
+use guard_common::{CgroupStall, HOST_ID, Watch, globals, maps, programs, stat};
 
 /// The eBPF object, built by build.rs (aya-build) and embedded, so the
 /// `guard` binary is self-contained.
@@ -24,6 +24,8 @@ const OVER_HIGH: [&str; 2] = [
     "mem_cgroup_handle_over_high",
 ];
 const PENALTY_SLEEP: &str = "schedule_timeout_killable";
+const DIRECT_BEGIN: &str = "mm_vmscan_direct_reclaim_begin";
+const DIRECT_END: &str = "mm_vmscan_direct_reclaim_end";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -64,6 +66,17 @@ pub struct Settings {
     pub min_progress_pages: u64,
     /// Charge tasks under no watched cgroup to their own cgroup.
     pub watch_all: bool,
+    /// The host scope's limits; None: its programs are not attached.
+    pub host: Option<HostLimits>,
+}
+
+/// What the kernel half needs of the host scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostLimits {
+    pub budget: Duration,
+    pub window: Duration,
+    /// Allocator retries without progress that make a verdict at once (0: never).
+    pub retry_loops: u64,
 }
 
 /// What was attached, for the start-up log line.
@@ -174,6 +187,9 @@ impl Probes {
         let cg_id = offset_in("cgroup", "cgroup_mkdir", "id")?;
         let cg_path = offset_in("cgroup", "cgroup_mkdir", "path")?;
         let oom_pid = offset_in("oom", "mark_victim", "pid")?;
+        let direct_reclaimed = offset_in("vmscan", DIRECT_END, "nr_reclaimed")?;
+        let retry_loops_at = offset_in("oom", "reclaim_retry_zone", "no_progress_loops")?;
+        let host_retry = settings.host.map_or(0, |h| h.retry_loops);
         let budget = nanos(settings.budget);
         let window = nanos(settings.window);
         let interval = nanos(settings.verdict_interval);
@@ -195,15 +211,30 @@ impl Probes {
             .override_global(globals::CGROUP_ID_OFFSET, &cg_id, true)
             .override_global(globals::CGROUP_PATH_OFFSET, &cg_path, true)
             .override_global(globals::OOM_PID_OFFSET, &oom_pid, true)
+            .override_global(globals::DIRECT_NR_RECLAIMED_OFFSET, &direct_reclaimed, true)
+            .override_global(globals::RETRY_LOOPS_OFFSET, &retry_loops_at, true)
+            .override_global(globals::HOST_RETRY_LOOPS, &host_retry, true)
             .load(OBJECT)?;
 
-        for (prog, category, event) in [
+        let host_programs = [
+            (programs::DIRECT_RECLAIM_BEGIN, "vmscan", DIRECT_BEGIN),
+            (programs::DIRECT_RECLAIM_END, "vmscan", DIRECT_END),
+            (programs::RECLAIM_RETRY_ZONE, "oom", "reclaim_retry_zone"),
+        ];
+        let host_programs = match settings.host {
+            Some(_) => &host_programs[..],
+            None => &[],
+        };
+        for &(prog, category, event) in [
             (programs::RECLAIM_BEGIN, "vmscan", RECLAIM_BEGIN),
             (programs::RECLAIM_END, "vmscan", RECLAIM_END),
             (programs::CGROUP_MKDIR, "cgroup", "cgroup_mkdir"),
             (programs::CGROUP_RMDIR, "cgroup", "cgroup_rmdir"),
             (programs::OOM_MARK_VICTIM, "oom", "mark_victim"),
-        ] {
+        ]
+        .iter()
+        .chain(host_programs)
+        {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or(ProbeError::Missing(prog))?
@@ -227,7 +258,17 @@ impl Probes {
             Ok(handler) => Throttle::Hooked { handler },
             Err(reason) => Throttle::Refused { reason },
         };
-        Ok(Self { ebpf, throttle })
+        let mut probes = Self { ebpf, throttle };
+        if let Some(h) = settings.host {
+            probes.watch(
+                HOST_ID,
+                Watch {
+                    budget_ns: nanos(h.budget),
+                    window_ns: nanos(h.window),
+                },
+            )?;
+        }
+        Ok(probes)
     }
 
     fn watched(&mut self) -> Result<BpfHashMap<&mut MapData, u64, Watch>, ProbeError> {

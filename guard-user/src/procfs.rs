@@ -182,9 +182,40 @@ pub fn process(proc_root: &Path, pid: u32) -> Result<ProcessInfo, ProcError> {
     })
 }
 
+/// MemTotal and MemAvailable of /proc/meminfo, bytes.
+pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
+    let kib = |key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    Some((kib("MemTotal:")?, kib("MemAvailable:")?))
+}
+
+/// Every process id in `proc_root`, in no particular order.
+pub fn pids(proc_root: &Path) -> io::Result<Vec<u32>> {
+    Ok(fs::read_dir(proc_root)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_gives_total_and_available_in_bytes() {
+        let text = "MemTotal:         512000 kB\nMemFree:           10000 kB\n\
+                    MemAvailable:      20480 kB\nBuffers:              0 kB\n";
+        assert_eq!(parse_meminfo(text), Some((512_000 * 1024, 20 << 20)));
+        assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
+    }
 
     const STATUS: &str = "Name:\thog\nUmask:\t0022\nState:\tD (disk sleep)\nTgid:\t812\n\
         Uid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n\

@@ -12,12 +12,15 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{self, Hierarchy},
-    config::KillMode,
+    config::{HostMode, KillMode},
     kill::{KillError, Victim},
     policy::{Choice, Policy},
     probes::Probes,
     procfs::{self, ProcError, ProcessInfo},
 };
+
+/// How the host appears where a cgroup would: in logs, events and metrics.
+pub const HOST_NAME: &str = "(host)";
 
 /// How long an identical "unresolved" or dry-run decision stays quiet.
 const REPEAT_QUIET: Duration = Duration::from_secs(10);
@@ -214,6 +217,9 @@ impl Responder {
 
     pub fn handle(&mut self, v: &Verdict, probes: Option<&mut Probes>) -> Outcome {
         let received_ns = monotonic_ns();
+        if v.cgroup_id == guard_common::HOST_ID {
+            return self.handle_host(v, received_ns, probes);
+        }
         let Some(charged) = self.charged_cgroup(v) else {
             warn!(
                 cgroup_id = v.cgroup_id,
@@ -350,6 +356,146 @@ impl Responder {
                 memory_high: mem.high,
                 dry_run: false,
             },
+        }
+    }
+
+    /// The machine itself short of memory: confirmed against MemAvailable,
+    /// the victim is the largest unprotected process on the host.
+    fn handle_host(
+        &mut self,
+        v: &Verdict,
+        received_ns: u64,
+        probes: Option<&mut Probes>,
+    ) -> Outcome {
+        let host = self.policy.config.host;
+        let key = PathBuf::from(HOST_NAME);
+        let stall_ms = v.stall_ns / 1_000_000;
+        if host.mode == HostMode::Off {
+            return Outcome::OutOfScope;
+        }
+        let meminfo = std::fs::read_to_string(self.proc_root.join("meminfo"))
+            .ok()
+            .and_then(|t| procfs::parse_meminfo(&t));
+        let Some((total, available)) = meminfo else {
+            warn!("host stall, but /proc/meminfo could not be read: nothing done");
+            return Outcome::NotConfirmed;
+        };
+        let threshold = total / 100 * host.min_available_percent;
+        if available >= threshold {
+            debug!(
+                stall_ms,
+                available,
+                threshold,
+                "host verdict not confirmed: MemAvailable is above host.min_available_percent"
+            );
+            return Outcome::NotConfirmed;
+        }
+        if let Some(prev) = self.dying.get(&key) {
+            if !prev.exited() {
+                debug!(
+                    pid = prev.pid,
+                    "host stall continues while the last victim exits"
+                );
+                return Outcome::VictimStillExiting(prev.pid);
+            }
+            self.dying.remove(&key);
+        }
+        let procs: Vec<ProcessInfo> = procfs::pids(&self.proc_root)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|pid| {
+                let mut p = procfs::process(&self.proc_root, pid).ok()?;
+                if let Ok(text) =
+                    std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup"))
+                    && let Some(path) = cgroup::v2_path(&text)
+                {
+                    p.cgroup = path.to_owned();
+                }
+                Some(p)
+            })
+            .collect();
+        // The shortfall below the threshold stands in for a cgroup's
+        // overage: the victim must hold a real share of it.
+        let shortfall = threshold - available;
+        let choice = self.policy.choose(
+            &procs,
+            v.worst_tgid,
+            shortfall,
+            &cgroup::MemoryStat::default(),
+            self.guard_pid,
+        );
+        let victim = match choice {
+            Choice::Kill(p) => p,
+            Choice::Unresolved(why) => {
+                let reason = why.to_string();
+                if !self.repeated(&key, why.key()) {
+                    warn!(cgroup = HOST_NAME, stall_ms, available, total, %reason,
+                        "host stall unresolved: nothing to kill");
+                }
+                return Outcome::Unresolved;
+            }
+        };
+        let mut report = KillReport {
+            pid: victim.pid,
+            comm: victim.comm.clone(),
+            cgroup: HOST_NAME.to_owned(),
+            footprint: victim.footprint,
+            mode: KillMode::Process.to_string(),
+            stall_ns: v.stall_ns,
+            memory_current: total - available,
+            memory_high: u64::MAX,
+            ..KillReport::default()
+        };
+        if self.policy.dry_run() || host.mode == HostMode::Watch {
+            report.latency_us = monotonic_ns().saturating_sub(v.ktime_ns) / 1000;
+            report.dry_run = true;
+            if !self.repeated(&key, format!("dry-run {}", victim.pid)) {
+                info!(cgroup = HOST_NAME, pid = victim.pid, comm = %victim.comm,
+                    footprint_bytes = victim.footprint, stall_ms, available, total,
+                    host_mode = %host.mode, "host short of memory: would kill");
+            }
+            return Outcome::DryRun {
+                pid: victim.pid,
+                report,
+            };
+        }
+        let pinned = match Victim::pin(&self.proc_root, victim.pid, victim.start_time)
+            .and_then(|p| p.kill().map(|()| p))
+        {
+            Ok(p) => p,
+            Err(e @ (KillError::Gone(_) | KillError::Reused(_))) => {
+                info!(cgroup = HOST_NAME, pid = victim.pid, comm = %victim.comm, reason = %e,
+                    "victim vanished before the kill; nothing killed");
+                return Outcome::VictimVanished(victim.pid);
+            }
+            Err(e) => {
+                warn!(cgroup = HOST_NAME, pid = victim.pid, comm = %victim.comm, error = %e,
+                    "kill failed");
+                return Outcome::KillFailed(victim.pid);
+            }
+        };
+        let killed_ns = monotonic_ns();
+        let latency_us = killed_ns.saturating_sub(v.ktime_ns) / 1000;
+        let wakeup_us = received_ns.saturating_sub(v.ktime_ns) / 1000;
+        let decide_us = killed_ns.saturating_sub(received_ns) / 1000;
+        report.latency_us = latency_us;
+        info!(cgroup = HOST_NAME, pid = victim.pid, comm = %victim.comm,
+            footprint_bytes = victim.footprint, stall_ms, latency_us, wakeup_us, decide_us,
+            available, total, kill_mode = "process", stalled_task = %String::from_utf8_lossy(v.comm()),
+            stalled_pid = v.worst_pid, "killed");
+        if let Err(e) = pinned.release_memory() {
+            debug!(pid = victim.pid, error = %e, "process_mrelease did not reap the victim");
+        }
+        if let Some(probes) = probes
+            && let Err(e) = probes.reset_cgroup(guard_common::HOST_ID)
+        {
+            warn!(error = %e, "could not reset the kernel's host stall window");
+        }
+        self.dying.insert(key, pinned);
+        Outcome::Killed {
+            pid: victim.pid,
+            latency_us,
+            report,
         }
     }
 
@@ -555,5 +701,111 @@ mod tests {
         // Its pid is still listed (a stale read): it must be skipped, and
         // nothing else killed.
         assert_eq!(r.handle(&verdict(&f), None), Outcome::Unresolved);
+    }
+
+    /// A /proc with the given meminfo and, as its only processes, a real
+    /// child of this test (a symlink to its /proc entry) and this test.
+    fn host_fixture(available_kib: u64) -> (tempfile::TempDir, Child) {
+        let root = tempfile::tempdir().expect("tempdir");
+        fs::write(
+            root.path().join("meminfo"),
+            format!("MemTotal: 1048576 kB\nMemFree: 1000 kB\nMemAvailable: {available_kib} kB\n"),
+        )
+        .expect("meminfo");
+        let child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // Past its exec: before it, /proc shows a copy of this test.
+        let comm = format!("/proc/{}/comm", child.id());
+        let start = Instant::now();
+        while fs::read_to_string(&comm)
+            .map(|c| c.trim() != "sleep")
+            .unwrap_or(true)
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // And past the loader, which maps its first anonymous pages.
+        std::thread::sleep(Duration::from_millis(50));
+        for pid in [child.id(), std::process::id()] {
+            std::os::unix::fs::symlink(format!("/proc/{pid}"), root.path().join(pid.to_string()))
+                .expect("symlink");
+        }
+        (root, child)
+    }
+
+    fn host_responder(root: &Path, mode: HostMode, protect_sleep: bool) -> Responder {
+        let text = format!(
+            "[host]\nmode = \"{mode}\"\nmin_available_percent = 5\n{}[[scope]]\npaths = [\"/**\"]\n",
+            if protect_sleep {
+                "[protect]\ncomm = [\"^sleep$\"]\n"
+            } else {
+                ""
+            }
+        );
+        let policy = Policy {
+            config: crate::config::Config::parse(&text, "<test>").expect("valid"),
+        };
+        Responder::new(policy, Hierarchy::new(root), root, HashMap::new())
+    }
+
+    fn host_verdict() -> Verdict {
+        Verdict {
+            cgroup_id: guard_common::HOST_ID,
+            ktime_ns: monotonic_ns(),
+            stall_ns: 300_000_000,
+            ..Verdict::default()
+        }
+    }
+
+    #[test]
+    fn a_host_short_of_memory_loses_its_largest_unprotected_process() {
+        // 1 GiB total; 5% is about 52428 KiB, so 52428 KiB available is a
+        // shortfall a sleeping child holds a share of. This process is protected as
+        // the guard itself, so the child is the only candidate.
+        let (root, mut child) = host_fixture(52_428);
+        let mut r = host_responder(root.path(), HostMode::Kill, false);
+        match r.handle(&host_verdict(), None) {
+            Outcome::Killed { pid, report, .. } => {
+                assert_eq!(pid, child.id());
+                assert_eq!(report.cgroup, HOST_NAME);
+                assert!(!report.dry_run);
+            }
+            o => panic!("{o:?}"),
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn the_host_scope_confirms_watches_and_protects() {
+        // Plenty available: not confirmed, nothing killed.
+        let (root, mut child) = host_fixture(500_000);
+        let mut r = host_responder(root.path(), HostMode::Kill, false);
+        assert_eq!(r.handle(&host_verdict(), None), Outcome::NotConfirmed);
+        assert!(alive(&mut child));
+        let _ = child.kill();
+
+        // Short, but only watched: would kill, kills nothing.
+        let (root, mut child) = host_fixture(52_428);
+        let mut r = host_responder(root.path(), HostMode::Watch, false);
+        match r.handle(&host_verdict(), None) {
+            Outcome::DryRun { pid, report } => {
+                assert_eq!(pid, child.id());
+                assert!(report.dry_run);
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(alive(&mut child));
+        let _ = child.kill();
+
+        // Short, and the only candidate is protected: unresolved.
+        let (root, mut child) = host_fixture(52_428);
+        let mut r = host_responder(root.path(), HostMode::Kill, true);
+        assert_eq!(r.handle(&host_verdict(), None), Outcome::Unresolved);
+        assert!(alive(&mut child));
+        let _ = child.kill();
     }
 }

@@ -20,7 +20,7 @@ use tracing::warn;
 use crate::{
     cgroup::{self, Hierarchy, Layout},
     config::Config,
-    daemon::{async_ring, kernel_release},
+    daemon::{async_ring, host_limits, kernel_release},
     events::{Event, Record},
     observe::Observer,
     policy::Policy,
@@ -165,6 +165,7 @@ async fn standalone_source() -> anyhow::Result<mpsc::Receiver<Record>> {
         verdict_interval: policy.config.verdict_interval,
         min_progress_pages: policy.config.min_progress_pages,
         watch_all: true,
+        host: host_limits(&policy.config.host),
     })?;
     if let Throttle::Refused { reason } = &probes.throttle {
         eprintln!(

@@ -504,7 +504,10 @@ mod tests {
         let client = UnixStream::connect(&path).await.expect("connect");
         listeners.wait_for(|n| *n == 1).await.expect("counted");
         assert!(bus.listened());
-        bus.send(&sample(7));
+        // One record, compared with itself: its wall-clock stamp is taken
+        // when it is made.
+        let sent = sample(7);
+        bus.send(&sent);
         let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client));
         let first = lines.next_line().await.expect("read").expect("hello");
         assert_eq!(
@@ -512,7 +515,7 @@ mod tests {
             "hello"
         );
         let second = lines.next_line().await.expect("read").expect("record");
-        assert_eq!(Record::from_line(&second).expect("valid"), sample(7));
+        assert_eq!(Record::from_line(&second).expect("valid"), sent);
         drop(lines);
         listeners.wait_for(|n| *n == 0).await.expect("uncounted");
         server.abort();

@@ -120,6 +120,7 @@ fn a_full_verdict_ring_is_counted_and_the_stall_reported_again_once_there_is_roo
         verdict_interval: Duration::ZERO,
         min_progress_pages: 1,
         watch_all: false,
+        host: None,
     })
     .expect("load");
     probes
@@ -168,6 +169,7 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
         verdict_interval: Duration::from_secs(1),
         min_progress_pages: 1,
         watch_all: false,
+        host: None,
     })
     .expect("the programs load and the tracepoints attach");
     eprintln!("throttle hooks on this kernel: {:?}", probes.throttle);
@@ -253,6 +255,7 @@ fn per_pass_trace_records_flow_only_while_switched_on_and_oom_victims_always() {
         verdict_interval: Duration::from_secs(1),
         min_progress_pages: 1,
         watch_all: false,
+        host: None,
     })
     .expect("load");
     probes
@@ -347,6 +350,7 @@ fn cgroup_creation_and_removal_reach_user_space() {
         verdict_interval: Duration::from_secs(1),
         min_progress_pages: 1,
         watch_all: false,
+        host: None,
     })
     .expect("the programs load and the tracepoints attach");
     let mut events = probes.take_cgroup_events().expect("ring buffer");

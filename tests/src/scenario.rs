@@ -8,6 +8,7 @@
 
 mod benign;
 mod cgroup_kill;
+mod host;
 mod pid_reuse;
 mod protected;
 mod sighup;
@@ -114,6 +115,7 @@ pub fn run(name: &str) -> Value {
         "sighup" => sighup::run(&mut report),
         "pid-reuse" => pid_reuse::run(&mut report),
         "stream" => stream::run(&mut report),
+        "host" => host::run(&mut report),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 11] = [
     "control",
     "seed",
     "nested",
@@ -24,7 +24,14 @@ pub const SCENARIOS: [&str; 10] = [
     "sighup",
     "pid-reuse",
     "stream",
+    "host",
 ];
+
+/// Guest RAM per scenario, MiB: `host` runs the machine itself out of
+/// memory, which is quicker and closer to a real box with a small VM.
+fn memory_mib(scenario: &str) -> u32 {
+    if scenario == "host" { 512 } else { 1024 }
+}
 
 /// Scenarios that get a scratch disk (a sparse raw image, fresh per boot,
 /// attached as NVMe): they need a real filesystem, the initramfs being RAM.
@@ -169,6 +176,18 @@ fn summary(scenario: &str, r: &Value) -> String {
             r["metrics_reclaim_end_runs"],
             fmt_num(&r["metrics_reclaim_end_ns_per_run"], 0),
         ),
+        "host" => format!(
+            "{} MiB RAM, no swap: hog {} SIGKILLed by the guard {} ms after the first direct reclaim without progress (verdict->kill {} us, {} direct passes); kernel OOM victims {}; protected stand-in alive {}",
+            r["mem_total_kib"]
+                .as_u64()
+                .map_or("-".to_owned(), |k| (k / 1024).to_string()),
+            r["hog_pid"],
+            fmt_num(&r["first_no_progress_to_kill_ms"], 1),
+            fmt_num(&r["verdict_to_kill_us"], 0),
+            r["direct_reclaim_passes"],
+            r["kernel_oom_victims"],
+            r["stand_in_alive"],
+        ),
         _ => String::new(),
     };
     match r["retried_after"].as_array() {
@@ -255,13 +274,15 @@ pub fn run_matrix(
                     Some(d) => vm::run_qemu_with_disk(
                         &k.vmlinuz,
                         &initrd,
-                        1024,
+                        memory_mib(s),
                         &append,
                         timeout,
                         &log,
                         Some(d),
                     ),
-                    None => vm::run_qemu(&k.vmlinuz, &initrd, 1024, &append, timeout, &log),
+                    None => {
+                        vm::run_qemu(&k.vmlinuz, &initrd, memory_mib(s), &append, timeout, &log)
+                    }
                 };
                 if let Some(d) = &disk {
                     let _ = fs::remove_file(d);

@@ -1,0 +1,131 @@
+//! `host`: the machine itself runs out of memory, no cgroup limit involved
+//! (a 512 MiB VM without swap). A protected stand-in for the user's session
+//! (named `sshd`, 64 MiB) runs beside a hog that wants more than the RAM.
+//! With `[host] mode = "kill"` the guard must kill the hog before the
+//! kernel's OOM killer acts: no `oom:mark_victim` in the trace, the SIGKILL
+//! sent by the guard, and the stand-in alive.
+
+use super::*;
+
+const POLICY_PATH: &str = "/etc/guard/host.toml";
+const POLICY: &str = r#"# written by the host scenario
+[host]
+mode = "kill"
+
+[[scope]]
+paths = ["/**"]
+"#;
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+fn enable(rel: &str, v: &str) -> Result<(), String> {
+    fs::write(format!("{TRACEFS}/{rel}"), v).map_err(|e| format!("tracefs {rel}: {e}"))
+}
+
+pub(super) fn run(r: &mut Report) -> Result<(), String> {
+    write_policy(POLICY_PATH, POLICY)?;
+    trace::enable()?;
+    enable("tracing_on", "0")?;
+    enable("events/vmscan/mm_vmscan_direct_reclaim_end/enable", "1")?;
+    enable("events/oom/mark_victim/enable", "1")?;
+    enable("tracing_on", "1")?;
+    let meminfo = read("/proc/meminfo");
+    r.set("mem_total_kib", keyed_colon_kib(&meminfo, "MemTotal:"));
+    r.set("swap_total_kib", keyed_colon_kib(&meminfo, "SwapTotal:"));
+
+    let mut guard = Guard::start(&["--config", POLICY_PATH], &[])?;
+    let root = Cgroup::create("/")?;
+    let mut stand_in = root.spawn(&["hog", "64", "sshd"], Stdio::null())?;
+    let stand_in_pid = stand_in.id();
+    r.set("stand_in_pid", stand_in_pid);
+    sleep(Duration::from_secs(2));
+
+    let hog_start = monotonic_ns();
+    let mut hog = root.spawn(&["hog", "700", "hog"], Stdio::null())?;
+    let hog_pid = hog.id();
+    r.set("hog_pid", hog_pid);
+    match wait_exit(&mut hog, Duration::from_secs(60)) {
+        Some((status, at)) => {
+            r.check(
+                status.signal() == Some(libc::SIGKILL),
+                format!("the hog ended by {status}, not SIGKILL"),
+            );
+            r.set("hog_lived_ms", (at - hog_start) as f64 / 1e6);
+        }
+        None => {
+            r.check(false, "the hog is alive 60 s after it started");
+            end(&mut hog);
+        }
+    }
+    sleep(Duration::from_millis(500));
+    let stand_in_alive = alive(stand_in_pid);
+    r.set("stand_in_alive", stand_in_alive);
+    r.check(
+        stand_in_alive,
+        "the protected stand-in (sshd) did not survive",
+    );
+    end(&mut stand_in);
+    let guard_pid = guard.pid();
+    let log = guard.stop();
+    let trace_text = trace::read();
+
+    let oom_victims: Vec<u32> = trace_text
+        .lines()
+        .filter_map(trace::parse)
+        .filter(|l| l.event == "mark_victim")
+        .filter_map(|l| kv(l.fields, "pid")?.parse().ok())
+        .collect();
+    r.set("kernel_oom_victims", json!(oom_victims));
+    r.check(
+        oom_victims.is_empty(),
+        format!("the kernel's OOM killer acted first: oom:mark_victim for {oom_victims:?}"),
+    );
+    match trace::first_sigkill(&trace_text, hog_pid) {
+        Some((t1, sender)) => {
+            r.check(
+                sender == guard_pid,
+                format!("the hog's SIGKILL came from pid {sender}, not the guard ({guard_pid})"),
+            );
+            let first_fruitless = trace_text.lines().filter_map(trace::parse).find_map(|l| {
+                (l.event == "mm_vmscan_direct_reclaim_end"
+                    && kv(l.fields, "nr_reclaimed") == Some("0"))
+                .then_some(l.ts)
+            });
+            match first_fruitless {
+                Some(t0) => r.set("first_no_progress_to_kill_ms", (t1 - t0) * 1000.0),
+                None => r.check(
+                    false,
+                    "no direct reclaim pass without progress in the trace",
+                ),
+            }
+            let passes = trace_text
+                .lines()
+                .filter_map(trace::parse)
+                .filter(|l| l.event == "mm_vmscan_direct_reclaim_end")
+                .count();
+            r.set("direct_reclaim_passes", passes);
+        }
+        None => r.check(false, "no SIGKILL for the hog in the trace"),
+    }
+    let lines = log_lines(&log);
+    let kills = with_message(&lines, "killed");
+    r.check(
+        kills.len() == 1,
+        format!("expected one kill, the guard logged {}", kills.len()),
+    );
+    if let Some(k) = kills.first() {
+        r.check(
+            k["cgroup"] == "(host)" && number(&k["pid"]) == Some(u64::from(hog_pid)),
+            format!("the kill was not the host scope's kill of the hog: {k}"),
+        );
+        r.set("verdict_to_kill_us", k["latency_us"].clone());
+        r.set("available_at_kill_bytes", k["available"].clone());
+    }
+    Ok(())
+}
+
+fn keyed_colon_kib(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
