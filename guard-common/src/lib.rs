@@ -43,6 +43,11 @@ pub mod globals {
     /// Host scope: a verdict as soon as the page allocator has retried
     /// reclaim this many times without progress (0: only the budget).
     pub const HOST_RETRY_LOOPS: &str = "HOST_RETRY_LOOPS";
+    /// Non-zero: a host verdict (rate-limited) at every direct reclaim pass,
+    /// for user space to confirm against MemAvailable.
+    pub const HOST_EARLY: &str = "HOST_EARLY";
+    /// Minimum time between two host verdicts, ns.
+    pub const HOST_INTERVAL_NS: &str = "HOST_INTERVAL_NS";
 }
 
 /// Names of the programs in the eBPF object, so both halves agree.
@@ -58,6 +63,7 @@ pub mod programs {
     pub const DIRECT_RECLAIM_BEGIN: &str = "direct_reclaim_begin";
     pub const DIRECT_RECLAIM_END: &str = "direct_reclaim_end";
     pub const RECLAIM_RETRY_ZONE: &str = "reclaim_retry_zone";
+    pub const KSWAPD_WAKE: &str = "kswapd_wake";
 }
 
 /// Names of the maps.
@@ -230,7 +236,10 @@ pub mod stat {
     pub const DIRECT_NO_PROGRESS: u32 = 10;
     /// Allocator retries without progress at or over HOST_RETRY_LOOPS.
     pub const RETRY_LIMIT_HITS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Host verdicts asked for at a kswapd wake-up or the start of a direct
+    /// reclaim pass.
+    pub const DIRECT_EARLY: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 #[cfg(feature = "user")]

@@ -59,6 +59,12 @@ static DIRECT_NR_RECLAIMED_OFFSET: u64 = 8;
 static RETRY_LOOPS_OFFSET: u64 = 48;
 #[unsafe(no_mangle)]
 static HOST_RETRY_LOOPS: u64 = 4;
+/// Minimum time between two host verdicts.
+#[unsafe(no_mangle)]
+static HOST_INTERVAL_NS: u64 = 20_000_000;
+/// Non-zero: every direct reclaim pass (rate-limited) asks user space.
+#[unsafe(no_mangle)]
+static HOST_EARLY: u64 = 1;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -209,12 +215,13 @@ fn limits(cgroup_id: u64) -> (u64, u64) {
 /// and sends a verdict when the sliding-window estimate crosses the budget.
 #[inline(always)]
 fn charge(task: &mut TaskStall, now: u64, ns: u64) {
-    charge_to(task.cgroup_id, task, now, ns);
+    charge_to(task.cgroup_id, task, now, ns, false);
 }
 
-/// `charge` to a given key: a cgroup, or `HOST_ID`.
+/// `charge` to a given key: a cgroup, or `HOST_ID`. With `force`, a verdict
+/// goes out whatever the estimate (the verdict interval still applies).
 #[inline(always)]
-fn charge_to(cgroup_id: u64, task: &mut TaskStall, now: u64, ns: u64) {
+fn charge_to(cgroup_id: u64, task: &mut TaskStall, now: u64, ns: u64, force: bool) {
     let Some(cg) = cgroup_state(cgroup_id) else {
         return;
     };
@@ -254,12 +261,18 @@ fn charge_to(cgroup_id: u64, task: &mut TaskStall, now: u64, ns: u64) {
 
     let into = now.saturating_sub(cg.window_start_ns).min(window);
     let estimate = cg.cur_ns + cg.prev_ns * (window - into) / window;
-    if estimate < budget {
+    if estimate < budget && !force {
         return;
     }
-    if cg.last_verdict_ns != 0
-        && now.saturating_sub(cg.last_verdict_ns) < global(&VERDICT_INTERVAL_NS)
-    {
+    // The host's verdicts mostly ask user space to look at MemAvailable,
+    // which often says "not yet": a long interval would hide the moment it
+    // says "now".
+    let interval = if cgroup_id == HOST_ID {
+        global(&HOST_INTERVAL_NS)
+    } else {
+        global(&VERDICT_INTERVAL_NS)
+    };
+    if cg.last_verdict_ns != 0 && now.saturating_sub(cg.last_verdict_ns) < interval {
         return;
     }
     let Some(mut slot) = VERDICTS.reserve::<Verdict>(0) else {
@@ -419,8 +432,40 @@ pub fn direct_reclaim_begin(_ctx: TracePointContext) -> u32 {
     let Some(task) = task_state(HOST_ID, true) else {
         return 0;
     };
-    // SAFETY: map values stay valid for the whole program run; plain helper.
-    unsafe { (*task).direct_start_ns = bpf_ktime_get_ns() };
+    // SAFETY: map values stay valid for the whole program run.
+    let task = unsafe { &mut *task };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    task.direct_start_ns = now;
+    if global(&HOST_EARLY) != 0 {
+        // Free memory is under the min watermark: with nothing left to
+        // reclaim, the OOM killer follows within milliseconds, so user
+        // space is asked now (at most once per verdict interval) and
+        // confirms against MemAvailable.
+        count(stat::DIRECT_EARLY);
+        charge_to(HOST_ID, task, now, 0, true);
+    }
+    0
+}
+
+/// mm_vmscan_kswapd_wake: free memory fell under the low watermark and
+/// kswapd starts reclaiming. With `HOST_EARLY`, user space is asked (at
+/// most once per verdict interval): this comes before direct reclaim, while
+/// some page cache may still be left to absorb the growth for a moment.
+#[tracepoint]
+pub fn kswapd_wake(_ctx: TracePointContext) -> u32 {
+    if global(&HOST_EARLY) == 0 {
+        return 0;
+    }
+    let Some(task) = task_state(HOST_ID, true) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the whole program run.
+    let task = unsafe { &mut *task };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    count(stat::DIRECT_EARLY);
+    charge_to(HOST_ID, task, now, 0, true);
     0
 }
 
@@ -459,14 +504,14 @@ pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
         return 0;
     }
     count(stat::DIRECT_NO_PROGRESS);
-    charge_to(HOST_ID, task, now, now.saturating_sub(start));
+    charge_to(HOST_ID, task, now, now.saturating_sub(start), false);
     0
 }
 
 /// oom:reclaim_retry_zone: the allocator decides whether to retry reclaim
 /// or give up (after 16 loops without progress, the OOM killer). At
-/// HOST_RETRY_LOOPS the host is judged stalled at once: charging a whole
-/// budget crosses it, and the verdict interval still applies.
+/// HOST_RETRY_LOOPS the host is judged stalled at once (the verdict interval
+/// still applies).
 #[tracepoint]
 pub fn reclaim_retry_zone(ctx: TracePointContext) -> u32 {
     let limit = global(&HOST_RETRY_LOOPS);
@@ -489,8 +534,7 @@ pub fn reclaim_retry_zone(ctx: TracePointContext) -> u32 {
     let task = unsafe { &mut *task };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (budget, _) = limits(HOST_ID);
-    charge_to(HOST_ID, task, now, budget);
+    charge_to(HOST_ID, task, now, 0, true);
     0
 }
 

@@ -99,6 +99,11 @@ pub struct Host {
     pub retry_loops: u64,
     /// Confirmation: MemAvailable must be below this share of MemTotal.
     pub min_available_percent: u64,
+    /// Ask at every direct reclaim pass (at most once per verdict interval)
+    /// instead of waiting for stall: with nothing left to reclaim, the
+    /// kernel's OOM killer follows the first fruitless pass within
+    /// milliseconds.
+    pub on_direct_reclaim: bool,
 }
 
 /// A set of watched cgroups and how their stalls are handled.
@@ -312,6 +317,7 @@ struct RawHost {
     window_ms: Option<Spanned<u64>>,
     retry_loops: Option<Spanned<u64>>,
     min_available_percent: Option<Spanned<u64>>,
+    on_direct_reclaim: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -687,6 +693,7 @@ impl Config {
             retry_loops: value(raw.host.retry_loops.as_ref()).unwrap_or(DEFAULT_HOST_RETRY_LOOPS),
             min_available_percent: value(raw.host.min_available_percent.as_ref())
                 .unwrap_or(DEFAULT_HOST_MIN_AVAILABLE_PERCENT),
+            on_direct_reclaim: raw.host.on_direct_reclaim.unwrap_or(true),
         };
 
         if !errors.found.is_empty() {
@@ -1247,6 +1254,7 @@ kill = "process"
     fn the_host_scope_defaults_to_watch_and_is_checked_like_a_scope() {
         let c = Config::default_policy();
         assert_eq!(c.host.mode, HostMode::Watch);
+        assert!(c.host.on_direct_reclaim);
         assert_eq!(c.host.budget, Duration::from_millis(250));
         assert_eq!(c.host.retry_loops, 4);
         assert_eq!(c.host.min_available_percent, 5);

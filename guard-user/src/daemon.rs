@@ -142,12 +142,18 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// Minimum time between two host verdicts: most ask "is MemAvailable low
+/// yet?" and hear "no"; the one that hears "yes" must not wait long.
+pub const HOST_VERDICT_INTERVAL: Duration = Duration::from_millis(20);
+
 /// The kernel half's view of the host scope; None when it is off.
 pub fn host_limits(host: &config::Host) -> Option<crate::probes::HostLimits> {
     (host.mode != config::HostMode::Off).then_some(crate::probes::HostLimits {
         budget: host.budget,
         window: host.window,
         retry_loops: host.retry_loops,
+        early: host.on_direct_reclaim,
+        interval: HOST_VERDICT_INTERVAL,
     })
 }
 
@@ -470,7 +476,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     });
     let mut out = Outputs::new(bus, log);
     let mut metrics_requests = match opts.metrics_addr {
-        Some(addr) => Some(crate::metrics_glue::start(addr, &probes, &mut out).await?),
+        Some(addr) => Some(crate::metrics_glue::start(addr, &mut out).await?),
         None => None,
     };
     let mut sampler: Option<(Duration, tokio::time::Interval)> = None;
@@ -649,6 +655,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             verdicts_lost = s[stat::VERDICTS_LOST as usize],
             cgroup_events_lost = s[stat::CGROUP_EVENTS_LOST as usize],
             trace_sent = s[stat::TRACE_SENT as usize],
+            direct_passes = s[stat::DIRECT_PASSES as usize],
+            direct_no_progress = s[stat::DIRECT_NO_PROGRESS as usize],
+            direct_early = s[stat::DIRECT_EARLY as usize],
+            retry_limit_hits = s[stat::RETRY_LIMIT_HITS as usize],
             trace_lost = s[stat::TRACE_LOST as usize],
             "guard stopping"
         );

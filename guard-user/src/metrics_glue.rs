@@ -20,11 +20,7 @@ pub type RefreshRequests = mpsc::Receiver<oneshot::Sender<()>>;
 /// Binds `addr`, turns on the kernel's BPF run-time statistics, and serves
 /// /metrics in the background. A bind failure ends the start-up: the admin
 /// asked for metrics at that address.
-pub async fn start(
-    addr: SocketAddr,
-    _probes: &Probes,
-    out: &mut Outputs,
-) -> anyhow::Result<RefreshRequests> {
+pub async fn start(addr: SocketAddr, out: &mut Outputs) -> anyhow::Result<RefreshRequests> {
     let listener = metrics::bind(addr).await?;
     let stats = match metrics::enable_bpf_stats() {
         Ok(fd) => Some(fd),

@@ -77,6 +77,10 @@ pub struct HostLimits {
     pub window: Duration,
     /// Allocator retries without progress that make a verdict at once (0: never).
     pub retry_loops: u64,
+    /// Ask user space at every kswapd wake-up and direct reclaim pass.
+    pub early: bool,
+    /// Minimum time between two host verdicts.
+    pub interval: Duration,
 }
 
 /// What was attached, for the start-up log line.
@@ -190,6 +194,8 @@ impl Probes {
         let direct_reclaimed = offset_in("vmscan", DIRECT_END, "nr_reclaimed")?;
         let retry_loops_at = offset_in("oom", "reclaim_retry_zone", "no_progress_loops")?;
         let host_retry = settings.host.map_or(0, |h| h.retry_loops);
+        let host_early = u64::from(settings.host.is_some_and(|h| h.early));
+        let host_interval = settings.host.map_or(0, |h| nanos(h.interval));
         let budget = nanos(settings.budget);
         let window = nanos(settings.window);
         let interval = nanos(settings.verdict_interval);
@@ -214,12 +220,15 @@ impl Probes {
             .override_global(globals::DIRECT_NR_RECLAIMED_OFFSET, &direct_reclaimed, true)
             .override_global(globals::RETRY_LOOPS_OFFSET, &retry_loops_at, true)
             .override_global(globals::HOST_RETRY_LOOPS, &host_retry, true)
+            .override_global(globals::HOST_EARLY, &host_early, true)
+            .override_global(globals::HOST_INTERVAL_NS, &host_interval, true)
             .load(OBJECT)?;
 
         let host_programs = [
             (programs::DIRECT_RECLAIM_BEGIN, "vmscan", DIRECT_BEGIN),
             (programs::DIRECT_RECLAIM_END, "vmscan", DIRECT_END),
             (programs::RECLAIM_RETRY_ZONE, "oom", "reclaim_retry_zone"),
+            (programs::KSWAPD_WAKE, "vmscan", "mm_vmscan_kswapd_wake"),
         ];
         let host_programs = match settings.host {
             Some(_) => &host_programs[..],

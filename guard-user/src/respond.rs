@@ -404,6 +404,13 @@ impl Responder {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|pid| {
+                // Kernel threads (and zombies) have an empty command line:
+                // one small read instead of four, for the hundred of them.
+                let cmdline =
+                    std::fs::read(self.proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+                if cmdline.is_empty() {
+                    return None;
+                }
                 let mut p = procfs::process(&self.proc_root, pid).ok()?;
                 if let Ok(text) =
                     std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup"))

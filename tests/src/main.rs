@@ -25,7 +25,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 const USAGE: &str = "usage: guard-scenario SCENARIO | hog MIB [NAME [OOM_SCORE_ADJ]] | \
-    bystander MS | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
+    bystander MS | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
     filecache PATH MIB READS | idle NAME";
 
 fn main() {
@@ -53,6 +53,7 @@ fn main() {
             }),
         ),
         Some("bystander") => workload::bystander(ms(1, 5000)),
+        Some("grower") => workload::grower(num(1, 700) as usize, arg(2).unwrap_or("grower")),
         Some("worker-parent") => workload::workers(num(1, 4) as usize, num(2, 30) as usize),
         Some("worker") => workload::worker(num(1, 30) as usize),
         Some("burst") => workload::burst(

@@ -73,6 +73,30 @@ pub fn hog(mib: usize, name: &str, oom_score_adj: Option<i32>) -> ! {
     }
 }
 
+/// Grows to `mib` MiB in 8 MiB steps, touching each step as it comes, then
+/// keeps touching all of it until killed: a process whose memory grows
+/// (a link, a grep's buffer) rather than one that asks for everything at
+/// once, which the kernel's overcommit heuristic would refuse outright on a
+/// machine smaller than the request.
+pub fn grower(mib: usize, name: &str) -> ! {
+    set_name(name);
+    const STEP: usize = 8 * MIB;
+    let mut chunks = Vec::new();
+    let mut round: u8 = 0;
+    loop {
+        round = round.wrapping_add(1);
+        if chunks.len() * STEP < mib * MIB {
+            let p = map_anon(STEP);
+            touch(p, STEP, round);
+            chunks.push(p as usize);
+            continue;
+        }
+        for &p in &chunks {
+            touch(p as *mut u8, STEP, round);
+        }
+    }
+}
+
 /// One of a parent's workers: takes `mib` MiB, says `ready PID` once all of
 /// it is touched, and keeps touching it until killed.
 pub fn worker(mib: usize) -> ! {

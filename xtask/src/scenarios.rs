@@ -35,7 +35,7 @@ fn memory_mib(scenario: &str) -> u32 {
 
 /// Scenarios that get a scratch disk (a sparse raw image, fresh per boot,
 /// attached as NVMe): they need a real filesystem, the initramfs being RAM.
-const WITH_DISK: [&str; 1] = ["benign"];
+const WITH_DISK: [&str; 2] = ["benign", "host"];
 const DISK_BYTES: u64 = 512 << 20;
 
 const INIT: &str = r#"#!/bin/sh
@@ -177,14 +177,19 @@ fn summary(scenario: &str, r: &Value) -> String {
             fmt_num(&r["metrics_reclaim_end_ns_per_run"], 0),
         ),
         "host" => format!(
-            "{} MiB RAM, no swap: hog {} SIGKILLed by the guard {} ms after the first direct reclaim without progress (verdict->kill {} us, {} direct passes); kernel OOM victims {}; protected stand-in alive {}",
+            "{} MiB RAM, no swap, {} MiB page cache: hog {} SIGKILLed by the guard {} ms after the first direct reclaim pass ({} passes before the kill, {} without progress; verdict->kill {} us, MemAvailable {} MiB at the kill); kernel OOM victims {}; protected stand-in alive {}",
             r["mem_total_kib"]
                 .as_u64()
                 .map_or("-".to_owned(), |k| (k / 1024).to_string()),
+            r["cached_kib_before"]
+                .as_u64()
+                .map_or("-".to_owned(), |k| (k / 1024).to_string()),
             r["hog_pid"],
-            fmt_num(&r["first_no_progress_to_kill_ms"], 1),
-            fmt_num(&r["verdict_to_kill_us"], 0),
+            fmt_num(&r["first_direct_reclaim_to_kill_ms"], 1),
             r["direct_reclaim_passes"],
+            r["direct_passes_without_progress"],
+            fmt_num(&r["verdict_to_kill_us"], 0),
+            mib(&r["available_at_kill_bytes"]),
             r["kernel_oom_victims"],
             r["stand_in_alive"],
         ),

@@ -28,7 +28,7 @@
 use super::*;
 
 const DISK: &str = "/dev/nvme0n1";
-const MOUNT: &str = "/tmp/scratch";
+pub(super) const MOUNT: &str = "/tmp/scratch";
 const FILE_MIB: &str = "300";
 const READS: &str = "2";
 /// Burst arguments: KiB over memory.high to stop at (0: touch all of
@@ -189,49 +189,7 @@ struct FileCache {
 impl FileCache {
     /// Formats and mounts the scratch disk and starts the workload.
     fn start(r: &mut Report) -> Result<Self, String> {
-        let waited = Instant::now();
-        while !Path::new(DISK).exists() {
-            if waited.elapsed() > Duration::from_secs(10) {
-                return Err(format!("{DISK} did not appear (no scratch disk attached?)"));
-            }
-            sleep(Duration::from_millis(50));
-        }
-        let mkfs = Command::new("/bin/mke2fs")
-            .args(["-F", "-q", DISK])
-            .output()
-            .map_err(|e| format!("running mke2fs: {e}"))?;
-        if !mkfs.status.success() {
-            return Err(format!(
-                "mke2fs {DISK}: {}: {}",
-                mkfs.status,
-                String::from_utf8_lossy(&mkfs.stderr)
-            ));
-        }
-        fs::create_dir_all(MOUNT).map_err(|e| format!("mkdir {MOUNT}: {e}"))?;
-        let mut fs_type = "";
-        for t in ["ext2", "ext4"] {
-            let (src, dst, ty) = (
-                CString::new(DISK).unwrap_or_default(),
-                CString::new(MOUNT).unwrap_or_default(),
-                CString::new(t).unwrap_or_default(),
-            );
-            // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
-            let rc = unsafe {
-                libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null())
-            };
-            if rc == 0 {
-                fs_type = t;
-                break;
-            }
-        }
-        if fs_type.is_empty() {
-            return Err(format!(
-                "mounting {DISK} on {MOUNT} as ext2 or ext4: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        r.set("scratch_fs", fs_type);
-
+        mount_scratch(r)?;
         let cg = Cgroup::create("/cache")?;
         cg.limit("64M", "256M")?;
         let high_events0 = cg.event("high");
@@ -289,4 +247,51 @@ impl FileCache {
         r.set("cache_oom_kills", cg.event("oom_kill"));
         Ok(())
     }
+}
+
+/// Formats the scratch disk (NVMe, attached fresh per boot) and mounts it
+/// on MOUNT: a real file system whose page cache the kernel can reclaim.
+pub(super) fn mount_scratch(r: &mut Report) -> Result<(), String> {
+    let waited = Instant::now();
+    while !Path::new(DISK).exists() {
+        if waited.elapsed() > Duration::from_secs(10) {
+            return Err(format!("{DISK} did not appear (no scratch disk attached?)"));
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let mkfs = Command::new("/bin/mke2fs")
+        .args(["-F", "-q", DISK])
+        .output()
+        .map_err(|e| format!("running mke2fs: {e}"))?;
+    if !mkfs.status.success() {
+        return Err(format!(
+            "mke2fs {DISK}: {}: {}",
+            mkfs.status,
+            String::from_utf8_lossy(&mkfs.stderr)
+        ));
+    }
+    fs::create_dir_all(MOUNT).map_err(|e| format!("mkdir {MOUNT}: {e}"))?;
+    let mut fs_type = "";
+    for t in ["ext2", "ext4"] {
+        let (src, dst, ty) = (
+            CString::new(DISK).unwrap_or_default(),
+            CString::new(MOUNT).unwrap_or_default(),
+            CString::new(t).unwrap_or_default(),
+        );
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+        let rc =
+            unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+        if rc == 0 {
+            fs_type = t;
+            break;
+        }
+    }
+    if fs_type.is_empty() {
+        return Err(format!(
+            "mounting {DISK} on {MOUNT} as ext2 or ext4: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    r.set("scratch_fs", fs_type);
+    Ok(())
 }
