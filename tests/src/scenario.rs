@@ -521,9 +521,18 @@ pub(crate) fn trace_overrun() -> u64 {
         .sum()
 }
 
-fn keyed_colon(text: &str, key: &str) -> u64 {
+/// The number after "key:" in a /proc-style file ("VmRSS:\t 12 kB" -> 12).
+pub(crate) fn keyed_colon(text: &str, key: &str) -> u64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(':')?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -816,5 +825,9 @@ mod tests {
         assert_eq!(kv(line, "over_ms"), Some("12.5"));
         assert_eq!(kv(line, "ms"), None);
         assert_eq!(keyed_colon("entries: 5\noverrun: 17\n", "overrun"), 17);
+        assert_eq!(
+            keyed_colon("MemTotal:       470896 kB\nMemFree: 1 kB\n", "MemTotal"),
+            470896
+        );
     }
 }

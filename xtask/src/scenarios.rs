@@ -161,7 +161,8 @@ fn summary(scenario: &str, r: &Value) -> String {
             r["reused_reason"].as_str().unwrap_or("-"),
         ),
         "stream" => format!(
-            "guard trace --json: verdict + kill of hog {} (verdict->kill {} ms in the stream), {} reclaim / {} throttle / {} sample records; oom_kill of {} ({}) in {}; daemon log {} records, report names both victims, SVG {} bytes; /metrics: kills {}, memcg_reclaim_end {} runs at {} ns each",
+            "idle daemon woke {} times in 5 s; guard trace --json: verdict + kill of hog {} (verdict->kill {} ms in the stream), {} reclaim / {} throttle / {} sample records; oom_kill of {} ({}) in {}; daemon log {} records, report names both victims, SVG {} bytes; /metrics: kills {}, memcg_reclaim_end {} runs at {} ns each",
+            r["idle_wakeups"],
             r["hog_pid"],
             fmt_num(&r["stream_verdict_to_kill_ms"], 1),
             r["trace_reclaim_records"],

@@ -31,8 +31,8 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
     enable("events/oom/mark_victim/enable", "1")?;
     enable("tracing_on", "1")?;
     let meminfo = read("/proc/meminfo");
-    r.set("mem_total_kib", keyed_colon_kib(&meminfo, "MemTotal:"));
-    r.set("swap_total_kib", keyed_colon_kib(&meminfo, "SwapTotal:"));
+    r.set("mem_total_kib", keyed_colon(&meminfo, "MemTotal"));
+    r.set("swap_total_kib", keyed_colon(&meminfo, "SwapTotal"));
 
     // Page cache the kernel can reclaim, as on any real machine (binaries,
     // sources, logs): 160 MiB of a file on the scratch disk, written back.
@@ -49,7 +49,7 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
         f.sync_all().map_err(|e| format!("syncing {cache}: {e}"))?;
     }
     let meminfo = read("/proc/meminfo");
-    r.set("cached_kib_before", keyed_colon_kib(&meminfo, "Cached:"));
+    r.set("cached_kib_before", keyed_colon(&meminfo, "Cached"));
 
     let mut guard = Guard::start(&["--config", POLICY_PATH], &[])?;
     let root = Cgroup::create("/")?;
@@ -139,11 +139,4 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
         r.set("available_at_kill_bytes", k["available"].clone());
     }
     Ok(())
-}
-
-fn keyed_colon_kib(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }

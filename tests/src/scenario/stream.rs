@@ -13,6 +13,7 @@ const TRACE_OUT: &str = "/tmp/trace.jsonl";
 const DAEMON_LOG: &str = "/var/lib/guard/events.jsonl";
 const REPORT_SVG: &str = "/tmp/incident.svg";
 const METRICS_ADDR: &str = "127.0.0.1:9464";
+const IDLE_SECS: u64 = 5;
 
 /// GET /metrics, the body.
 fn scrape() -> Result<String, String> {
@@ -90,6 +91,33 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
     trace::enable()?;
     let _ = fs::remove_file(DAEMON_LOG);
     let mut guard = Guard::start(&["--metrics-addr", METRICS_ADDR], &[])?;
+    // Idle and unwatched, the daemon must not wake at all: no timer, no
+    // polling; it sleeps until the kernel has something to say.
+    let switches = |pid: u32| -> u64 {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .map(|t| {
+                        let status = read(&format!("{}/status", t.path().display()));
+                        keyed_colon(&status, "voluntary_ctxt_switches")
+                            + keyed_colon(&status, "nonvoluntary_ctxt_switches")
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    // (After READY=1 the daemon still enters its loop and goes to sleep:
+    // one switch that is not a wake-up.)
+    sleep(Duration::from_secs(1));
+    let before = switches(guard.pid());
+    sleep(Duration::from_secs(IDLE_SECS));
+    let idle_wakeups = switches(guard.pid()) - before;
+    r.set("idle_wakeups", idle_wakeups);
+    r.check(
+        idle_wakeups == 0,
+        format!("the idle daemon woke {idle_wakeups} times in {IDLE_SECS} s"),
+    );
     let out = fs::File::create(TRACE_OUT).map_err(|e| format!("{TRACE_OUT}: {e}"))?;
     let mut tracer = Command::new(GUARD)
         .args(["trace", "--json"])
