@@ -158,7 +158,18 @@ pub fn bind(path: &Path, access: Access) -> Result<UnixListener, StreamError> {
             source,
         })?;
     }
-    if path.exists() {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        // Only ever a socket is replaced: a mistyped --socket must not cost
+        // anyone a file.
+        if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+            return Err(StreamError::Bind {
+                path: path.to_owned(),
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "it exists and is not a socket; it is left alone",
+                ),
+            });
+        }
         // A live guard answers on it; a stale socket refuses connections.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(StreamError::Bind {
@@ -439,6 +450,21 @@ mod tests {
         log.write(&sample(total)).expect("write");
         let after = read(log.path());
         assert_eq!(after.len(), current.len() + 1);
+    }
+
+    #[tokio::test]
+    async fn only_a_stale_socket_is_replaced_never_another_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("precious");
+        fs::write(&file, "keep me").expect("write");
+        let err = bind(&file, Access { group: None }).expect_err("not a socket");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(fs::read_to_string(&file).expect("still there"), "keep me");
+        // A socket left by a crashed guard (nobody answers) is replaced.
+        let stale = dir.path().join("events.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+        assert!(stale.exists());
+        bind(&stale, Access { group: None }).expect("the stale socket is replaced");
     }
 
     #[tokio::test]
