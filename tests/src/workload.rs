@@ -73,7 +73,7 @@ pub fn hog(mib: usize, name: &str, oom_score_adj: Option<i32>) -> ! {
     }
 }
 
-/// Grows to `mib` MiB in 8 MiB steps, touching each step as it comes, then
+/// Grows to `mib` MiB in 8 MiB steps (40 ms apart), touching each step as it comes, then
 /// keeps touching all of it until killed: a process whose memory grows
 /// (a link, a grep's buffer) rather than one that asks for everything at
 /// once, which the kernel's overcommit heuristic would refuse outright on a
@@ -89,6 +89,9 @@ pub fn grower(mib: usize, name: &str) -> ! {
             let p = map_anon(STEP);
             touch(p, STEP, round);
             chunks.push(p as usize);
+            // About 200 MiB/s at most: a build's compilers and linkers
+            // grow fast, but not at memory bandwidth.
+            std::thread::sleep(Duration::from_millis(40));
             continue;
         }
         for &p in &chunks {
