@@ -142,6 +142,20 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// What the kernel half is loaded with for a policy: the first scope's
+/// limits as defaults, every cgroup watched, the host scope if it is on.
+pub fn probe_settings(policy: &Policy) -> Settings {
+    let (budget, window) = policy.default_limits();
+    Settings {
+        budget,
+        window,
+        verdict_interval: policy.config.verdict_interval,
+        min_progress_pages: policy.config.min_progress_pages,
+        watch_all: true,
+        host: host_limits(&policy.config.host),
+    }
+}
+
 /// Minimum time between two host verdicts: most ask "is MemAvailable low
 /// yet?" and hear "no"; the one that hears "yes" must not wait long.
 pub const HOST_VERDICT_INTERVAL: Duration = Duration::from_millis(20);
@@ -379,14 +393,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let (budget, window) = policy.default_limits();
-    let mut probes = Probes::load(Settings {
-        budget,
-        window,
-        verdict_interval: policy.config.verdict_interval,
-        min_progress_pages: policy.config.min_progress_pages,
-        watch_all: true,
-        host: host_limits(&policy.config.host),
-    })?;
+    let mut probes = Probes::load(probe_settings(&policy))?;
     match &probes.throttle {
         Throttle::Hooked { handler } => {
             info!(

@@ -53,6 +53,22 @@ pub enum Outcome {
     OutOfScope,
 }
 
+/// Why a chosen victim was not killed (logged where it happened).
+#[derive(Debug, Clone, Copy)]
+enum NotKilled {
+    Vanished(u32),
+    Failed(u32),
+}
+
+impl From<NotKilled> for Outcome {
+    fn from(n: NotKilled) -> Self {
+        match n {
+            NotKilled::Vanished(pid) => Outcome::VictimVanished(pid),
+            NotKilled::Failed(pid) => Outcome::KillFailed(pid),
+        }
+    }
+}
+
 /// What the post-kill hook and the event stream are told.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KillReport {
@@ -300,21 +316,11 @@ impl Responder {
                 },
             };
         }
-        let pinned = Victim::pin(&self.proc_root, victim.pid, victim.start_time)
-            .and_then(|p| p.kill().map(|()| p));
-        let mut killed_ns = monotonic_ns();
-        let pinned = match pinned {
+        let pinned = match self.pin_and_kill(&victim, &cgroup) {
             Ok(p) => p,
-            Err(e @ (KillError::Gone(_) | KillError::Reused(_))) => {
-                info!(%cgroup, pid = victim.pid, comm = %victim.comm, reason = %e,
-                    "victim vanished before the kill; nothing killed");
-                return Outcome::VictimVanished(victim.pid);
-            }
-            Err(e) => {
-                warn!(%cgroup, pid = victim.pid, comm = %victim.comm, error = %e, "kill failed");
-                return Outcome::KillFailed(victim.pid);
-            }
+            Err(not) => return not.into(),
         };
+        let mut killed_ns = monotonic_ns();
         // The victim is dead; the kill mode may take its company with it.
         let (mode, killed_cgroup, also) =
             self.kill_company(&victim, &procs, &dir, kill_mode, kill_watched);
@@ -356,6 +362,26 @@ impl Responder {
                 memory_high: mem.high,
                 dry_run: false,
             },
+        }
+    }
+
+    /// Pins the chosen process by pid and start time and SIGKILLs it; a
+    /// victim that vanished or a failed kill is logged and becomes the
+    /// outcome.
+    fn pin_and_kill(&self, victim: &ProcessInfo, cgroup: &str) -> Result<Victim, NotKilled> {
+        match Victim::pin(&self.proc_root, victim.pid, victim.start_time)
+            .and_then(|p| p.kill().map(|()| p))
+        {
+            Ok(p) => Ok(p),
+            Err(e @ (KillError::Gone(_) | KillError::Reused(_))) => {
+                info!(%cgroup, pid = victim.pid, comm = %victim.comm, reason = %e,
+                    "victim vanished before the kill; nothing killed");
+                Err(NotKilled::Vanished(victim.pid))
+            }
+            Err(e) => {
+                warn!(%cgroup, pid = victim.pid, comm = %victim.comm, error = %e, "kill failed");
+                Err(NotKilled::Failed(victim.pid))
+            }
         }
     }
 
@@ -466,20 +492,9 @@ impl Responder {
                 report,
             };
         }
-        let pinned = match Victim::pin(&self.proc_root, victim.pid, victim.start_time)
-            .and_then(|p| p.kill().map(|()| p))
-        {
+        let pinned = match self.pin_and_kill(&victim, HOST_NAME) {
             Ok(p) => p,
-            Err(e @ (KillError::Gone(_) | KillError::Reused(_))) => {
-                info!(cgroup = HOST_NAME, pid = victim.pid, comm = %victim.comm, reason = %e,
-                    "victim vanished before the kill; nothing killed");
-                return Outcome::VictimVanished(victim.pid);
-            }
-            Err(e) => {
-                warn!(cgroup = HOST_NAME, pid = victim.pid, comm = %victim.comm, error = %e,
-                    "kill failed");
-                return Outcome::KillFailed(victim.pid);
-            }
+            Err(not) => return not.into(),
         };
         let killed_ns = monotonic_ns();
         let latency_us = killed_ns.saturating_sub(v.ktime_ns) / 1000;

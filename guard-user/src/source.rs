@@ -20,11 +20,11 @@ use tracing::warn;
 use crate::{
     cgroup::{self, Hierarchy, Layout},
     config::Config,
-    daemon::{async_ring, host_limits, kernel_release},
+    daemon::{async_ring, kernel_release, probe_settings},
     events::{Event, Record},
     observe::Observer,
     policy::Policy,
-    probes::{Probes, Settings, Throttle},
+    probes::{Probes, Throttle},
 };
 
 /// Records buffered between the source and a slow sink; beyond that the
@@ -158,15 +158,7 @@ async fn standalone_source() -> anyhow::Result<mpsc::Receiver<Record>> {
     let policy = Policy {
         config: Config::default_policy(),
     };
-    let (budget, window) = policy.default_limits();
-    let mut probes = Probes::load(Settings {
-        budget,
-        window,
-        verdict_interval: policy.config.verdict_interval,
-        min_progress_pages: policy.config.min_progress_pages,
-        watch_all: true,
-        host: host_limits(&policy.config.host),
-    })?;
+    let mut probes = Probes::load(probe_settings(&policy))?;
     if let Throttle::Refused { reason } = &probes.throttle {
         eprintln!(
             "guard: fentry refused by this kernel ({reason}): penalty sleeps are not seen, \
