@@ -8,7 +8,10 @@
 //! The same binary is the workloads, started by the scenarios as
 //! `/proc/self/exe <workload> ARGS`.
 
+mod bench;
+mod bench_plan;
 mod scenario;
+mod scrape;
 mod trace;
 mod workload;
 
@@ -26,7 +29,7 @@ pub fn monotonic_ns() -> u64 {
 
 const USAGE: &str = "usage: guard-scenario SCENARIO | hog MIB [NAME [OOM_SCORE_ADJ]] | \
     bystander MS | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
-    filecache PATH MIB READS | idle NAME";
+    filecache PATH MIB READS | idle NAME | bench";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,6 +74,10 @@ fn main() {
             }
         },
         Some("idle") => workload::idle(arg(1).unwrap_or("idle")),
+        Some("bench") => {
+            let result = bench::run();
+            println!("GUARD-RESULT {result}");
+        }
         Some(name) => {
             let result = scenario::run(name);
             println!("GUARD-RESULT {result}");

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own set-up, build, run and test commands.
 
+mod bench;
 mod install;
 mod scenarios;
 mod setup;
@@ -46,8 +47,24 @@ enum Cmd {
         #[arg(long)]
         vm_only: bool,
     },
-    /// Benchmarks: the user-space kill path, natively.
-    Bench,
+    /// Benchmarks: the user-space kill path natively, then guard against
+    /// earlyoom, oomd and systemd-oomd, and its cost, in the systemd VM on
+    /// every kernel; writes BENCHMARKS.md, its chart and README's headline.
+    Bench {
+        /// Only the kernel whose label (6.1, 6.12, 7.2 ...) is this.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// How long a case may last, seconds: systemd-oomd's defaults (60 %
+        /// for 30 s) take about a minute to act under TCG.
+        #[arg(long, default_value_t = 90)]
+        window_secs: u64,
+        /// How long the idle daemon's wake-ups are counted, seconds.
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
+        /// No VM: rewrite the documents from docs/bench/results.json.
+        #[arg(long)]
+        report_only: bool,
+    },
     /// Build, then install the binary, the systemd unit, the default policy
     /// (unless one exists), the man page and completions.
     Install {
@@ -108,6 +125,20 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo ARGS`, its standard output (its errors go to the terminal).
+fn cargo_stdout(args: &[&str]) -> Result<String> {
+    let out = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("cargo {} failed: {}", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// Formatting, lints, then unit and host tests.
 fn host_checks() -> Result<()> {
     eprintln!("xtask: cargo fmt --check");
@@ -160,9 +191,26 @@ fn real_main() -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench => {
+        Cmd::Bench {
+            kernel,
+            window_secs,
+            idle_secs,
+            report_only,
+        } => {
+            let mut opts = bench::Options {
+                native: None,
+                kernel,
+                window_secs,
+                idle_secs,
+                report_only,
+            };
+            if report_only {
+                bench::run(None, &opts)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             setup::build_deps()?;
-            cargo(&[
+            eprintln!("xtask: the user-space kill path, natively");
+            let native = cargo_stdout(&[
                 "run",
                 "--quiet",
                 "--release",
@@ -171,6 +219,11 @@ fn real_main() -> Result<ExitCode> {
                 "--example",
                 "kill_path",
             ])?;
+            eprintln!("{native}");
+            opts.native = native.lines().last().map(str::to_owned);
+            setup::vm_deps()?;
+            let bin = build_static()?;
+            bench::run(Some(&bin), &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Test {

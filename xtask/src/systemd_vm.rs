@@ -40,8 +40,18 @@ pub const SCENARIO: &str = "systemd";
 /// The guest's Debian release: systemd 252.
 const SUITE: &str = "bookworm";
 /// Packages on top of `minbase`: systemd as PID 1, D-Bus (systemd expects
-/// it), jq for the test script to read the journal's JSON.
-const INCLUDE: [&str; 4] = ["systemd", "systemd-sysv", "dbus", "jq"];
+/// it), jq for the test script to read the journal's JSON, and the peers
+/// `cargo xtask bench` measures the guard against (masked in the systemd
+/// scenario, started one at a time by the bench).
+const INCLUDE: [&str; 7] = [
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "jq",
+    "systemd-oomd",
+    "earlyoom",
+    "oomd",
+];
 const ARCHIVE_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const DEBOOTSTRAP: &str = "debootstrap";
 /// Size of the sparse ext4 image; the system takes under a fifth of it.
@@ -50,7 +60,7 @@ const MEM_MIB: u32 = 1024;
 /// A run takes about 60 s under TCG, twice that on a busy machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 /// Boots after a guest kernel fault (an emulator fault) before giving up.
-const MAX_RETRIES: usize = 2;
+pub(crate) const MAX_RETRIES: usize = 2;
 const RESULT: &str = "GUARD-RESULT ";
 const STEP: &str = "GUARD-STEP ";
 
@@ -64,13 +74,18 @@ const BYSTANDER_MS: u32 = 8_000;
 const HOG_DEADLINE_MS: u32 = 10_000;
 
 /// Units the test does not want: timers that would start apt in the middle
-/// of a measurement, and gettys waiting for devices that no udev announces.
-const MASKED: [&str; 5] = [
+/// of a measurement, gettys waiting for devices that no udev announces, and
+/// the other OOM daemons in the image (they are the bench's peers).
+pub(crate) const MASKED: [&str; 9] = [
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
     "getty.target",
     "serial-getty@ttyS0.service",
     "systemd-timesyncd.service",
+    "earlyoom.service",
+    "oomd.service",
+    "systemd-oomd.service",
+    "systemd-oomd.socket",
 ];
 
 const SEED_SLICE: &str = "\
@@ -440,7 +455,7 @@ pub fn run_systemd_scenarios(
         let started = Instant::now();
         let mut retried: Vec<String> = Vec::new();
         let mut result = loop {
-            match boot(k, &image, &log, BOOT_TIMEOUT) {
+            match boot(k, &image, "", &log, BOOT_TIMEOUT) {
                 Ok(console) => break parse_result(&console, &log),
                 Err(e) => {
                     let text = format!("{e:#}");
@@ -547,7 +562,7 @@ fn parse_result(console: &str, log: &Path) -> Value {
 // The cached base image
 // ---------------------------------------------------------------------------
 
-fn cache_dir() -> Result<PathBuf> {
+pub(crate) fn cache_dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
         _ => {
@@ -571,7 +586,7 @@ fn recipe() -> String {
 /// Returns the cached `base.img`, building what is missing: the rootfs
 /// directory with debootstrap (minutes, root only), then the image from it
 /// (a second). `rootfs.recipe` says what both were built from.
-fn ensure_base_image(cache: &Path) -> Result<PathBuf> {
+pub(crate) fn ensure_base_image(cache: &Path) -> Result<PathBuf> {
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     let _lock = lock(&cache.join("lock"))?;
     let rootfs = cache.join("rootfs");
@@ -831,10 +846,10 @@ fn lock(path: &Path) -> Result<fs::File> {
 // ---------------------------------------------------------------------------
 
 /// A host file and where it goes in the guest.
-struct Payload {
-    files: Vec<(PathBuf, String)>,
-    dirs: Vec<String>,
-    symlinks: Vec<(String, String)>,
+pub(crate) struct Payload {
+    pub files: Vec<(PathBuf, String)>,
+    pub dirs: Vec<String>,
+    pub symlinks: Vec<(String, String)>,
 }
 
 /// Writes the test's files into `stage` and lists where each goes.
@@ -933,7 +948,7 @@ fn stage_payload(stage: &Path, guard: &Path, scenario: &Path, unit: &str) -> Res
 }
 
 /// Copies `base` to `out` (sparse) and writes the payload into the copy.
-fn make_run_image(base: &Path, out: &Path, payload: &Payload) -> Result<()> {
+pub(crate) fn make_run_image(base: &Path, out: &Path, payload: &Payload) -> Result<()> {
     run_quiet(
         Command::new("cp").arg("--sparse=always").arg(base).arg(out),
         "cp (install coreutils)",
@@ -1015,10 +1030,10 @@ fn debugfs_errors(output: &str) -> Vec<String> {
 
 /// The per-call directory in the cache: the staged payload and the image
 /// copy. Removed on drop; ones left by killed runs are removed next time.
-struct RunDir(PathBuf);
+pub(crate) struct RunDir(pub PathBuf);
 
 impl RunDir {
-    fn create(path: PathBuf) -> Result<Self> {
+    pub(crate) fn create(path: PathBuf) -> Result<Self> {
         if path.exists() {
             fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
         }
@@ -1033,7 +1048,7 @@ impl Drop for RunDir {
     }
 }
 
-fn remove_stale_runs(cache: &Path) {
+pub(crate) fn remove_stale_runs(cache: &Path) {
     let Ok(entries) = fs::read_dir(cache) else {
         return;
     };
@@ -1052,10 +1067,17 @@ fn remove_stale_runs(cache: &Path) {
 // ---------------------------------------------------------------------------
 
 /// Boots `kernel` with `image` as the NVMe root disk (copy-on-write, so the
-/// image is never changed) and returns the console, also written to `log`.
+/// image is never changed) and `extra_append` on the kernel command line;
+/// returns the console, also written to `log`.
 /// A guest kernel fault ends the run early with an error starting with
 /// [`vm::GUEST_FAULT`]; the timeout kills QEMU and fails the run.
-fn boot(kernel: &Kernel, image: &Path, log: &Path, timeout: Duration) -> Result<String> {
+pub(crate) fn boot(
+    kernel: &Kernel,
+    image: &Path,
+    extra_append: &str,
+    log: &Path,
+    timeout: Duration,
+) -> Result<String> {
     let mut drive = std::ffi::OsString::from("file=");
     drive.push(image);
     drive.push(",if=none,id=d0,format=raw,snapshot=on");
@@ -1068,7 +1090,7 @@ fn boot(kernel: &Kernel, image: &Path, log: &Path, timeout: Duration) -> Result<
             "-device".into(),
             "nvme,serial=x,drive=d0".into(),
         ],
-        "console=ttyS0 root=/dev/nvme0n1 rw quiet panic=-1",
+        &format!("console=ttyS0 root=/dev/nvme0n1 rw quiet panic=-1 {extra_append}"),
         timeout,
         log,
     )

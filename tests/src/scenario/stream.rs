@@ -8,40 +8,13 @@
 //! `guard report` on the daemon's own log must then name both victims.
 
 use super::*;
+use crate::scrape::{metric, scrape};
 
 const TRACE_OUT: &str = "/tmp/trace.jsonl";
 const DAEMON_LOG: &str = "/var/lib/guard/events.jsonl";
 const REPORT_SVG: &str = "/tmp/incident.svg";
 const METRICS_ADDR: &str = "127.0.0.1:9464";
 const IDLE_SECS: u64 = 5;
-
-/// GET /metrics, the body.
-fn scrape() -> Result<String, String> {
-    use std::io::Write as _;
-    let mut conn = std::net::TcpStream::connect(METRICS_ADDR)
-        .map_err(|e| format!("connecting to {METRICS_ADDR}: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: guard\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("sending the request: {e}"))?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)
-        .map_err(|e| format!("reading the response: {e}"))?;
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
-        _ => Err(format!("not a 200 response: {text}")),
-    }
-}
-
-/// The value of the first sample line starting with `prefix`.
-fn metric(body: &str, prefix: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.starts_with(prefix))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
 
 fn records(text: &str) -> Vec<Value> {
     text.lines()
@@ -164,7 +137,7 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
         end(&mut tracer);
     }
     // The metrics, scraped like Prometheus would, before the guard stops.
-    match scrape() {
+    match scrape(METRICS_ADDR) {
         Ok(body) => {
             let kills = metric(&body, "guard_kills_total{");
             let oom = metric(&body, "guard_kernel_oom_kills_total{cgroup=\"/oom.slice\"}");
