@@ -131,7 +131,51 @@ pub fn run(bin_dir: Option<&Path>, opts: &Options) -> Result<()> {
         svg.display(),
         results.display()
     );
+    let missing = problems(&data);
+    if !missing.is_empty() {
+        bail!(
+            "{} case(s) of the bench were not measured (the documents say so):\n{}",
+            missing.len(),
+            missing.join("\n")
+        );
+    }
     Ok(())
+}
+
+/// Cases that ended in an error or never ran, and cost parts that failed.
+fn problems(data: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in kernels(data) {
+        let label = k["label"].as_str().unwrap_or("?");
+        for t in TOOLS {
+            for c in CASES {
+                let found = k["cases"].as_array().and_then(|cs| {
+                    cs.iter()
+                        .find(|x| x["tool"] == t && x["case"] == c)
+                        .cloned()
+                });
+                match found {
+                    None => out.push(format!("{label} {t}/{c}: not measured")),
+                    Some(x) if x["error"].is_string() => out.push(format!(
+                        "{label} {t}/{c}: {}",
+                        x["error"].as_str().unwrap_or("")
+                    )),
+                    Some(x) if !strays(&x).is_empty() => out.push(format!(
+                        "{label} {t}/{c}: other tools were running: {}",
+                        strays(&x).join(", ")
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        if k["cost"].is_null() {
+            out.push(format!("{label} cost: not measured"));
+        }
+        for e in k["cost"]["errors"].as_array().into_iter().flatten() {
+            out.push(format!("{label} cost: {}", e.as_str().unwrap_or("?")));
+        }
+    }
+    out
 }
 
 /// Boots each kernel once (again after an emulator fault, skipping what it
@@ -468,6 +512,17 @@ fn memory(c: &Value) -> String {
 }
 
 fn case_line(c: &Value) -> String {
+    if let Some(ok) = c["job_ok"].as_bool() {
+        return format!(
+            "{} / {}: job {}{}; bystander worst {}; processes signalled {}",
+            c["tool"].as_str().unwrap_or("?"),
+            c["case"].as_str().unwrap_or("?"),
+            if ok { "finished" } else { "did NOT finish" },
+            f(c, "job_s").map_or(String::new(), |s| format!(" in {s:.1} s")),
+            ms(f(c, "bystander_worst_ms")),
+            innocents(c)
+        );
+    }
     format!(
         "{} / {}: {}; no-progress->signal {}; bystander worst {}; innocents {}",
         c["tool"].as_str().unwrap_or("?"),
@@ -597,6 +652,24 @@ pub fn headline(data: &Value) -> String {
             })
         })
         .collect();
+    let never: Vec<&str> = TOOLS
+        .iter()
+        .filter(|t| !matches!(**t, "guard" | "none"))
+        .filter(|t| {
+            let s = summarize(data, t, "seed-siblings");
+            s.n > 0 && s.killed == 0
+        })
+        .copied()
+        .collect();
+    let never = if never.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} never killed it within {} s",
+            never.join(" and "),
+            data["window_secs"]
+        )
+    };
     let peer = match fastest_peer {
         Some((tool, k, killed, n)) => format!(
             "the fastest peer, {tool}, took {} (killed on {killed} of {n} kernels): {} slower",
@@ -611,7 +684,7 @@ pub fn headline(data: &Value) -> String {
          [BENCHMARKS.md](BENCHMARKS.md)), from the kernel's own trace:\n\n\
          - Seed incident, hog and bystander in sibling cgroups: guard killed the hog on\n  \
          {} of {} kernels, median {} after its first reclaim pass without progress;\n  \
-         {peer}. The bystander's worst stall: {} with guard, {} with nothing.\n\
+         {peer}{never}. The bystander's worst stall: {} with guard, {} with nothing.\n\
          - Hog and bystander in one cgroup: guard killed the hog on {} of {} kernels (median {}),\n  \
          and {shared_bystander}{}.\n\
          - Benign job (page cache, short bursts over memory.high): guard signalled {} process(es) in {} run(s).\n\
@@ -659,11 +732,31 @@ fn cost_headline(data: &Value) -> String {
             .filter_map(|c| f(&c["idle_no_watchdog"], "voluntary"))
             .collect(),
     );
+    // How much runs without the guard differ among themselves: the ratio
+    // means nothing below that.
+    let spread = median(
+        costs
+            .iter()
+            .filter_map(|c| {
+                let xs: Vec<f64> = c["throughput_off_mib_s"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .collect();
+                let lo = xs.iter().copied().reduce(f64::min)?;
+                let hi = xs.iter().copied().reduce(f64::max)?;
+                let mid = median(xs)?;
+                (mid > 0.0).then(|| (hi - lo) / mid)
+            })
+            .collect(),
+    );
     format!(
-        "reclaim-heavy job at {} of its speed without guard (median ratio), \
+        "reclaim-heavy job at {} of its speed without guard (median ratio; its runs without \
+         guard alone differ by {} under TCG), \
          {} per memcg reclaim pass in BPF, {} resident, {} wake-ups in {} s idle without the \
          systemd watchdog",
         ratio.map_or("-".to_owned(), |r| format!("{:.1} %", r * 100.0)),
+        spread.map_or("-".to_owned(), |x| format!("{:.0} %", x * 100.0)),
         ns.map_or("-".to_owned(), |n| format!("{:.1} µs", n / 1000.0)),
         rss.map_or("-".to_owned(), |k| format!("{:.1} MiB", k / 1024.0)),
         idle.map_or("-".to_owned(), |n| format!("{n:.0}")),
@@ -744,6 +837,12 @@ pub fn render_markdown(data: &Value) -> String {
         ));
     }
     md.push_str("\n![time from the hog's first reclaim pass without progress to the signal that ended it](docs/bench/kill-latency.svg)\n\n");
+    let labels: Vec<&str> = ks.iter().filter_map(|k| k["label"].as_str()).collect();
+    md.push_str(&format!(
+        "One point per kernel ({}, left to right); a cross at the top: the hog was still alive when\n\
+         the case ended.\n\n",
+        labels.join(", ")
+    ));
 
     for case in CASES {
         md.push_str(&format!("## {case}, per kernel\n\n"));
@@ -986,7 +1085,7 @@ fn draw_chart(data: &Value, out: &Path) -> Result<()> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -1099,11 +1198,45 @@ mod tests {
         assert!(h.contains("3 of 3 kernels, median 200 ms"), "{h}");
         assert!(h.contains("the fastest peer, systemd-oomd, took 50.0 s (killed on 3 of 3 kernels): 250x slower"), "{h}");
         assert!(h.contains("98.0 %"), "{h}");
+        assert!(h.contains("250x slower. The"), "{h}");
+        let mut d = data();
+        for k in 0..3 {
+            d["kernels"][k]["cases"][1] = case("systemd-oomd", "seed-siblings", None, 0.0, 1.0);
+        }
+        let h2 = headline(&d);
+        assert!(
+            h2.contains("no peer killed the hog at all; systemd-oomd never killed it within 60 s"),
+            "{h2}"
+        );
+        // Runs without the guard: 90, 100, 110: 20 % apart.
+        assert!(h.contains("guard alone differ by 20 %"), "{h}");
         assert!(h.contains("and the bystander was not signalled; systemd-oomd killed the bystander with it 3 of 3 times"), "{h}");
         let readme = format!("intro\n{README_BEGIN}\nold\n{README_END}\nrest\n");
         let new = replace_block(&readme, &h).expect("block");
         assert!(new.starts_with("intro\n") && new.ends_with("\nrest\n") && !new.contains("old"));
         assert!(replace_block("no block", &h).is_none());
+    }
+
+    #[test]
+    fn missing_failed_and_polluted_cases_are_problems() {
+        let mut d = data();
+        // The fixture measures 4 of 18 cases per kernel.
+        assert_eq!(problems(&d).len(), 3 * 14);
+        d["kernels"][0]["cases"][0]["error"] = json!("bench-by has no main process");
+        d["kernels"][0]["cases"][1]["tools_running"] = json!(["guard.service"]);
+        d["kernels"][1]["cost"] = Value::Null;
+        let p = problems(&d);
+        assert!(
+            p.contains(&"6.1 none/seed-siblings: bench-by has no main process".to_owned()),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|x| x
+                    == "6.1 systemd-oomd/seed-siblings: other tools were running: guard.service"),
+            "{p:?}"
+        );
+        assert!(p.contains(&"6.12 cost: not measured".to_owned()), "{p:?}");
     }
 
     #[test]
