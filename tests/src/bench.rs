@@ -28,8 +28,10 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    bench_plan::{CASES, TOOLS},
-    monotonic_ns, scrape, trace,
+    bench_plan::{CASES, TOOLS, median},
+    monotonic_ns,
+    scenario::{alive, context_switches, keyed_colon, read},
+    scrape, trace,
 };
 
 const RUN: &str = "/run/bench";
@@ -176,7 +178,8 @@ fn prop(unit: &str, name: &str) -> String {
     sh(&["systemctl", "show", "-p", name, "--value", unit]).unwrap_or_default()
 }
 
-fn write(path: &str, text: &str) -> Result<(), String> {
+/// Writes a config file, making its directory.
+fn put_file(path: &str, text: &str) -> Result<(), String> {
     if let Some(dir) = std::path::Path::new(path).parent() {
         fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
@@ -185,14 +188,6 @@ fn write(path: &str, text: &str) -> Result<(), String> {
 
 fn read_u64(path: &str) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie has freed its memory and will never run again: dead here.
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
 }
 
 /// The peers' units, masked in the image (xtask's MASKED list).
@@ -235,10 +230,10 @@ fn unit_of(tool: &str) -> Option<&'static str> {
 }
 
 fn prepare() -> Result<(), String> {
-    write("/etc/systemd/system/bench.slice", SLICE)?;
-    write("/etc/systemd/system/benchcost.slice", COST_SLICE)?;
-    write("/etc/oomd/bench.json", OOMD_JSON)?;
-    write("/etc/default/oomd", OOMD_DEFAULT)?;
+    put_file("/etc/systemd/system/bench.slice", SLICE)?;
+    put_file("/etc/systemd/system/benchcost.slice", COST_SLICE)?;
+    put_file("/etc/oomd/bench.json", OOMD_JSON)?;
+    put_file("/etc/default/oomd", OOMD_DEFAULT)?;
     fs::create_dir_all(RUN).map_err(|e| format!("creating {RUN}: {e}"))?;
     // The image masks every peer; each is unmasked only for its own cases.
     for unit in PEER_UNITS {
@@ -257,7 +252,7 @@ fn prepare() -> Result<(), String> {
 fn start_tool(tool: &str) -> Result<(), String> {
     let _ = fs::remove_file(format!("{OOMD_CONF_DIR}/bench.conf"));
     if tool == "systemd-oomd-aggressive" {
-        write(&format!("{OOMD_CONF_DIR}/bench.conf"), AGGRESSIVE)?;
+        put_file(&format!("{OOMD_CONF_DIR}/bench.conf"), AGGRESSIVE)?;
     }
     let Some(unit) = unit_of(tool) else {
         return Ok(());
@@ -571,38 +566,9 @@ fn guard_pid() -> Option<u32> {
         .filter(|p| *p > 0)
 }
 
+/// A "kB" line of /proc/PID/status, e.g. VmRSS.
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(key)?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// Context switches of every thread of `pid`: (voluntary, involuntary, threads).
-fn switches(pid: u32) -> (u64, u64, usize) {
-    let mut vol = 0;
-    let mut inv = 0;
-    let mut n = 0;
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            let get = |k: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            vol += get("voluntary_ctxt_switches:");
-            inv += get("nonvoluntary_ctxt_switches:");
-            n += 1;
-        }
-    }
-    (vol, inv, n)
+    Some(keyed_colon(&read(&format!("/proc/{pid}/status")), key)).filter(|k| *k > 0)
 }
 
 /// One run of the cost job in benchcost.slice: MiB/s of its read passes.
@@ -644,16 +610,6 @@ fn cost_job() -> Result<f64, String> {
     Ok(mib / (ms / 1000.0))
 }
 
-fn median(xs: &mut [f64]) -> Option<f64> {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(xs[n / 2]),
-        _ => Some((xs[n / 2 - 1] + xs[n / 2]) / 2.0),
-    }
-}
-
 /// Idle wake-ups of the guard over `idle`, nobody attached, nothing stalled.
 fn idle_wakeups(idle: Duration) -> Value {
     if let Err(e) = start_tool("guard") {
@@ -662,9 +618,9 @@ fn idle_wakeups(idle: Duration) -> Value {
     let Some(pid) = guard_pid() else {
         return json!({"error": "guard.service has no main pid"});
     };
-    let (v0, i0, threads) = switches(pid);
+    let (v0, i0, threads) = context_switches(pid);
     sleep(idle);
-    let (v1, i1, _) = switches(pid);
+    let (v1, i1, _) = context_switches(pid);
     let watchdog = prop("guard.service", "WatchdogUSec");
     stop_tool("guard");
     json!({"secs": idle.as_secs(), "voluntary": v1 - v0, "involuntary": i1 - i0,
@@ -694,14 +650,14 @@ fn run_cost(s: &Settings) -> Value {
         if round + 1 == COST_ROUNDS
             && let Some(pid) = guard_pid()
         {
-            v["guard_rss_kib"] = json!(status_kib(pid, "VmRSS:"));
-            v["guard_hwm_kib"] = json!(status_kib(pid, "VmHWM:"));
+            v["guard_rss_kib"] = json!(status_kib(pid, "VmRSS"));
+            v["guard_hwm_kib"] = json!(status_kib(pid, "VmHWM"));
         }
         stop_tool("guard");
     }
     v["throughput_off_mib_s"] = json!(off);
     v["throughput_on_mib_s"] = json!(on);
-    if let (Some(a), Some(b)) = (median(&mut off.clone()), median(&mut on.clone())) {
+    if let (Some(a), Some(b)) = (median(off.clone()), median(on.clone())) {
         v["throughput_ratio"] = json!(b / a);
     }
     // BPF run time per program: one more run with /metrics (and so the
@@ -710,7 +666,7 @@ fn run_cost(s: &Settings) -> Value {
     let drop_in = format!(
         "[Service]\nExecStart=\nExecStart=/usr/local/sbin/guard run --metrics-addr {METRICS_ADDR}\n"
     );
-    let programs = write(METRICS_DROP_IN, &drop_in)
+    let programs = put_file(METRICS_DROP_IN, &drop_in)
         .and_then(|()| sh(&["systemctl", "daemon-reload"]).map(drop))
         .and_then(|()| start_tool("guard"))
         .and_then(|()| {
@@ -728,7 +684,7 @@ fn run_cost(s: &Settings) -> Value {
     step(&format!("cost: idle wake-ups over {} s", s.idle.as_secs()));
     let _ = sh(&["systemctl", "daemon-reload"]);
     v["idle"] = idle_wakeups(s.idle);
-    let _ = write(NO_WATCHDOG_DROP_IN, "[Service]\nWatchdogSec=0\n");
+    let _ = put_file(NO_WATCHDOG_DROP_IN, "[Service]\nWatchdogSec=0\n");
     let _ = sh(&["systemctl", "daemon-reload"]);
     v["idle_no_watchdog"] = idle_wakeups(s.idle);
     let _ = fs::remove_file(NO_WATCHDOG_DROP_IN);
@@ -799,7 +755,7 @@ pub fn run() -> Value {
             if tool == "guard"
                 && let Some(pid) = guard_pid()
             {
-                v["guard_rss_kib"] = json!(status_kib(pid, "VmRSS:"));
+                v["guard_rss_kib"] = json!(status_kib(pid, "VmRSS"));
             }
             console("GUARD-CASE", &v);
         }

@@ -521,6 +521,23 @@ pub(crate) fn trace_overrun() -> u64 {
         .sum()
 }
 
+/// Context switches of every thread of `pid`: (voluntary, involuntary,
+/// threads). A sleeping daemon that wakes shows here.
+pub(crate) fn context_switches(pid: u32) -> (u64, u64, usize) {
+    let mut out = (0, 0, 0);
+    for t in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let status = read(&format!("{}/status", t.path().display()));
+        out.0 += keyed_colon(&status, "voluntary_ctxt_switches");
+        out.1 += keyed_colon(&status, "nonvoluntary_ctxt_switches");
+        out.2 += 1;
+    }
+    out
+}
+
 /// The number after "key:" in a /proc-style file ("VmRSS:\t 12 kB" -> 12).
 pub(crate) fn keyed_colon(text: &str, key: &str) -> u64 {
     text.lines()

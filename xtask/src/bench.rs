@@ -28,7 +28,7 @@ use crate::{
 /// Tools and cases in the guest's order: the guest's own file.
 #[path = "../../tests/src/bench_plan.rs"]
 mod plan;
-use plan::{CASES, TOOLS};
+use plan::{CASES, TOOLS, median};
 
 /// What each tool is, as the tables say it.
 fn describe(tool: &str) -> &'static str {
@@ -532,16 +532,6 @@ fn case_line(c: &Value) -> String {
         ms(f(c, "bystander_worst_ms")),
         innocents(c)
     )
-}
-
-pub fn median(mut xs: Vec<f64>) -> Option<f64> {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(xs[n / 2]),
-        _ => Some((xs[n / 2 - 1] + xs[n / 2]) / 2.0),
-    }
 }
 
 fn kernels(data: &Value) -> Vec<Value> {

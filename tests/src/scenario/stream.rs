@@ -66,19 +66,9 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
     let mut guard = Guard::start(&["--metrics-addr", METRICS_ADDR], &[])?;
     // Idle and unwatched, the daemon must not wake at all: no timer, no
     // polling; it sleeps until the kernel has something to say.
-    let switches = |pid: u32| -> u64 {
-        fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .map(|t| {
-                        let status = read(&format!("{}/status", t.path().display()));
-                        keyed_colon(&status, "voluntary_ctxt_switches")
-                            + keyed_colon(&status, "nonvoluntary_ctxt_switches")
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
+    let switches = |pid: u32| {
+        let (voluntary, involuntary, _) = context_switches(pid);
+        voluntary + involuntary
     };
     // (After READY=1 the daemon still enters its loop and goes to sleep:
     // one switch that is not a wake-up.)
