@@ -12,8 +12,9 @@ use std::{
 
 use guard::{
     cgroup::Hierarchy,
+    clock::monotonic_ns,
     policy::Policy,
-    respond::{Outcome, Responder, monotonic_ns},
+    respond::{Outcome, Responder},
 };
 use guard_common::Verdict;
 
@@ -52,8 +53,21 @@ fn main() -> anyhow::Result<()> {
             worst_tgid: members[0].id(),
             ..Verdict::default()
         };
-        match responder.handle(&verdict, None) {
-            Outcome::Killed { latency_us, .. } => latencies.push(latency_us),
+        match responder.handle(&verdict) {
+            Outcome::Killed(k) => {
+                latencies.push(k.report.latency_us);
+                // The daemon would watch them exit; here they are reaped
+                // below, and the books are told so.
+                for v in &k.victims {
+                    let end = guard::respond::VictimEnd {
+                        key: k.key.clone(),
+                        pid: v.pid,
+                        exited: true,
+                        waited: std::time::Duration::ZERO,
+                    };
+                    drop(responder.victim_ended(&end));
+                }
+            }
             other => anyhow::bail!("expected a kill, got {other:?}"),
         }
         for m in &mut members {

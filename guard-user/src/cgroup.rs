@@ -310,19 +310,41 @@ impl Hierarchy {
         Ok(None)
     }
 
-    /// Thread-group ids of every process in `dir` and its descendants, each
-    /// with the cgroup directory it is in.
-    pub fn processes(dir: &Path) -> Result<Vec<(u32, PathBuf)>, CgroupError> {
-        let mut pids = Vec::new();
+    /// Thread-group ids of every process in `dir` and its descendants, at
+    /// most `limit`: `leaves` gets each cgroup directory that holds any,
+    /// `pids` each process with the index of its directory in `leaves`.
+    /// Both are cleared first and reused, so a decision does not allocate
+    /// per process.
+    pub fn processes(
+        dir: &Path,
+        limit: usize,
+        leaves: &mut Vec<PathBuf>,
+        pids: &mut Vec<(u32, u32)>,
+    ) -> Result<(), CgroupError> {
+        leaves.clear();
+        pids.clear();
         let mut stack = vec![dir.to_owned()];
+        let mut text = String::new();
         while let Some(dir) = stack.pop() {
             let procs = dir.join("cgroup.procs");
-            match fs::read_to_string(&procs) {
-                Ok(text) => pids.extend(
-                    text.lines()
-                        .filter_map(|l| l.trim().parse::<u32>().ok())
-                        .map(|pid| (pid, dir.clone())),
-                ),
+            text.clear();
+            match fs::File::open(&procs).and_then(|mut f| {
+                use io::Read as _;
+                f.read_to_string(&mut text)
+            }) {
+                Ok(_) => {
+                    let before = pids.len();
+                    let leaf = leaves.len() as u32;
+                    pids.extend(
+                        text.lines()
+                            .filter_map(|l| l.trim().parse::<u32>().ok())
+                            .take(limit.saturating_sub(before))
+                            .map(|pid| (pid, leaf)),
+                    );
+                    if pids.len() > before {
+                        leaves.push(dir.clone());
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(source) => {
                     return Err(CgroupError::Io {
@@ -339,7 +361,7 @@ impl Hierarchy {
                 }
             }
         }
-        Ok(pids)
+        Ok(())
     }
 }
 
@@ -481,10 +503,18 @@ mod tests {
     fn processes_cover_the_whole_subtree_and_nothing_else() {
         let root = fake_tree();
         let a = root.path().join("a");
-        let mut pids = Hierarchy::processes(&a).expect("procs");
-        pids.sort();
+        let (mut leaves, mut pids) = (Vec::new(), Vec::new());
+        Hierarchy::processes(&a, 100, &mut leaves, &mut pids).expect("procs");
+        let mut found: Vec<(u32, PathBuf)> = pids
+            .iter()
+            .map(|&(pid, leaf)| (pid, leaves[leaf as usize].clone()))
+            .collect();
+        found.sort();
         let c = a.join("b/c");
-        assert_eq!(pids, [(10, a.clone()), (30, c.clone()), (31, c)]);
+        assert_eq!(found, [(10, a.clone()), (30, c.clone()), (31, c)]);
+        // At most `limit` of them.
+        Hierarchy::processes(&a, 2, &mut leaves, &mut pids).expect("procs");
+        assert_eq!(pids.len(), 2);
     }
 
     #[test]

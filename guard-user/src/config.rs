@@ -40,9 +40,24 @@ const DEFAULT_HOST_BUDGET_MS: u64 = 250;
 const DEFAULT_HOST_WINDOW_MS: u64 = 1000;
 const DEFAULT_HOST_RETRY_LOOPS: u64 = 4;
 const DEFAULT_HOST_MIN_AVAILABLE_PERCENT: u64 = 5;
-/// Protected names while `protect.comm` is absent: leaving the key out must
-/// not silently make sshd killable.
-const DEFAULT_PROTECT_COMM: &str = "^(sshd|systemd|dockerd|containerd|t3-dispatch|tmux)$";
+const DEFAULT_MAX_FRUITLESS_KILLS: u64 = 3;
+const DEFAULT_KILL_WINDOW_MS: u64 = 60_000;
+const DEFAULT_VICTIM_EXIT_TIMEOUT_MS: u64 = 3000;
+/// Protected executables while `protect.exe` is absent: leaving the key out
+/// must not silently make sshd killable. Each is matched by path and by
+/// identity (the file at that path), never by the name a process gives
+/// itself.
+pub const DEFAULT_PROTECT_EXE: [&str; 9] = [
+    "/usr/sbin/sshd",
+    "/usr/lib/openssh/sshd-session",
+    "/usr/lib/systemd/systemd",
+    "/usr/bin/tmux",
+    "/usr/bin/dockerd",
+    "/usr/sbin/dockerd",
+    "/usr/bin/containerd",
+    "/usr/bin/t3-dispatch",
+    "/usr/local/bin/t3-dispatch",
+];
 
 /// A checked policy, ready to use.
 #[derive(Debug, Clone)]
@@ -55,6 +70,13 @@ pub struct Config {
     pub min_progress_pages: u64,
     /// Share (percent) of the overage a victim must hold.
     pub min_share_percent: u64,
+    /// Kills in a row that leave their cgroup over memory.high before guard
+    /// stops killing there for `kill_window`.
+    pub max_fruitless_kills: u64,
+    pub kill_window: Duration,
+    /// How long a victim may take to exit before the next decision for its
+    /// cgroup stops waiting for it.
+    pub victim_exit_timeout: Duration,
     pub protect: Protect,
     pub order: Order,
     pub hook: Option<Hook>,
@@ -155,42 +177,67 @@ impl fmt::Display for KillMode {
 #[derive(Debug, Clone)]
 pub struct Protect {
     comm: Vec<Regex>,
+    exe: Vec<GlobMatcher>,
     cmdline: Vec<Regex>,
     cgroups: Vec<GlobMatcher>,
     uids: Vec<u32>,
 }
 
 impl Protect {
+    /// Which facts beyond name and owner the rules need.
+    pub fn needs(&self) -> crate::policy::Needs {
+        crate::policy::Needs {
+            exe: !self.exe.is_empty(),
+            cmdline: !self.cmdline.is_empty(),
+            cgroup: !self.cgroups.is_empty(),
+        }
+    }
+
     /// Why this process is protected by the file's rules, or None. (PID 1,
     /// kernel threads, the guard itself and oom_score_adj -1000 are handled
-    /// elsewhere; do not duplicate them.)
+    /// by the policy; do not duplicate them.)
     ///
-    /// `cmdline` is the command line with its NUL separators replaced by
-    /// spaces. A `protect.cgroups` glob protects the cgroup it matches and
-    /// every cgroup below it.
-    pub fn reason(&self, comm: &str, cmdline: &str, cgroup_path: &str, uid: u32) -> Option<String> {
-        if let Some(re) = self.comm.iter().find(|re| re.is_match(comm)) {
+    /// An `exe` glob protects a process whose executable is at a matching
+    /// path and is the file guard itself finds there, root's (see
+    /// [`crate::procfs::Exe::trusted`]). A `cgroups` glob protects the
+    /// cgroup it matches and every cgroup below it.
+    pub fn reason(&self, f: &crate::policy::Facts<'_>) -> Option<String> {
+        if let Some(exe) = f.exe.filter(|e| e.trusted())
+            && let Some(g) = self.exe.iter().find(|g| g.is_match(&exe.path))
+        {
+            return Some(format!(
+                "exe {:?} matches protect.exe {:?}",
+                exe.path,
+                g.glob().glob()
+            ));
+        }
+        let comm = f.comm.lossy();
+        if let Some(re) = self.comm.iter().find(|re| re.is_match(&comm)) {
             return Some(format!(
                 "name {comm:?} matches protect.comm {:?}",
                 re.as_str()
             ));
         }
-        if let Some(re) = self.cmdline.iter().find(|re| re.is_match(cmdline)) {
+        if let Some(path) = f.cgroup {
+            for cgroup in self_and_ancestors(path) {
+                if let Some(g) = self.cgroups.iter().find(|g| g.is_match(cgroup)) {
+                    return Some(format!(
+                        "cgroup {path} is under protect.cgroups {:?}",
+                        g.glob().glob()
+                    ));
+                }
+            }
+        }
+        if self.uids.contains(&f.uid) {
+            return Some(format!("uid {} is in protect.uids", f.uid));
+        }
+        if let Some(cmdline) = f.cmdline
+            && let Some(re) = self.cmdline.iter().find(|re| re.is_match(cmdline))
+        {
             return Some(format!(
                 "command line matches protect.cmdline {:?}",
                 re.as_str()
             ));
-        }
-        for cgroup in self_and_ancestors(cgroup_path) {
-            if let Some(g) = self.cgroups.iter().find(|g| g.is_match(cgroup)) {
-                return Some(format!(
-                    "cgroup {cgroup_path} is under protect.cgroups {:?}",
-                    g.glob().glob()
-                ));
-            }
-        }
-        if self.uids.contains(&uid) {
-            return Some(format!("uid {uid} is in protect.uids"));
         }
         None
     }
@@ -302,6 +349,9 @@ struct RawConfig {
     verdict_interval_ms: Option<u64>,
     min_progress_pages: Option<u64>,
     min_share_percent: Option<Spanned<u64>>,
+    max_fruitless_kills: Option<Spanned<u64>>,
+    kill_window_ms: Option<Spanned<u64>>,
+    victim_exit_timeout_ms: Option<Spanned<u64>>,
     protect: RawProtect,
     order: RawOrder,
     hook: Option<Spanned<RawHook>>,
@@ -323,7 +373,8 @@ struct RawHost {
 #[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawProtect {
-    comm: Option<Vec<Spanned<String>>>,
+    comm: Vec<Spanned<String>>,
+    exe: Option<Vec<Spanned<String>>>,
     cmdline: Vec<Spanned<String>>,
     cgroups: Vec<Spanned<String>>,
     uids: Vec<u32>,
@@ -419,20 +470,28 @@ fn cgroup_glob(
     glob: &Spanned<String>,
 ) -> Option<globset::Glob> {
     let text = glob.get_ref();
+    let (what, example) = if key == "protect.exe" {
+        (
+            "executable path",
+            "absolute, as /proc/PID/exe shows it, e.g. \"/usr/sbin/sshd\"",
+        )
+    } else {
+        (
+            "cgroup path",
+            "relative to the cgroup2 root, e.g. \"/user.slice\"",
+        )
+    };
     if !text.starts_with('/') {
         errors.at(
             glob.span(),
-            format!(
-                "{key}: cgroup path {text:?} must start with \"/\" (paths are relative to the \
-                 cgroup2 root, e.g. \"/user.slice\")"
-            ),
+            format!("{key}: {what} {text:?} must start with \"/\" ({example})"),
         );
         return None;
     }
     if text.len() > 1 && text.ends_with('/') {
         errors.at(
             glob.span(),
-            format!("{key}: cgroup path {text:?} must not end with \"/\": it would match nothing"),
+            format!("{key}: {what} {text:?} must not end with \"/\": it would match nothing"),
         );
         return None;
     }
@@ -525,12 +584,49 @@ impl Config {
             None => DEFAULT_MIN_SHARE_PERCENT,
         };
 
-        let comm = match &raw.protect.comm {
-            Some(patterns) => regexes(&mut errors, "protect.comm", patterns),
-            None => vec![Regex::new(DEFAULT_PROTECT_COMM).expect("the default regex compiles")],
+        let exe = match &raw.protect.exe {
+            Some(globs) => glob_matchers(&mut errors, "protect.exe", globs),
+            None => DEFAULT_PROTECT_EXE
+                .iter()
+                .map(|p| {
+                    GlobBuilder::new(p)
+                        .literal_separator(true)
+                        .build()
+                        .expect("the default globs compile")
+                        .compile_matcher()
+                })
+                .collect(),
         };
+        let positive =
+            |errors: &mut Errors<'_>, key: &str, v: &Option<Spanned<u64>>, default| match v {
+                Some(s) if *s.get_ref() == 0 => {
+                    errors.at(s.span(), format!("{key} must be above 0"));
+                    default
+                }
+                Some(s) => *s.get_ref(),
+                None => default,
+            };
+        let max_fruitless_kills = positive(
+            &mut errors,
+            "max_fruitless_kills",
+            &raw.max_fruitless_kills,
+            DEFAULT_MAX_FRUITLESS_KILLS,
+        );
+        let kill_window_ms = positive(
+            &mut errors,
+            "kill_window_ms",
+            &raw.kill_window_ms,
+            DEFAULT_KILL_WINDOW_MS,
+        );
+        let victim_exit_timeout_ms = positive(
+            &mut errors,
+            "victim_exit_timeout_ms",
+            &raw.victim_exit_timeout_ms,
+            DEFAULT_VICTIM_EXIT_TIMEOUT_MS,
+        );
         let protect = Protect {
-            comm,
+            comm: regexes(&mut errors, "protect.comm", &raw.protect.comm),
+            exe,
             cmdline: regexes(&mut errors, "protect.cmdline", &raw.protect.cmdline),
             cgroups: glob_matchers(&mut errors, "protect.cgroups", &raw.protect.cgroups),
             uids: raw.protect.uids,
@@ -711,6 +807,9 @@ impl Config {
             ),
             min_progress_pages: raw.min_progress_pages.unwrap_or(DEFAULT_MIN_PROGRESS_PAGES),
             min_share_percent,
+            max_fruitless_kills,
+            kill_window: Duration::from_millis(kill_window_ms),
+            victim_exit_timeout: Duration::from_millis(victim_exit_timeout_ms),
             protect,
             order,
             hook,
@@ -868,6 +967,21 @@ mod tests {
 
     const SCOPE: &str = "[[scope]]\npaths = [\"/**\"]\n";
 
+    /// The file rules' verdict on a process with these facts (no exe).
+    fn why(p: &Protect, comm: &str, cmdline: &str, cgroup: &str, uid: u32) -> Option<String> {
+        let comm = crate::procfs::Comm::from(comm);
+        p.reason(&crate::policy::Facts {
+            pid: 50,
+            kernel_thread: false,
+            oom_score_adj: 0,
+            comm: &comm,
+            uid,
+            cgroup: Some(cgroup),
+            exe: None,
+            cmdline: Some(cmdline),
+        })
+    }
+
     #[test]
     fn embedded_default_parses_to_todays_built_in_policy() {
         let c = Config::default_policy();
@@ -887,28 +1001,27 @@ mod tests {
     }
 
     #[test]
-    fn embedded_default_protects_exactly_the_built_in_names() {
+    fn embedded_default_protects_no_name_only_executables() {
         let p = Config::default_policy().protect;
-        let reason = |comm: &str| p.reason(comm, comm, "/user.slice/user-1000.slice", 1000);
-        for name in [
-            "sshd",
-            "systemd",
-            "dockerd",
-            "containerd",
-            "t3-dispatch",
-            "tmux",
-        ] {
-            let why = reason(name).unwrap_or_else(|| panic!("{name} must be protected"));
-            assert!(why.contains(name), "{why}");
-        }
-        for name in ["bash", "sshd-session", "my-systemd", "tmux: server", "rg"] {
-            assert_eq!(reason(name), None, "{name}");
+        // Any user can call a process sshd: the default trusts no name.
+        for name in ["sshd", "systemd", "tmux", " sshd", "bash"] {
+            assert_eq!(
+                why(&p, name, name, "/user.slice/user-1000.slice", 1000),
+                None,
+                "{name:?}"
+            );
         }
         // Root's processes and system cgroups are not protected by the file.
         assert_eq!(
-            p.reason("bash", "bash", "/system.slice/ssh.service", 0),
+            why(&p, "bash", "bash", "/system.slice/ssh.service", 0),
             None
         );
+        let needs = p.needs();
+        assert!(needs.exe && !needs.cmdline && !needs.cgroup, "{needs:?}");
+        // The embedded file and the built-in list say the same.
+        for path in DEFAULT_PROTECT_EXE {
+            assert!(DEFAULT_POLICY.contains(&format!("\"{path}\"")), "{path}");
+        }
     }
 
     #[test]
@@ -931,10 +1044,10 @@ mod tests {
         assert_eq!(c.scopes[0].window, Duration::from_millis(1000));
         assert_eq!(c.verdict_interval, Duration::from_millis(200));
         assert_eq!(c.min_share_percent, 25);
-        assert!(c.protect.reason("sshd", "", "/", 1000).is_some());
+        assert!(c.protect.needs().exe, "the default executables apply");
         // Written explicitly empty, the list protects nothing.
-        let c = parse(&format!("[protect]\ncomm = []\n{SCOPE}")).expect("parses");
-        assert_eq!(c.protect.reason("sshd", "", "/", 1000), None);
+        let c = parse(&format!("[protect]\nexe = []\n{SCOPE}")).expect("parses");
+        assert!(!c.protect.needs().exe);
     }
 
     const DEV_MACHINE: &str = r#"
@@ -1016,22 +1129,24 @@ kill = "process"
         // Both prefer and avoid match: avoid wins.
         assert_eq!(c.order.rank("node"), -1);
         let p = &c.protect;
-        let why = p
-            .reason("sshd", "sshd: alice", "/system.slice/ssh.service", 0)
-            .expect("sshd");
-        assert!(why.contains("protect.comm"), "{why}");
-        let why = p
-            .reason("python3", "/usr/bin/python3 /opt/backup/run.py", "/x", 1000)
-            .expect("backup");
-        assert!(why.contains("protect.cmdline"), "{why}");
-        let why = p
-            .reason("bash", "bash", "/system.slice/sshd.service/child", 1000)
+        let r = why(p, "sshd", "sshd: alice", "/system.slice/ssh.service", 0).expect("sshd");
+        assert!(r.contains("protect.comm"), "{r}");
+        let r = why(
+            p,
+            "python3",
+            "/usr/bin/python3 /opt/backup/run.py",
+            "/x",
+            1000,
+        )
+        .expect("backup");
+        assert!(r.contains("protect.cmdline"), "{r}");
+        let r = why(p, "bash", "bash", "/system.slice/sshd.service/child", 1000)
             .expect("below sshd.service");
-        assert!(why.contains("/system.slice/sshd.service"), "{why}");
-        let why = p.reason("bash", "bash", "/user.slice", 0).expect("root");
-        assert!(why.contains("uid 0"), "{why}");
+        assert!(r.contains("/system.slice/sshd.service"), "{r}");
+        let r = why(p, "bash", "bash", "/user.slice", 0).expect("root");
+        assert!(r.contains("uid 0"), "{r}");
         assert_eq!(
-            p.reason("bash", "bash", "/system.slice/sshd.service2", 1000),
+            why(p, "bash", "bash", "/system.slice/sshd.service2", 1000),
             None
         );
     }
@@ -1248,6 +1363,45 @@ kill = "process"
             ["/a/b", "/a", "/"]
         );
         assert_eq!(self_and_ancestors("/").collect::<Vec<_>>(), ["/"]);
+    }
+
+    #[test]
+    fn the_breaker_and_the_exit_wait_have_defaults_and_refuse_zero() {
+        let c = Config::default_policy();
+        assert_eq!(c.max_fruitless_kills, 3);
+        assert_eq!(c.kill_window, Duration::from_secs(60));
+        assert_eq!(c.victim_exit_timeout, Duration::from_secs(3));
+        let c = parse(&format!(
+            "max_fruitless_kills = 5\nkill_window_ms = 1000\nvictim_exit_timeout_ms = 200\n{SCOPE}"
+        ))
+        .expect("valid");
+        assert_eq!(c.max_fruitless_kills, 5);
+        assert_eq!(c.kill_window, Duration::from_secs(1));
+        assert_eq!(c.victim_exit_timeout, Duration::from_millis(200));
+        let errors = mistakes(&format!(
+            "max_fruitless_kills = 0\nkill_window_ms = 0\nvictim_exit_timeout_ms = 0\n{SCOPE}"
+        ));
+        let at: Vec<(usize, usize)> = errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(at, [(1, 23), (2, 18), (3, 26)], "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .contains("max_fruitless_kills must be above 0")
+        );
+    }
+
+    #[test]
+    fn protect_exe_takes_absolute_path_globs() {
+        let c = parse(&format!(
+            "[protect]\nexe = [\"/opt/*/bin/server\"]\n{SCOPE}"
+        ))
+        .expect("valid");
+        assert!(c.protect.needs().exe);
+        let e = one_mistake(&format!("[protect]\nexe = [\"sshd\"]\n{SCOPE}"));
+        assert_eq!((e.line, e.column), (2, 8), "{e}");
+        assert!(e.message.contains("protect.exe"), "{e}");
+        assert!(e.message.contains("executable path"), "{e}");
+        assert!(e.message.contains("/proc/PID/exe"), "{e}");
     }
 
     #[test]

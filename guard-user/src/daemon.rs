@@ -27,7 +27,7 @@ use crate::{
     observe::Observer,
     policy::Policy,
     probes::{Probes, Settings, Throttle},
-    respond::{KillReport, Outcome, Responder},
+    respond::{self, KillReport, Outcome, Responder, VictimEnd},
     stream,
 };
 
@@ -66,6 +66,10 @@ impl RunOptions {
 /// sampling the cgroups (and logging the samples): long enough to see the
 /// memory come back.
 const INCIDENT_TAIL: Duration = Duration::from_secs(15);
+/// Records taken from one ring buffer before the loop looks at its other
+/// sources: a flood of trace records must not starve the watchdog or a
+/// verdict.
+const DRAIN_BATCH: usize = 256;
 /// Sample period during an incident, and while only listeners want rows.
 const INCIDENT_SAMPLE: Duration = Duration::from_millis(250);
 const LISTENER_SAMPLE: Duration = Duration::from_millis(500);
@@ -94,7 +98,11 @@ impl Outputs {
     pub fn emit(&mut self, record: &Record) {
         if matches!(
             record.event,
-            Event::Verdict { .. } | Event::Kill { .. } | Event::OomKill { .. }
+            Event::Verdict { .. }
+                | Event::Kill { .. }
+                | Event::OomKill { .. }
+                | Event::Unresolved { .. }
+                | Event::KillLimit { .. }
         ) {
             self.incident_until = Some(std::time::Instant::now() + INCIDENT_TAIL);
         }
@@ -169,6 +177,28 @@ pub fn host_limits(host: &config::Host) -> Option<crate::probes::HostLimits> {
         early: host.on_direct_reclaim,
         interval: HOST_VERDICT_INTERVAL,
     })
+}
+
+type Ring = aya::maps::RingBuf<aya::maps::MapData>;
+
+/// Takes at most [`DRAIN_BATCH`] records from a ready ring buffer, each
+/// parsed and its slot given back before `handle` sees it. The readiness is
+/// cleared only once the ring is empty, so the loop comes back for the rest
+/// after its other sources (the watchdog among them) had their turn.
+fn drain<T>(
+    ready: &mut tokio::io::unix::AsyncFdReadyMutGuard<'_, Ring>,
+    parse: impl Fn(&[u8]) -> Option<T>,
+    mut handle: impl FnMut(Option<T>),
+) {
+    for _ in 0..DRAIN_BATCH {
+        let Some(item) = ready.get_inner_mut().next() else {
+            ready.clear_ready();
+            return;
+        };
+        let parsed = parse(&item);
+        drop(item);
+        handle(parsed);
+    }
 }
 
 /// Registers a ring buffer with tokio.
@@ -310,6 +340,44 @@ fn apply_watch_list(
         paths.insert(id, dir);
     }
     Ok(paths)
+}
+
+/// Everything that follows a decision, once the kill (if any) is done: the
+/// kernel's stall window reset, the records, the hook, and a watch on each
+/// victim until it exits.
+fn finish(
+    outcome: Outcome,
+    responder: &Responder,
+    probes: &mut Probes,
+    observer: &Observer,
+    out: &mut Outputs,
+    exits: &mut tokio::task::JoinSet<VictimEnd>,
+) {
+    match outcome {
+        Outcome::Killed(k) => {
+            let respond::Killed {
+                report,
+                victims,
+                key,
+                reset,
+                exit_timeout,
+            } = *k;
+            if let Err(e) = probes.reset_cgroup(reset) {
+                warn!(cgroup = %report.cgroup, error = %e, "could not reset the kernel's stall window");
+            }
+            for victim in victims {
+                exits.spawn(respond::wait_exit(victim, key.clone(), exit_timeout));
+            }
+            if let Some(hook) = &responder.policy.config.hook {
+                drop(spawn_hook(hook, &report));
+            }
+            out.emit(&observer.kill(&report));
+        }
+        Outcome::DryRun(report) => out.emit(&observer.kill(&report)),
+        Outcome::Unresolved(Some(u)) => out.emit(&observer.unresolved(&u)),
+        Outcome::LimitReached(l) => out.emit(&observer.kill_limit(&l)),
+        _ => {}
+    }
 }
 
 /// How a post-kill hook ended.
@@ -495,6 +563,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
 
     let mut responder = Responder::new(policy, hierarchy.clone(), "/proc", watched);
+    // Victims being watched until they exit (each holds its pidfd).
+    let mut exits: tokio::task::JoinSet<VictimEnd> = tokio::task::JoinSet::new();
     responder.set_known(hierarchy.scan_all());
     responder.warm_up();
     info!(
@@ -503,7 +573,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         window_ms = window.as_millis() as u64,
         scopes = responder.policy.config.scopes.len(),
         // CLOCK_MONOTONIC: comparable with the service manager's timestamps.
-        monotonic_us = crate::respond::monotonic_ns() / 1000,
+        monotonic_us = crate::clock::monotonic_ns() / 1000,
         "guard ready"
     );
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
@@ -530,27 +600,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut ready = ready.context("waiting on the verdict ring buffer")?;
-                while let Some(item) = ready.get_inner_mut().next() {
-                    let verdict = Verdict::from_bytes(&item);
-                    drop(item);
-                    match verdict {
-                        Some(v) => {
-                            out.emit(&observer.verdict(&v));
-                            match responder.handle(&v, Some(&mut probes)) {
-                                Outcome::Killed { report, .. } => {
-                                    if let Some(hook) = &responder.policy.config.hook {
-                                        drop(spawn_hook(hook, &report));
-                                    }
-                                    out.emit(&observer.kill(&report));
-                                }
-                                Outcome::DryRun { report, .. } => out.emit(&observer.kill(&report)),
-                                _ => {}
-                            }
-                        }
-                        None => warn!("short record in the verdict ring buffer"),
+                drain(&mut ready, Verdict::from_bytes, |verdict| match verdict {
+                    // The kill first; what is said about it after.
+                    Some(v) => {
+                        let outcome = responder.handle(&v);
+                        out.emit(&observer.verdict(&v));
+                        finish(outcome, &responder, &mut probes, &observer, &mut out, &mut exits);
                     }
-                }
-                ready.clear_ready();
+                    None => warn!("short record in the verdict ring buffer"),
+                });
                 // After the kill, never before it: were records dropped?
                 if let Ok(s) = probes.stats() {
                     for r in observer.lost(&s) {
@@ -558,34 +616,36 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                 }
             }
+            Some(end) = exits.join_next(), if !exits.is_empty() => {
+                match end {
+                    Ok(end) => {
+                        if let Some(limit) = responder.victim_ended(&end) {
+                            out.emit(&observer.kill_limit(&limit));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "watching a victim's exit failed"),
+                }
+            }
             ready = cgroup_ring.readable_mut() => {
                 let mut ready = ready.context("waiting on the cgroup event ring buffer")?;
-                while let Some(item) = ready.get_inner_mut().next() {
-                    let event = CgroupEvent::from_bytes(&item);
-                    drop(item);
-                    match event {
-                        Some(e) => {
-                            follow_cgroup(&e, &mut probes, &mut responder, &hierarchy);
-                            if let Some(r) = observer.cgroup_event(&e) {
-                                out.emit(&r);
-                            }
+                drain(&mut ready, CgroupEvent::from_bytes, |event| match event {
+                    Some(e) => {
+                        follow_cgroup(&e, &mut probes, &mut responder, &hierarchy);
+                        if let Some(r) = observer.cgroup_event(&e) {
+                            out.emit(&r);
                         }
-                        None => warn!("short record in the cgroup event ring buffer"),
                     }
-                }
-                ready.clear_ready();
+                    None => warn!("short record in the cgroup event ring buffer"),
+                });
             }
             ready = trace_ring.readable_mut() => {
                 let mut ready = ready.context("waiting on the trace ring buffer")?;
-                while let Some(item) = ready.get_inner_mut().next() {
-                    let record = TraceRecord::from_bytes(&item);
-                    drop(item);
+                drain(&mut ready, TraceRecord::from_bytes, |record| {
                     match record.and_then(|r| observer.trace(&r)) {
                         Some(r) => out.emit(&r),
                         None => warn!("short or unknown record in the trace ring buffer"),
                     }
-                }
-                ready.clear_ready();
+                });
             }
             changed = listeners.changed() => {
                 if changed.is_ok() {

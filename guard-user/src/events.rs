@@ -56,7 +56,7 @@ impl Record {
 
     /// A record of something the guard itself saw just now.
     pub fn now(event: Event) -> Self {
-        Self::at(crate::respond::monotonic_ns(), event)
+        Self::at(crate::clock::monotonic_ns(), event)
     }
 
     /// One JSON line, without the newline.
@@ -81,7 +81,7 @@ impl Record {
 
 /// Wall-clock ms for a CLOCK_MONOTONIC instant (now minus the age).
 pub fn unix_ms_at(mono_ns: u64) -> u64 {
-    let now_mono = crate::respond::monotonic_ns();
+    let now_mono = crate::clock::monotonic_ns();
     let now_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -162,6 +162,34 @@ pub enum Event {
         memory_current: u64,
         memory_high: Option<u64>,
         dry_run: bool,
+        /// Every process guard signalled for this verdict, the largest
+        /// first (absent in records of guard before 0.2: `pid` alone).
+        #[serde(default)]
+        victims: Vec<u32>,
+        /// How many victims the decision chose itself; more than one when
+        /// the overage was spread over many small processes.
+        #[serde(default)]
+        batch: u32,
+    },
+    /// A confirmed stall that guard could not end by killing, and why
+    /// (once per situation, not per verdict).
+    Unresolved {
+        cgroup: String,
+        reason: String,
+        /// The process guard may not kill that holds or drives the stall.
+        holder_pid: Option<u32>,
+        holder_comm: Option<String>,
+        stall_ns: u64,
+        memory_current: u64,
+        memory_high: Option<u64>,
+    },
+    /// The circuit breaker opened: `fruitless_kills` kills in a row left the
+    /// cgroup over its limit, so guard kills nothing more there for
+    /// `window_ms`.
+    KillLimit {
+        cgroup: String,
+        fruitless_kills: u64,
+        window_ms: u64,
     },
     /// The kernel's own OOM killer chose a victim (oom:mark_victim).
     OomKill {
@@ -224,6 +252,8 @@ impl Event {
             Event::Throttle { .. } => "throttle",
             Event::Verdict { .. } => "verdict",
             Event::Kill { .. } => "kill",
+            Event::Unresolved { .. } => "unresolved",
+            Event::KillLimit { .. } => "kill_limit",
             Event::OomKill { .. } => "oom_kill",
             Event::CgroupCreated { .. } => "cgroup_created",
             Event::CgroupRemoved { .. } => "cgroup_removed",
@@ -302,16 +332,34 @@ impl Event {
                 mode,
                 latency_us,
                 dry_run,
+                victims,
                 ..
             } => format!(
-                "{} {comm}[{pid}] in {cgroup}: {:.1} MiB, mode {mode}, {:.1} ms after the verdict",
+                "{} {comm}[{pid}]{} in {cgroup}: {:.1} MiB, mode {mode}, {:.1} ms after the verdict",
                 if *dry_run {
                     "WOULD KILL (dry run)"
                 } else {
                     "KILLED SIGKILL"
                 },
+                if victims.len() > 1 {
+                    format!(" and {} more", victims.len() - 1)
+                } else {
+                    String::new()
+                },
                 mib(*footprint_bytes),
                 *latency_us as f64 / 1e3
+            ),
+            Event::Unresolved { cgroup, reason, .. } => {
+                format!("UNRESOLVED {cgroup}: nothing killed: {reason}")
+            }
+            Event::KillLimit {
+                cgroup,
+                fruitless_kills,
+                window_ms,
+            } => format!(
+                "KILL LIMIT {cgroup}: {fruitless_kills} kills in a row left it over its limit; \
+                 no more kills there for {:.0} s",
+                *window_ms as f64 / 1e3
             ),
             Event::OomKill {
                 pid, comm, cgroup, ..
@@ -374,6 +422,8 @@ mod tests {
             memory_current: 100 << 20,
             memory_high: Some(64 << 20),
             dry_run: false,
+            victims: vec![42],
+            batch: 1,
         }
     }
 
@@ -418,5 +468,40 @@ mod tests {
         assert!(oom.describe().contains("KERNEL OOM KILL dd[7]"));
         assert_eq!(oom.kind(), "oom_kill");
         assert!(!oom.is_raw());
+        let limit = Event::KillLimit {
+            cgroup: "/work.slice".into(),
+            fruitless_kills: 3,
+            window_ms: 60_000,
+        };
+        assert_eq!(limit.kind(), "kill_limit");
+        let text = limit.describe();
+        assert!(text.contains("KILL LIMIT /work.slice"), "{text}");
+        assert!(text.contains("60 s"), "{text}");
+        let u = Event::Unresolved {
+            cgroup: "/a".into(),
+            reason: "the process driving the stall may not be killed".into(),
+            holder_pid: Some(9),
+            holder_comm: Some("sshd".into()),
+            stall_ns: 1,
+            memory_current: 2,
+            memory_high: Some(1),
+        };
+        assert!(
+            u.describe()
+                .starts_with("UNRESOLVED /a: nothing killed: the process")
+        );
+    }
+
+    #[test]
+    fn a_kill_record_of_an_older_guard_still_reads() {
+        // Written before `victims` and `batch` existed.
+        let old = Record::at(1, kill())
+            .to_line()
+            .replace(",\"victims\":[42],\"batch\":1", "");
+        assert!(!old.contains("victims"), "{old}");
+        match Record::from_line(&old).expect("reads").event {
+            Event::Kill { victims, batch, .. } => assert_eq!((victims.len(), batch), (0, 0)),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -4,8 +4,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
-    path::Path,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
 };
 
 use rustix::{
@@ -13,7 +12,7 @@ use rustix::{
     process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal},
 };
 
-use crate::procfs::{self, ProcError};
+use crate::procfs::{ProcError, ProcFs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KillError {
@@ -41,7 +40,7 @@ pub struct Victim {
 impl Victim {
     /// Pins `pid`, checking that it is still the process that started at
     /// `start_time` (the one the policy chose).
-    pub fn pin(proc_root: &Path, pid: u32, start_time: u64) -> Result<Self, KillError> {
+    pub fn pin(procfs: &mut ProcFs, pid: u32, start_time: u64) -> Result<Self, KillError> {
         let raw = Pid::from_raw(pid as i32).ok_or(KillError::Gone(pid))?;
         let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| match e {
             rustix::io::Errno::SRCH => KillError::Gone(pid),
@@ -53,7 +52,7 @@ impl Victim {
         })?;
         // The pidfd now refers to whatever process holds `pid`; if that is
         // not the one we chose, the chosen one is gone.
-        match procfs::start_time(proc_root, pid) {
+        match procfs.start_time(pid) {
             Ok(t) if t == start_time => Ok(Self { pid, pidfd }),
             Ok(_) => Err(KillError::Reused(pid)),
             Err(ProcError::Gone(_)) => Err(KillError::Gone(pid)),
@@ -94,7 +93,8 @@ impl Victim {
         }
     }
 
-    /// Whether the process has exited (its pidfd polls readable).
+    /// Whether the process has exited (its pidfd polls readable: every
+    /// thread of it is gone).
     pub fn exited(&self) -> bool {
         let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
         let zero = rustix::time::Timespec {
@@ -105,10 +105,27 @@ impl Victim {
     }
 }
 
+impl AsFd for Victim {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+}
+
+/// For registering with the event loop, which wakes when the victim exits.
+impl AsRawFd for Victim {
+    fn as_raw_fd(&self) -> RawFd {
+        self.pidfd.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
+
+    fn procfs() -> ProcFs {
+        ProcFs::new("/proc")
+    }
 
     fn child() -> std::process::Child {
         Command::new("sleep")
@@ -122,8 +139,8 @@ mod tests {
     fn kills_our_own_child_and_sees_it_exit() {
         let mut c = child();
         let pid = c.id();
-        let start = procfs::start_time(Path::new("/proc"), pid).expect("start");
-        let v = Victim::pin(Path::new("/proc"), pid, start).expect("pin");
+        let start = procfs().start_time(pid).expect("start");
+        let v = Victim::pin(&mut procfs(), pid, start).expect("pin");
         assert!(!v.exited());
         v.kill().expect("kill");
         let status = c.wait().expect("wait");
@@ -136,8 +153,8 @@ mod tests {
     fn a_different_start_time_means_the_pid_was_reused() {
         let mut c = child();
         let pid = c.id();
-        let start = procfs::start_time(Path::new("/proc"), pid).expect("start");
-        let err = Victim::pin(Path::new("/proc"), pid, start + 1).expect_err("must refuse");
+        let start = procfs().start_time(pid).expect("start");
+        let err = Victim::pin(&mut procfs(), pid, start + 1).expect_err("must refuse");
         assert!(matches!(err, KillError::Reused(p) if p == pid), "{err}");
         // And the process that now holds the pid was not touched.
         assert!(c.try_wait().expect("try_wait").is_none());
@@ -149,10 +166,10 @@ mod tests {
     fn a_vanished_process_is_reported_gone() {
         let mut c = child();
         let pid = c.id();
-        let start = procfs::start_time(Path::new("/proc"), pid).expect("start");
+        let start = procfs().start_time(pid).expect("start");
         c.kill().expect("kill");
         c.wait().expect("reap");
-        let err = Victim::pin(Path::new("/proc"), pid, start).expect_err("gone");
+        let err = Victim::pin(&mut procfs(), pid, start).expect_err("gone");
         assert!(matches!(err, KillError::Gone(p) if p == pid), "{err}");
     }
 }

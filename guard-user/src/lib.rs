@@ -4,10 +4,13 @@
 //! `kill`.
 
 pub mod cgroup;
+pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod decide;
 pub mod events;
 pub mod kill;
+pub mod ledger;
 pub mod metrics;
 pub mod metrics_glue;
 pub mod observe;

@@ -234,6 +234,8 @@ pub struct Metrics {
     verdicts: Family<Labels1, Counter>,
     oom_kills: Family<Labels1, Counter>,
     lost: Family<Labels1, Counter>,
+    kill_limits: Family<Labels1, Counter>,
+    unresolved: Family<Labels1, Counter>,
     snapshot: Arc<Mutex<Snapshot>>,
 }
 
@@ -282,6 +284,20 @@ impl Metrics {
             "Records lost on the way (full kernel ring buffers or a slow listener)",
             lost.clone(),
         );
+        let kill_limits = Family::<Labels1, Counter>::default();
+        registry.register(
+            "guard_kill_limits",
+            "Times guard stopped killing in a cgroup because kills in a row left it over its \
+             limit (the circuit breaker opened)",
+            kill_limits.clone(),
+        );
+        let unresolved = Family::<Labels1, Counter>::default();
+        registry.register(
+            "guard_unresolved_stalls",
+            "Stalls guard confirmed but could not end by killing (a protected or unreadable \
+             holder, memory no process holds), counted once per situation",
+            unresolved.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
         Self {
@@ -291,6 +307,8 @@ impl Metrics {
             verdicts,
             oom_kills,
             lost,
+            kill_limits,
+            unresolved,
             snapshot,
         }
     }
@@ -303,6 +321,7 @@ impl Metrics {
                 cgroup,
                 reason,
                 dry_run,
+                victims,
                 ..
             } => {
                 let family = if *dry_run {
@@ -314,7 +333,20 @@ impl Metrics {
                     ("cgroup", Value(cgroup.clone())),
                     ("reason", Value(reason.clone())),
                 ];
-                family.get_or_create(&labels).inc();
+                // One record per verdict; a batch kills several.
+                family
+                    .get_or_create(&labels)
+                    .inc_by(victims.len().max(1) as u64);
+            }
+            Event::KillLimit { cgroup, .. } => {
+                self.kill_limits
+                    .get_or_create(&label("cgroup", cgroup))
+                    .inc();
+            }
+            Event::Unresolved { cgroup, .. } => {
+                self.unresolved
+                    .get_or_create(&label("cgroup", cgroup))
+                    .inc();
             }
             Event::Verdict { cgroup, .. } => {
                 self.verdicts.get_or_create(&label("cgroup", cgroup)).inc();
@@ -531,6 +563,8 @@ mod tests {
                 memory_current: 100 << 20,
                 memory_high: Some(64 << 20),
                 dry_run,
+                victims: vec![42],
+                batch: 1,
             },
         )
     }
@@ -607,11 +641,52 @@ mod tests {
         m.observe(&lost("verdicts", 3));
         m.observe(&lost("verdicts", 4));
         m.observe(&lost("stream", 1));
+        let mut batch = kill("/a.slice", false);
+        if let Event::Kill {
+            victims, batch: n, ..
+        } = &mut batch.event
+        {
+            *victims = vec![50, 51, 52];
+            *n = 3;
+        }
+        m.observe(&batch);
+        m.observe(&Record::at(
+            1,
+            Event::KillLimit {
+                cgroup: "/a.slice".into(),
+                fruitless_kills: 3,
+                window_ms: 60_000,
+            },
+        ));
+        m.observe(&Record::at(
+            1,
+            Event::Unresolved {
+                cgroup: "/p.slice".into(),
+                reason: "protected".into(),
+                holder_pid: Some(4),
+                holder_comm: Some("sshd".into()),
+                stall_ns: 1,
+                memory_current: 2,
+                memory_high: Some(1),
+            },
+        ));
         let out = m.encode();
 
         let a = r#"{cgroup="/a.slice",reason="memory_high_stall"}"#;
         let dry = r#"{cgroup="/dry.slice",reason="memory_high_stall"}"#;
-        assert_eq!(value_of(&out, &format!("guard_kills_total{a}")), Some("2"));
+        assert_eq!(
+            value_of(&out, &format!("guard_kills_total{a}")),
+            Some("5"),
+            "two kills of one process and a batch of three"
+        );
+        assert_eq!(
+            value_of(&out, r#"guard_kill_limits_total{cgroup="/a.slice"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            value_of(&out, r#"guard_unresolved_stalls_total{cgroup="/p.slice"}"#),
+            Some("1")
+        );
         assert_eq!(value_of(&out, &format!("guard_kills_total{dry}")), None);
         assert_eq!(
             value_of(&out, &format!("guard_dry_run_kills_total{dry}")),

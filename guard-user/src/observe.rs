@@ -17,7 +17,7 @@ use guard_common::{
 use crate::{
     cgroup::{self, Hierarchy},
     events::{Event, Record},
-    respond::KillReport,
+    respond::{KillReport, LimitReport, UnresolvedReport},
 };
 
 /// At most this many cgroups are sampled per tick: the busiest ones.
@@ -178,6 +178,28 @@ impl Observer {
             memory_current: k.memory_current,
             memory_high: (k.memory_high != u64::MAX).then_some(k.memory_high),
             dry_run: k.dry_run,
+            victims: k.victims.clone(),
+            batch: k.batch,
+        })
+    }
+
+    pub fn unresolved(&self, u: &UnresolvedReport) -> Record {
+        Record::now(Event::Unresolved {
+            cgroup: u.cgroup.clone(),
+            reason: u.reason.clone(),
+            holder_pid: u.holder_pid,
+            holder_comm: u.holder_comm.clone(),
+            stall_ns: u.stall_ns,
+            memory_current: u.memory_current,
+            memory_high: (u.memory_high != u64::MAX).then_some(u.memory_high),
+        })
+    }
+
+    pub fn kill_limit(&self, l: &LimitReport) -> Record {
+        Record::now(Event::KillLimit {
+            cgroup: l.cgroup.clone(),
+            fruitless_kills: l.fruitless_kills,
+            window_ms: l.window_ms,
         })
     }
 

@@ -1,12 +1,32 @@
-//! What the policy needs to know about a process, read from /proc.
+//! What the decision needs to know about a process, read from /proc.
 //!
-//! Five fields from three small files; parsing is split from reading so it
-//! can be tested on fixtures.
+//! Everything is read as bytes: a process may name itself with any bytes,
+//! and one that cannot be parsed as text must still be seen (and killed).
+//! Reads go through one reused buffer, and the files read per process are
+//! few and small: `status` for every candidate, the others (`stat`,
+//! `oom_score_adj`, `exe`, `cmdline`, `maps`) only for the processes a
+//! decision has to look at. Parsing is split from reading so it can be
+//! tested on fixtures.
 
-use std::{fs, io, path::Path};
+use std::{
+    borrow::Cow,
+    fmt::{self, Write as _},
+    fs,
+    io::{self, Read as _},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 /// `PF_KTHREAD` in /proc/PID/stat's flags field.
 const PF_KTHREAD: u64 = 0x0020_0000;
+/// The most of a command line that is ever read: rules match its start.
+pub const CMDLINE_CAP: usize = 4096;
+/// The most of /proc/PID/maps read to tell what a process's shared memory
+/// is; a process with more mappings than fit gets no credit for it.
+const MAPS_CAP: usize = 64 << 10;
+/// Longest task name kept: 15 bytes for user tasks, longer for kernel
+/// threads (workqueue names).
+const COMM_CAP: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
@@ -28,82 +48,174 @@ pub enum ProcError {
     },
 }
 
-/// One thread group, as the victim policy sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub comm: String,
-    pub uid: u32,
-    /// Anonymous resident memory plus swap, bytes: what a kill gives back.
-    pub footprint: u64,
-    pub oom_score_adj: i32,
-    pub kernel_thread: bool,
-    /// Start time in clock ticks since boot; with the pid it names one
-    /// process for good, so a reused pid is never mistaken for the old one.
-    pub start_time: u64,
-    /// Process group, for the process-group kill mode.
-    pub pgrp: u32,
-    /// Arguments joined by single spaces (empty for kernel threads).
-    pub cmdline: String,
-    /// Its cgroup v2 path, filled in by the caller that listed it.
-    pub cgroup: String,
+/// A task name as the kernel keeps it: bytes, not necessarily UTF-8, kept
+/// inline so that a candidate costs no allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; COMM_CAP],
+    len: u8,
+}
+
+impl Default for Comm {
+    fn default() -> Self {
+        Self {
+            bytes: [0; COMM_CAP],
+            len: 0,
+        }
+    }
+}
+
+impl Comm {
+    pub fn new(raw: &[u8]) -> Self {
+        let mut c = Self::default();
+        let n = raw.len().min(COMM_CAP);
+        c.bytes[..n].copy_from_slice(&raw[..n]);
+        c.len = n as u8;
+        c
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The name as text; bytes that are not UTF-8 show as U+FFFD.
+    pub fn lossy(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.lossy())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.lossy())
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Self {
+        Self::new(s.as_bytes())
+    }
 }
 
 /// Fields of /proc/PID/status.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Status {
-    pub name: String,
+    pub name: Comm,
+    /// The state letter: R, S, D, Z, ...
+    pub state: u8,
     pub uid: u32,
     pub rss_anon_kib: u64,
+    pub rss_shmem_kib: u64,
     pub swap_kib: u64,
+    /// False when the task has no memory of its own: a kernel thread, a
+    /// process that is exiting, or a thread-group leader that exited while
+    /// its other threads live on.
+    pub has_mm: bool,
+    /// The `Kthread:` line (6.x kernels from about 6.9); None when absent.
+    pub kthread: Option<bool>,
+    pub threads: u32,
 }
 
-pub fn parse_status(text: &str) -> Option<Status> {
+/// The `Name:` value with the kernel's escapes (`\n`, `\\`) undone.
+fn unescape_name(raw: &[u8]) -> Comm {
+    let mut out = [0u8; COMM_CAP];
+    let mut n = 0;
+    let mut i = 0;
+    while i < raw.len() && n < COMM_CAP {
+        let b = match (raw[i], raw.get(i + 1)) {
+            (b'\\', Some(b'n')) => {
+                i += 1;
+                b'\n'
+            }
+            (b'\\', Some(b'\\')) => {
+                i += 1;
+                b'\\'
+            }
+            (b, _) => b,
+        };
+        out[n] = b;
+        n += 1;
+        i += 1;
+    }
+    Comm::new(&out[..n])
+}
+
+fn number<T: std::str::FromStr>(raw: &[u8]) -> Option<T> {
+    std::str::from_utf8(raw).ok()?.trim().parse().ok()
+}
+
+/// The leading number of a value such as "  75520 kB".
+fn kib(raw: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(raw).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+pub fn parse_status(text: &[u8]) -> Option<Status> {
     let mut status = Status::default();
     let mut have_name = false;
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
+    for line in text.split(|&b| b == b'\n') {
+        // The name is taken exactly as written after "Name:\t": a leading
+        // space is part of it, not padding.
+        if let Some(name) = line.strip_prefix(b"Name:\t") {
+            status.name = unescape_name(name);
+            have_name = true;
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
-        let value = value.trim();
+        let (key, value) = (&line[..colon], &line[colon + 1..]);
         match key {
-            "Name" => {
-                status.name = value.to_owned();
-                have_name = true;
+            b"State" => {
+                status.state = value
+                    .iter()
+                    .copied()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .unwrap_or(b'?')
             }
             // Real, effective, saved, filesystem: the real uid owns it.
-            "Uid" => status.uid = value.split_whitespace().next()?.parse().ok()?,
-            "RssAnon" => status.rss_anon_kib = kib(value)?,
-            "VmSwap" => status.swap_kib = kib(value)?,
+            b"Uid" => status.uid = number(value.split(|&b| b == b'\t').nth(1)?)?,
+            b"VmRSS" => status.has_mm = true,
+            b"RssAnon" => status.rss_anon_kib = kib(value)?,
+            b"RssShmem" => status.rss_shmem_kib = kib(value)?,
+            b"VmSwap" => status.swap_kib = kib(value)?,
+            b"Kthread" => status.kthread = Some(number::<u32>(value)? != 0),
+            b"Threads" => status.threads = number(value)?,
             _ => {}
         }
     }
     have_name.then_some(status)
 }
 
-fn kib(value: &str) -> Option<u64> {
-    value.split_whitespace().next()?.parse().ok()
-}
-
 /// Fields of /proc/PID/stat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
+    pub state: u8,
     pub pgrp: u32,
     pub flags: u64,
     pub start_time: u64,
 }
 
-pub fn parse_stat(text: &str) -> Option<Stat> {
-    // The command name sits in parentheses and may itself contain spaces or
-    // parentheses, so the fields are counted from the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
+pub fn parse_stat(text: &[u8]) -> Option<Stat> {
+    // The command name sits in parentheses and may itself contain spaces,
+    // parentheses or bytes that are not UTF-8, so the fields are counted
+    // from the last ')'.
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
     let mut fields = rest.split_whitespace();
     // After ')': state is field 3 of the man page, pgrp 5, flags 9,
     // starttime 22.
-    let pgrp = fields.nth(5 - 3)?.parse().ok()?;
+    let state = *fields.next()?.as_bytes().first()?;
+    let pgrp = fields.nth(5 - 4)?.parse().ok()?;
     let flags = fields.nth(9 - 5 - 1)?.parse().ok()?;
     let start_time = fields.nth(22 - 9 - 1)?.parse().ok()?;
     Some(Stat {
+        state,
         pgrp,
         flags,
         start_time,
@@ -116,70 +228,317 @@ pub fn parse_cmdline(raw: &[u8]) -> String {
     text.trim_end_matches('\0').replace('\0', " ")
 }
 
-pub fn parse_oom_score_adj(text: &str) -> Option<i32> {
-    text.trim().parse().ok()
+/// Whether the shared memory a process maps (RssShmem) goes away with it,
+/// from its /proc/PID/maps: memfd and shared anonymous mappings do, when
+/// nothing else holds them; a file on tmpfs or a SysV segment outlives the
+/// process. True only when every shared mapping of the first kind.
+pub fn shmem_dies_with(maps: &[u8]) -> bool {
+    let mut any = false;
+    for line in maps.split(|&b| b == b'\n') {
+        let Some((perms, path)) = maps_line(line) else {
+            continue;
+        };
+        if perms.get(3) != Some(&b's') {
+            continue;
+        }
+        let dies = path.starts_with(b"/memfd:")
+            || path == b"/dev/zero (deleted)"
+            // A SysV segment marked for removal goes with its last user.
+            || (path.starts_with(b"/SYSV") && path.ends_with(b" (deleted)"));
+        if !dies {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
-fn read(proc_root: &Path, pid: u32, file: &'static str) -> Result<String, ProcError> {
-    fs::read_to_string(proc_root.join(pid.to_string()).join(file)).map_err(|source| {
+/// The permissions and the path of a /proc/PID/maps line
+/// ("start-end perms offset dev inode   path"); the path may hold spaces.
+fn maps_line(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut rest = line;
+    let mut fields: [&[u8]; 5] = [&[]; 5];
+    for f in &mut fields {
+        rest = rest.trim_ascii_start();
+        let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        *f = &rest[..end];
+        rest = &rest[end..];
+    }
+    (!fields[4].is_empty()).then(|| (fields[1], rest.trim_ascii()))
+}
+
+/// The executable a process runs, and whether it is the very file guard
+/// sees at that path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exe {
+    /// The path /proc/PID/exe names, without a " (deleted)" suffix.
+    pub path: String,
+    /// Replaced or removed since the process started (a package upgrade).
+    pub deleted: bool,
+    /// Owned by root and writable by nobody else: installed by root.
+    pub root_owned: bool,
+    /// The file at `path` in guard's own view of the file system is the
+    /// file the process runs (same device and inode). A process in another
+    /// mount namespace (a container, a user's own namespace) can make its
+    /// exe read as any path; it cannot make it this file.
+    pub same_file: bool,
+}
+
+impl Exe {
+    /// What a `[protect] exe` rule may trust: the path names this file, or
+    /// (after an upgrade replaced it) a file root installed.
+    pub fn trusted(&self) -> bool {
+        self.root_owned && (self.same_file || self.deleted)
+    }
+}
+
+/// A readable process as the decision sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: Comm,
+    pub uid: u32,
+    /// What killing it gives back, bytes: anonymous memory, swap, and the
+    /// shared memory that dies with it (memfd, shared anonymous).
+    pub footprint: u64,
+    pub kernel_thread: bool,
+    /// A thread other than the leader, when the leader has exited and the
+    /// memory (and the executable) are only visible through it.
+    pub via_thread: Option<u32>,
+}
+
+/// Reads /proc files of one process at a time through one reused buffer.
+pub struct ProcFs {
+    root: PathBuf,
+    buf: Vec<u8>,
+    path: String,
+}
+
+impl ProcFs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        Self {
+            path: String::with_capacity(root.as_os_str().len() + 64),
+            root,
+            buf: Vec::with_capacity(MAPS_CAP),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn set_path(&mut self, pid: u32, tid: Option<u32>, file: &str) {
+        self.path.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(self.path, "{}/{pid}", self.root.display());
+        if let Some(tid) = tid {
+            let _ = write!(self.path, "/task/{tid}");
+        }
+        if !file.is_empty() {
+            let _ = write!(self.path, "/{file}");
+        }
+    }
+
+    fn map_err(pid: u32, file: &'static str, source: io::Error) -> ProcError {
         match source.kind() {
             io::ErrorKind::NotFound => ProcError::Gone(pid),
             // ESRCH: the process died while the file was being read.
             _ if source.raw_os_error() == Some(libc::ESRCH) => ProcError::Gone(pid),
             _ => ProcError::Io { pid, file, source },
         }
-    })
-}
+    }
 
-/// Start time of `pid`, to check after `pidfd_open` that the pid still
-/// names the process the policy chose.
-pub fn start_time(proc_root: &Path, pid: u32) -> Result<u64, ProcError> {
-    let stat = read(proc_root, pid, "stat")?;
-    let stat = parse_stat(&stat).ok_or(ProcError::Malformed {
-        pid,
-        file: "stat",
-        what: "no pgrp/flags/starttime fields",
-    })?;
-    Ok(stat.start_time)
-}
+    /// Reads at most `cap` bytes of a /proc file into the buffer.
+    fn read(
+        &mut self,
+        pid: u32,
+        tid: Option<u32>,
+        file: &'static str,
+        cap: usize,
+    ) -> Result<&[u8], ProcError> {
+        self.set_path(pid, tid, file);
+        let mut f = fs::File::open(&self.path).map_err(|e| Self::map_err(pid, file, e))?;
+        self.buf.clear();
+        (&mut f)
+            .take(cap as u64)
+            .read_to_end(&mut self.buf)
+            .map_err(|e| Self::map_err(pid, file, e))?;
+        Ok(&self.buf)
+    }
 
-/// Reads one process from `proc_root` (normally /proc).
-pub fn process(proc_root: &Path, pid: u32) -> Result<ProcessInfo, ProcError> {
-    let stat = read(proc_root, pid, "stat")?;
-    let stat = parse_stat(&stat).ok_or(ProcError::Malformed {
-        pid,
-        file: "stat",
-        what: "no pgrp/flags/starttime fields",
-    })?;
-    let status = parse_status(&read(proc_root, pid, "status")?).ok_or(ProcError::Malformed {
-        pid,
-        file: "status",
-        what: "no Name line",
-    })?;
-    let oom_score_adj = parse_oom_score_adj(&read(proc_root, pid, "oom_score_adj")?).ok_or(
-        ProcError::Malformed {
+    pub fn status(&mut self, pid: u32, tid: Option<u32>) -> Result<Status, ProcError> {
+        let text = self.read(pid, tid, "status", MAPS_CAP)?;
+        parse_status(text).ok_or(ProcError::Malformed {
+            pid,
+            file: "status",
+            what: "no Name line",
+        })
+    }
+
+    pub fn stat(&mut self, pid: u32) -> Result<Stat, ProcError> {
+        let text = self.read(pid, None, "stat", 4096)?;
+        parse_stat(text).ok_or(ProcError::Malformed {
+            pid,
+            file: "stat",
+            what: "no state/pgrp/flags/starttime fields",
+        })
+    }
+
+    pub fn oom_score_adj(&mut self, pid: u32) -> Result<i32, ProcError> {
+        let text = self.read(pid, None, "oom_score_adj", 64)?;
+        number(text).ok_or(ProcError::Malformed {
             pid,
             file: "oom_score_adj",
             what: "not an integer",
-        },
-    )?;
-    let cmdline = match fs::read(proc_root.join(pid.to_string()).join("cmdline")) {
-        Ok(raw) => parse_cmdline(&raw),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ProcError::Gone(pid)),
-        Err(_) => String::new(),
-    };
-    Ok(ProcessInfo {
-        pid,
-        cmdline,
-        cgroup: String::new(),
-        comm: status.name,
-        uid: status.uid,
-        footprint: (status.rss_anon_kib + status.swap_kib) * 1024,
-        oom_score_adj,
-        kernel_thread: stat.flags & PF_KTHREAD != 0,
-        start_time: stat.start_time,
-        pgrp: stat.pgrp,
-    })
+        })
+    }
+
+    /// The start of the command line, at most [`CMDLINE_CAP`] bytes.
+    pub fn cmdline(&mut self, pid: u32) -> Result<String, ProcError> {
+        Ok(parse_cmdline(self.read(
+            pid,
+            None,
+            "cmdline",
+            CMDLINE_CAP,
+        )?))
+    }
+
+    /// The process's cgroup v2 path ("/user.slice/...").
+    pub fn cgroup(&mut self, pid: u32) -> Result<String, ProcError> {
+        let text = self.read(pid, None, "cgroup", 4096)?;
+        let text = String::from_utf8_lossy(text);
+        crate::cgroup::v2_path(&text)
+            .map(str::to_owned)
+            .ok_or(ProcError::Malformed {
+                pid,
+                file: "cgroup",
+                what: "no cgroup v2 (0::) line",
+            })
+    }
+
+    /// A live thread of a process whose leader has exited.
+    fn live_thread(&mut self, pid: u32) -> Option<u32> {
+        self.set_path(pid, None, "task");
+        fs::read_dir(&self.path)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&tid| tid != pid)
+    }
+
+    /// One process: name, owner and footprint. A leader that exited while
+    /// its threads live on is read through one of those threads.
+    pub fn process(&mut self, pid: u32) -> Result<Process, ProcError> {
+        let mut status = self.status(pid, None)?;
+        let mut via_thread = None;
+        if !status.has_mm && status.state == b'Z' && status.threads > 1 {
+            // Every thread shares the one address space: any live one shows
+            // the whole process's memory.
+            if let Some(tid) = self.live_thread(pid)
+                && let Ok(t) = self.status(pid, Some(tid))
+            {
+                let name = status.name;
+                status = t;
+                status.name = name;
+                via_thread = Some(tid);
+            }
+        }
+        let kernel_thread = match (status.has_mm, status.kthread) {
+            (_, Some(k)) => k,
+            (true, None) => false,
+            // No Kthread line (older kernels): the stat flags say it.
+            (false, None) => self.stat(pid).is_ok_and(|s| s.flags & PF_KTHREAD != 0),
+        };
+        let mut footprint = (status.rss_anon_kib + status.swap_kib) * 1024;
+        if status.rss_shmem_kib > 0 && self.shmem_is_own(pid, via_thread) {
+            footprint += status.rss_shmem_kib * 1024;
+        }
+        Ok(Process {
+            pid,
+            comm: status.name,
+            uid: status.uid,
+            footprint,
+            kernel_thread,
+            via_thread,
+        })
+    }
+
+    fn shmem_is_own(&mut self, pid: u32, tid: Option<u32>) -> bool {
+        match self.read(pid, tid, "maps", MAPS_CAP) {
+            Ok(maps) if maps.len() < MAPS_CAP => shmem_dies_with(maps),
+            _ => false,
+        }
+    }
+
+    /// The executable of `pid` (through `tid` when its leader has exited),
+    /// with what a protection rule needs to trust it. None for a process
+    /// without one (a kernel thread, an exited one).
+    pub fn exe(&mut self, pid: u32, tid: Option<u32>) -> Result<Option<Exe>, ProcError> {
+        self.set_path(pid, tid, "exe");
+        let link = match fs::read_link(&self.path) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::map_err(pid, "exe", e)),
+        };
+        // Following the link reaches the file the process runs, wherever it
+        // lives, even once deleted.
+        let running = fs::metadata(&self.path).map_err(|e| Self::map_err(pid, "exe", e))?;
+        let text = link.to_string_lossy();
+        let (path, deleted) = match text.strip_suffix(" (deleted)") {
+            Some(p) => (p.to_owned(), true),
+            None => (text.into_owned(), false),
+        };
+        let same_file = !deleted
+            && fs::metadata(&path)
+                .is_ok_and(|m| m.dev() == running.dev() && m.ino() == running.ino());
+        Ok(Some(Exe {
+            path,
+            deleted,
+            root_owned: running.uid() == 0 && running.mode() & 0o022 == 0,
+            same_file,
+        }))
+    }
+
+    /// Start time of `pid`, to check after `pidfd_open` that the pid still
+    /// names the process the policy chose.
+    pub fn start_time(&mut self, pid: u32) -> Result<u64, ProcError> {
+        Ok(self.stat(pid)?.start_time)
+    }
+
+    /// The state letter of a process (R, S, D, Z...), or '?' if unreadable.
+    pub fn state(&mut self, pid: u32) -> char {
+        self.stat(pid).map_or('?', |s| char::from(s.state))
+    }
+
+    /// MemTotal and MemAvailable, bytes.
+    pub fn meminfo(&mut self) -> Option<(u64, u64)> {
+        self.path.clear();
+        let _ = write!(self.path, "{}/meminfo", self.root.display());
+        let mut f = fs::File::open(&self.path).ok()?;
+        self.buf.clear();
+        f.read_to_end(&mut self.buf).ok()?;
+        parse_meminfo(&String::from_utf8_lossy(&self.buf))
+    }
+
+    /// Every process id, in no particular order, at most `limit`.
+    pub fn pids(&self, limit: usize, out: &mut Vec<u32>) -> io::Result<()> {
+        out.clear();
+        for e in fs::read_dir(&self.root)?.flatten() {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(pid);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Start time of `pid` under `proc_root` (normally /proc).
+pub fn start_time(proc_root: &Path, pid: u32) -> Result<u64, ProcError> {
+    ProcFs::new(proc_root).start_time(pid)
 }
 
 /// MemTotal and MemAvailable of /proc/meminfo, bytes.
@@ -195,14 +554,6 @@ pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
             .map(|k| k * 1024)
     };
     Some((kib("MemTotal:")?, kib("MemAvailable:")?))
-}
-
-/// Every process id in `proc_root`, in no particular order.
-pub fn pids(proc_root: &Path) -> io::Result<Vec<u32>> {
-    Ok(fs::read_dir(proc_root)?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect())
 }
 
 #[cfg(test)]
@@ -227,40 +578,71 @@ mod tests {
         120 30 0 0 20 0 1 0 3456 104857600 19000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
 
     #[test]
-    fn status_gives_name_uid_and_anon_footprint() {
-        let s = parse_status(STATUS).expect("parses");
-        assert_eq!(s.name, "hog");
+    fn status_gives_name_state_uid_and_memory() {
+        let s = parse_status(STATUS.as_bytes()).expect("parses");
+        assert_eq!(s.name.as_bytes(), b"hog");
+        assert_eq!(s.state, b'D');
         assert_eq!(s.uid, 1000);
         assert_eq!(s.rss_anon_kib, 75520);
         assert_eq!(s.swap_kib, 2048);
+        assert!(s.has_mm);
+        assert_eq!(s.threads, 1);
+        assert_eq!(s.kthread, None);
+    }
+
+    #[test]
+    fn a_name_is_taken_exactly_with_its_spaces_and_bytes() {
+        let mut text = b"Name:\t sshd\nState:\tS (sleeping)\n".to_vec();
+        let s = parse_status(&text).expect("parses");
+        assert_eq!(s.name.as_bytes(), b" sshd", "a leading space is no padding");
+        text = b"Name:\th\xff\xfeg\nUid:\t1000\t1000\t1000\t1000\nVmRSS:\t 1 kB\nRssAnon:\t 8 kB\n"
+            .to_vec();
+        let s = parse_status(&text).expect("a name that is not UTF-8 still parses");
+        assert_eq!(s.name.as_bytes(), b"h\xff\xfeg");
+        assert_eq!(s.name.to_string(), "h\u{FFFD}\u{FFFD}g");
+        assert_eq!(s.rss_anon_kib, 8);
+        let s = parse_status(b"Name:\ta\\nb\\\\c\n").expect("parses");
+        assert_eq!(
+            s.name.as_bytes(),
+            b"a\nb\\c",
+            "the kernel's escapes are undone"
+        );
     }
 
     #[test]
     fn kernel_thread_status_has_no_memory_lines() {
-        let s = parse_status("Name:\tkswapd0\nUid:\t0\t0\t0\t0\n").expect("parses");
-        assert_eq!((s.rss_anon_kib, s.swap_kib), (0, 0));
+        let s = parse_status(b"Name:\tkswapd0\nUid:\t0\t0\t0\t0\nKthread:\t1\n").expect("parses");
+        assert_eq!((s.rss_anon_kib, s.swap_kib, s.has_mm), (0, 0, false));
+        assert_eq!(s.kthread, Some(true));
     }
 
     #[test]
     fn status_without_name_is_rejected() {
-        assert_eq!(parse_status("Uid:\t0\t0\t0\t0\n"), None);
+        assert_eq!(parse_status(b"Uid:\t0\t0\t0\t0\n"), None);
     }
 
     #[test]
     fn stat_fields_are_counted_after_the_last_parenthesis() {
         assert_eq!(
-            parse_stat(STAT),
+            parse_stat(STAT.as_bytes()),
             Some(Stat {
+                state: b'D',
                 pgrp: 812,
                 flags: 4194560,
                 start_time: 3456
             })
         );
+        let odd = STAT.replace("my (hog) x", "h\u{FFFD}g").into_bytes();
+        let mut odd = odd.clone();
+        // Raw bytes that are not UTF-8 inside the parentheses.
+        let at = odd.iter().position(|&b| b == b'(').expect("paren") + 1;
+        odd.splice(at..at + 5, *b"h\xffg");
+        assert_eq!(parse_stat(&odd).map(|s| s.start_time), Some(3456));
     }
 
     #[test]
     fn truncated_stat_is_rejected() {
-        assert_eq!(parse_stat("812 (hog) D 700"), None);
+        assert_eq!(parse_stat(b"812 (hog) D 700"), None);
     }
 
     #[test]
@@ -272,7 +654,24 @@ mod tests {
         assert_eq!(parse_cmdline(b""), "");
     }
 
-    fn fake_proc(pid: u32, stat: &str, status: &str, adj: &str) -> tempfile::TempDir {
+    #[test]
+    fn shared_memory_counts_only_when_it_dies_with_the_process() {
+        let memfd = b"7f00-7f10 rw-s 00000000 00:01 1234   /memfd:hog (deleted)\n\
+                      7f20-7f30 rw-p 00000000 00:00 0 \n";
+        assert!(shmem_dies_with(memfd));
+        let anon_shared = b"7f00-7f10 rw-s 00000000 00:01 99   /dev/zero (deleted)\n";
+        assert!(shmem_dies_with(anon_shared));
+        let tmpfs_file = b"7f00-7f10 rw-s 00000000 00:01 1234   /memfd:a (deleted)\n\
+                           7f20-7f30 rw-s 00000000 00:1a 77   /dev/shm/cache file\n";
+        assert!(!shmem_dies_with(tmpfs_file), "a file on tmpfs outlives it");
+        let sysv = b"7f00-7f10 rw-s 00000000 00:01 5   /SYSV0000abcd\n";
+        assert!(!shmem_dies_with(sysv), "a SysV segment outlives it");
+        let removed = b"7f00-7f10 rw-s 00000000 00:01 5   /SYSV0000abcd (deleted)\n";
+        assert!(shmem_dies_with(removed), "unless it was marked for removal");
+        assert!(!shmem_dies_with(b"7f20-7f30 rw-p 00000000 00:00 0 \n"));
+    }
+
+    fn fake_proc(pid: u32, stat: &str, status: &[u8], adj: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join(pid.to_string());
         fs::create_dir(&p).expect("mkdir");
@@ -284,31 +683,70 @@ mod tests {
     }
 
     #[test]
-    fn process_combines_the_three_files() {
-        let root = fake_proc(812, STAT, STATUS, "-500\n");
-        let p = process(root.path(), 812).expect("reads");
-        assert_eq!(p.comm, "hog");
+    fn process_reads_name_owner_and_footprint() {
+        let root = fake_proc(812, STAT, STATUS.as_bytes(), "-500\n");
+        let mut fs = ProcFs::new(root.path());
+        let p = fs.process(812).expect("reads");
+        assert_eq!(p.comm.as_bytes(), b"hog");
         assert_eq!(p.footprint, (75520 + 2048) * 1024);
-        assert_eq!(p.oom_score_adj, -500);
         assert!(!p.kernel_thread);
-        assert_eq!(p.start_time, 3456);
-        assert_eq!(p.pgrp, 812);
-        assert_eq!(p.cmdline, "hog --mib x64");
+        assert_eq!(fs.oom_score_adj(812).expect("adj"), -500);
+        assert_eq!(fs.start_time(812).expect("start"), 3456);
+        assert_eq!(fs.cmdline(812).expect("cmdline"), "hog --mib x64");
+    }
+
+    #[test]
+    fn a_leader_that_exited_is_read_through_a_live_thread() {
+        let zombie = b"Name:\thog\nState:\tZ (zombie)\nTgid:\t812\n\
+                       Uid:\t1000\t1000\t1000\t1000\nThreads:\t2\n";
+        let root = fake_proc(812, STAT, zombie, "0\n");
+        let task = root.path().join("812/task");
+        fs::create_dir_all(task.join("812")).expect("mkdir");
+        fs::create_dir_all(task.join("813")).expect("mkdir");
+        fs::write(task.join("813/status"), STATUS).expect("write");
+        let p = ProcFs::new(root.path()).process(812).expect("reads");
+        assert_eq!(p.footprint, (75520 + 2048) * 1024);
+        assert_eq!(p.via_thread, Some(813));
+        assert!(!p.kernel_thread);
     }
 
     #[test]
     fn kernel_threads_are_recognised_by_their_flag() {
         let stat = STAT.replace("4194560", &(4194560u64 | PF_KTHREAD).to_string());
-        let root = fake_proc(812, &stat, STATUS, "0");
-        assert!(process(root.path(), 812).expect("reads").kernel_thread);
+        let root = fake_proc(812, &stat, b"Name:\tkworker/0:1\nState:\tI (idle)\n", "0");
+        assert!(
+            ProcFs::new(root.path())
+                .process(812)
+                .expect("reads")
+                .kernel_thread
+        );
     }
 
     #[test]
     fn a_vanished_process_is_gone_not_an_io_error() {
         let root = tempfile::tempdir().expect("tempdir");
         assert!(matches!(
-            process(root.path(), 4242),
+            ProcFs::new(root.path()).process(4242),
             Err(ProcError::Gone(4242))
         ));
+    }
+
+    #[test]
+    fn the_exe_of_a_copy_is_not_the_file_at_the_path_it_names() {
+        // This test's own executable, read through /proc/self: the path
+        // names the very file it runs.
+        let mut fs = ProcFs::new("/proc");
+        let me = std::process::id();
+        let exe = fs.exe(me, None).expect("readable").expect("has an exe");
+        assert!(exe.same_file, "{exe:?}");
+        assert!(!exe.deleted);
+        // A copy elsewhere is another file: the original's path does not
+        // describe it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("copy");
+        std::fs::copy(&exe.path, &copy).expect("copy");
+        let a = std::fs::metadata(&copy).expect("meta");
+        let b = std::fs::metadata(&exe.path).expect("meta");
+        assert_ne!((a.dev(), a.ino()), (b.dev(), b.ino()));
     }
 }

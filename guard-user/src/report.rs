@@ -2004,6 +2004,8 @@ mod tests {
                 memory_current: 97 << 20,
                 memory_high: Some(HIGH),
                 dry_run,
+                victims: vec![4242],
+                batch: 1,
             },
         )
     }
@@ -2634,6 +2636,8 @@ mod tests {
                 memory_current: n << 20,
                 memory_high: None,
                 dry_run: n == 0,
+                victims: vec![pid],
+                batch: 1,
             },
             4 => Event::OomKill {
                 pid,

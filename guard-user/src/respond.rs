@@ -1,5 +1,9 @@
-//! From a kernel verdict to a dead hog: confirm against the cgroup's memory
-//! files, choose the victim by policy, kill it, log one line.
+//! From a kernel verdict to dead hogs, one pipeline for the cgroup scopes
+//! and the host: confirm the stall (a cgroup's memory files, or the host's
+//! MemAvailable), read the stalled processes (`procfs`), decide (`decide`),
+//! kill (`kill`), and keep the books (`ledger`). SIGKILL and
+//! process_mrelease come first; the log line after them, and records,
+//! hooks and the kernel's reset are the caller's, after this returns.
 
 use std::{
     collections::HashMap,
@@ -11,12 +15,14 @@ use guard_common::Verdict;
 use tracing::{debug, info, warn};
 
 use crate::{
-    cgroup::{self, Hierarchy},
+    cgroup::{Hierarchy, Memory},
+    clock::monotonic_ns,
     config::{HostMode, KillMode},
+    decide::{self, Candidate, Decision, Pick, Stall, Unresolved},
     kill::{KillError, Victim},
-    policy::{Choice, Policy},
-    probes::Probes,
-    procfs::{self, ProcError, ProcessInfo},
+    ledger::{Gate, Ledger, Limits, Trip},
+    policy::{Facts, Policy, Protection},
+    procfs::{Comm, ProcError, ProcFs},
 };
 
 /// How the host appears where a cgroup would: in logs, events and metrics.
@@ -25,48 +31,54 @@ pub const HOST_NAME: &str = "(host)";
 /// How long an identical "unresolved" or dry-run decision stays quiet.
 const REPEAT_QUIET: Duration = Duration::from_secs(10);
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
+/// The most processes one decision reads: the work between a verdict and
+/// its SIGKILL stays bounded on any machine.
+pub const MAX_CANDIDATES: usize = 16384;
 
-/// What became of one verdict (returned for tests and the caller's stats).
-#[derive(Debug, PartialEq, Eq)]
+/// The most victims of one kill whose exit is watched (one pidfd each); the
+/// others are signalled all the same.
+pub const MAX_WATCHED: usize = 64;
+
+/// A unit key that cannot collide with a leaf cgroup's index: a process
+/// taken alone in a group kill mode.
+const ALONE: u32 = 1 << 31;
+
+/// What became of one verdict.
+#[derive(Debug)]
 pub enum Outcome {
     UnknownCgroup,
-    VictimStillExiting(u32),
     NotConfirmed,
     CgroupGone,
-    Killed {
-        pid: u32,
-        latency_us: u64,
-        report: KillReport,
-    },
-    DryRun {
-        pid: u32,
-        report: KillReport,
-    },
+    OutOfScope,
+    /// A victim of the last kill there is still exiting.
+    VictimStillExiting(u32),
+    /// The circuit breaker is open there.
+    KillLimited,
+    /// The circuit breaker opened at this verdict.
+    LimitReached(LimitReport),
+    /// Nothing to kill; the report is there when the situation is new
+    /// (repeats within a few seconds are only counted).
+    Unresolved(Option<UnresolvedReport>),
+    Killed(Box<Killed>),
+    DryRun(Box<KillReport>),
     VictimVanished(u32),
     KillFailed(u32),
-    Unresolved,
-    OutOfScope,
 }
 
-/// Why a chosen victim was not killed (logged where it happened).
-#[derive(Debug, Clone, Copy)]
-enum NotKilled {
-    Vanished(u32),
-    Failed(u32),
-}
-
-impl From<NotKilled> for Outcome {
-    fn from(n: NotKilled) -> Self {
-        match n {
-            NotKilled::Vanished(pid) => Outcome::VictimVanished(pid),
-            NotKilled::Failed(pid) => Outcome::KillFailed(pid),
-        }
-    }
+/// A kill, for the caller to finish: records, the hook, the kernel reset,
+/// and watching the victims exit.
+#[derive(Debug)]
+pub struct Killed {
+    pub report: KillReport,
+    /// The victims, pinned by their pidfds; report each exit (or timeout)
+    /// through [`Responder::victim_ended`].
+    pub victims: Vec<Victim>,
+    /// The scope the kill was for (the cgroup over its limit, or the host).
+    pub key: PathBuf,
+    /// The verdict's cgroup id, whose stall window the kernel should reset.
+    pub reset: u64,
+    /// How long to wait for the victims before giving up on them.
+    pub exit_timeout: Duration,
 }
 
 /// What the post-kill hook and the event stream are told.
@@ -75,32 +87,114 @@ pub struct KillReport {
     pub pid: u32,
     pub comm: String,
     pub cgroup: String,
+    /// What the victims held together, bytes.
     pub footprint: u64,
     /// The kill mode applied ("process", "process-group", "cgroup").
     pub mode: String,
     pub killed_cgroup: Option<String>,
     pub also_killed: u64,
     pub stall_ns: u64,
-    /// From the kernel's verdict to the signal.
+    /// From the kernel's verdict to the first SIGKILL.
     pub latency_us: u64,
     pub memory_current: u64,
     /// `u64::MAX`: no limit.
     pub memory_high: u64,
     pub dry_run: bool,
+    /// Every process signalled (or, dry run, that would be), the largest
+    /// first.
+    pub victims: Vec<u32>,
+    /// How many victims the decision chose; more than one when the overage
+    /// was spread over many small processes.
+    pub batch: u32,
+}
+
+/// A stall guard could not end, as the stream tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnresolvedReport {
+    pub cgroup: String,
+    pub reason: String,
+    pub holder_pid: Option<u32>,
+    pub holder_comm: Option<String>,
+    pub stall_ns: u64,
+    pub memory_current: u64,
+    pub memory_high: u64,
+}
+
+/// The circuit breaker opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitReport {
+    pub cgroup: String,
+    pub fruitless_kills: u64,
+    pub window_ms: u64,
+}
+
+/// A victim exited, or its wait timed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VictimEnd {
+    pub key: PathBuf,
+    pub pid: u32,
+    pub exited: bool,
+    pub waited: Duration,
+}
+
+/// A stall confirmed against the memory it is about.
+struct Confirmed {
+    key: PathBuf,
+    name: String,
+    /// The cgroup over memory.high; None for the host.
+    dir: Option<PathBuf>,
+    overage: u64,
+    current: u64,
+    /// memory.high, or u64::MAX for the host.
+    high: u64,
+    /// The host's MemAvailable at confirmation.
+    available: Option<u64>,
+    mode: KillMode,
+    kill_watched: bool,
+    dry_run: bool,
+}
+
+/// What a decision reads besides the candidate row.
+#[derive(Clone, Copy, Debug, Default)]
+struct Aux {
+    /// Index into the leaf cgroups (cgroup scopes).
+    leaf: u32,
+    uid: u32,
+    kernel_thread: bool,
+    via_thread: Option<u32>,
+    /// Read when the process is judged (0: not yet).
+    start_time: u64,
+}
+
+/// Buffers reused by every decision.
+#[derive(Default)]
+struct Scratch {
+    pids: Vec<(u32, u32)>,
+    leaves: Vec<PathBuf>,
+    leaf_names: Vec<String>,
+    cands: Vec<Candidate>,
+    aux: Vec<Aux>,
 }
 
 pub struct Responder {
     pub policy: Policy,
     hierarchy: Hierarchy,
-    proc_root: PathBuf,
+    procfs: ProcFs,
     watched: HashMap<u64, PathBuf>,
     /// Every cgroup known by id (scanned at start, followed since).
     known: HashMap<u64, PathBuf>,
-    /// The last victim per cgroup, until it has exited: while it is dying
-    /// its memory is still charged, and a second kill would be premature.
-    dying: HashMap<PathBuf, Victim>,
+    ledger: Ledger,
     quiet: HashMap<PathBuf, (String, Instant)>,
     guard_pid: u32,
+    scratch: Scratch,
+}
+
+fn limits(policy: &Policy) -> Limits {
+    Limits {
+        max_fruitless: policy.config.max_fruitless_kills,
+        window: policy.config.kill_window,
+        exit_timeout: policy.config.victim_exit_timeout,
+    }
 }
 
 impl Responder {
@@ -110,15 +204,20 @@ impl Responder {
         proc_root: impl Into<PathBuf>,
         watched: HashMap<u64, PathBuf>,
     ) -> Self {
+        let mut scratch = Scratch::default();
+        scratch.pids.reserve(1024);
+        scratch.cands.reserve(1024);
+        scratch.aux.reserve(1024);
         Self {
+            ledger: Ledger::new(limits(&policy)),
             policy,
             hierarchy,
-            proc_root: proc_root.into(),
+            procfs: ProcFs::new(proc_root),
             watched,
             known: HashMap::new(),
-            dying: HashMap::new(),
             quiet: HashMap::new(),
             guard_pid: std::process::id(),
+            scratch,
         }
     }
 
@@ -139,33 +238,39 @@ impl Responder {
         self.known.insert(id, dir);
     }
 
-    /// Forgets a removed cgroup; true if it was listed.
+    /// Forgets a removed cgroup and everything kept about it; true if it
+    /// was listed.
     pub fn forget(&mut self, id: u64) -> bool {
-        self.known.remove(&id);
-        match self.watched.remove(&id) {
-            Some(dir) => {
-                self.quiet.remove(&dir);
-                true
-            }
-            None => false,
+        let dir = self.known.remove(&id);
+        let listed = self.watched.remove(&id);
+        for dir in dir.iter().chain(listed.iter()) {
+            self.quiet.remove(dir);
+            self.ledger.forget(dir);
         }
+        listed.is_some()
     }
 
     /// A reloaded policy and the cgroups it lists. Victims still dying stay
     /// tracked: a reload must not open the door to a premature second kill.
     pub fn replace_policy(&mut self, policy: Policy, watched: HashMap<u64, PathBuf>) {
+        self.ledger.set_limits(limits(&policy));
         self.policy = policy;
         self.watched = watched;
         self.quiet.clear();
     }
 
+    /// How many scopes the books hold (for tests: it stays bounded).
+    pub fn books(&self) -> (usize, usize) {
+        (self.ledger.len(), self.quiet.len())
+    }
+
     /// True when the same message for this cgroup was logged recently.
-    fn repeated(&mut self, dir: &Path, key: String) -> bool {
+    fn repeated(&mut self, key: &Path, what: String) -> bool {
         let now = Instant::now();
-        match self.quiet.get(dir) {
-            Some((k, at)) if *k == key && now.duration_since(*at) < REPEAT_QUIET => true,
+        match self.quiet.get(key) {
+            Some((k, at)) if *k == what && now.duration_since(*at) < REPEAT_QUIET => true,
             _ => {
-                self.quiet.insert(dir.to_owned(), (key, now));
+                self.quiet.insert(key.to_owned(), (what, now));
                 false
             }
         }
@@ -174,46 +279,35 @@ impl Responder {
     /// Runs the decision path once per watched cgroup without acting, so
     /// its code and data are paged in (and locked, after mlockall) before the
     /// first verdict needs them in a hurry.
-    pub fn warm_up(&self) {
-        // The watched cgroups may be empty now; the guard's own /proc files
-        // take the same code paths a victim's will.
-        let _ = procfs::process(&self.proc_root, self.guard_pid);
-        for dir in self.watched.values() {
-            let procs = self.candidates(dir);
-            if let (Ok(mem), Ok(stat)) = (Hierarchy::memory(dir), Hierarchy::memory_stat(dir)) {
-                let _ = self
-                    .policy
-                    .choose(&procs, 0, mem.overage(), &stat, self.guard_pid);
-            }
+    pub fn warm_up(&mut self) {
+        let guard = self.guard_pid;
+        let _ = self.procfs.process(guard);
+        let _ = self.procfs.exe(guard, None);
+        let dirs: Vec<PathBuf> = self.watched.values().cloned().collect();
+        for dir in dirs {
+            let Ok(mem) = Hierarchy::memory(&dir) else {
+                continue;
+            };
+            let c = Confirmed {
+                key: dir.clone(),
+                name: self.hierarchy.display_path(&dir),
+                dir: Some(dir),
+                overage: mem.overage().max(1),
+                current: mem.current,
+                high: mem.high,
+                available: None,
+                mode: KillMode::Process,
+                kill_watched: false,
+                dry_run: true,
+            };
+            self.gather(&c);
+            let _ = self.decide(&c, 0, 0);
         }
-    }
-
-    fn candidates(&self, dir: &Path) -> Vec<ProcessInfo> {
-        let pids = match Hierarchy::processes(dir) {
-            Ok(pids) => pids,
-            Err(e) => {
-                warn!(error = %e, "listing the stalled cgroup's processes failed");
-                return Vec::new();
-            }
-        };
-        pids.into_iter()
-            .filter_map(|(pid, dir)| match procfs::process(&self.proc_root, pid) {
-                Ok(mut p) => {
-                    p.cgroup = self.hierarchy.display_path(&dir);
-                    Some(p)
-                }
-                Err(ProcError::Gone(_)) => None,
-                Err(e) => {
-                    warn!(pid, error = %e, "skipping a process that could not be read");
-                    None
-                }
-            })
-            .collect()
     }
 
     /// The directory of the cgroup a verdict charges: a cgroup user space
     /// listed or knows, or else the one the stalled task is in.
-    fn charged_cgroup(&self, v: &Verdict) -> Option<PathBuf> {
+    fn charged_cgroup(&mut self, v: &Verdict) -> Option<PathBuf> {
         if let Some(dir) = self
             .watched
             .get(&v.cgroup_id)
@@ -221,28 +315,27 @@ impl Responder {
         {
             return Some(dir.clone());
         }
-        [v.worst_pid, v.worst_tgid].into_iter().find_map(|pid| {
-            let text = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup"))
-                .ok()?;
-            let rel = cgroup::v2_path(&text)?;
+        for pid in [v.worst_pid, v.worst_tgid] {
+            let Ok(rel) = self.procfs.cgroup(pid) else {
+                continue;
+            };
             let dir = self.hierarchy.root().join(rel.trim_start_matches('/'));
             // The task may have moved since: only its cgroup at verdict time counts.
-            (Hierarchy::id_of(&dir).ok()? == v.cgroup_id).then_some(dir)
-        })
+            if Hierarchy::id_of(&dir).is_ok_and(|id| id == v.cgroup_id) {
+                return Some(dir);
+            }
+        }
+        None
     }
 
-    pub fn handle(&mut self, v: &Verdict, probes: Option<&mut Probes>) -> Outcome {
-        let received_ns = monotonic_ns();
-        if v.cgroup_id == guard_common::HOST_ID {
-            return self.handle_host(v, received_ns, probes);
-        }
+    fn confirm_cgroup(&mut self, v: &Verdict) -> Result<Confirmed, Outcome> {
         let Some(charged) = self.charged_cgroup(v) else {
             warn!(
                 cgroup_id = v.cgroup_id,
                 pid = v.worst_pid,
                 "verdict for a cgroup that is gone, and its stalled task with it"
             );
-            return Outcome::UnknownCgroup;
+            return Err(Outcome::UnknownCgroup);
         };
         let stall_ms = v.stall_ns / 1_000_000;
         // The stall is the throttle of whichever cgroup at or above the
@@ -253,348 +346,563 @@ impl Responder {
             Ok(None) => {
                 debug!(cgroup = %self.hierarchy.display_path(&charged), stall_ms,
                     "verdict not confirmed: no cgroup at or above it is over memory.high");
-                return Outcome::NotConfirmed;
+                return Err(Outcome::NotConfirmed);
             }
             Err(e) => {
                 warn!(cgroup = %self.hierarchy.display_path(&charged), error = %e,
                     "stalled cgroup vanished before it could be confirmed");
-                return Outcome::CgroupGone;
+                return Err(Outcome::CgroupGone);
             }
         };
-        let cgroup = self.hierarchy.display_path(&dir);
-        let Some(scope) = self.policy.config.scope_for(&cgroup) else {
-            debug!(%cgroup, "stalled cgroup is in no scope of the policy: left alone");
-            return Outcome::OutOfScope;
+        let name = self.hierarchy.display_path(&dir);
+        let Some(scope) = self.policy.config.scope_for(&name) else {
+            debug!(cgroup = %name, "stalled cgroup is in no scope of the policy: left alone");
+            return Err(Outcome::OutOfScope);
         };
-        let (kill_mode, kill_watched) = (scope.kill, scope.kill_watched_cgroup);
-        if let Some(prev) = self.dying.get(&dir) {
-            if !prev.exited() {
-                debug!(%cgroup, pid = prev.pid, "stall continues while the last victim exits");
-                return Outcome::VictimStillExiting(prev.pid);
-            }
-            self.dying.remove(&dir);
-        }
-        let procs = self.candidates(&dir);
-        let stat = Hierarchy::memory_stat(&dir).unwrap_or_default();
-        let choice = self
-            .policy
-            .choose(&procs, v.worst_tgid, mem.overage(), &stat, self.guard_pid);
-        let victim = match choice {
-            Choice::Kill(p) => p,
-            Choice::Unresolved(why) => {
-                let reason = why.to_string();
-                if !self.repeated(&dir, why.key()) {
-                    warn!(%cgroup, stall_ms, current = mem.current, high = mem.high,
-                        %reason, "stall unresolved: nothing to kill");
-                }
-                return Outcome::Unresolved;
-            }
-        };
-        let stalled_comm = String::from_utf8_lossy(v.comm()).into_owned();
-        if self.policy.dry_run() {
-            let latency_us = monotonic_ns().saturating_sub(v.ktime_ns) / 1000;
-            if !self.repeated(&dir, format!("dry-run {}", victim.pid)) {
-                info!(%cgroup, pid = victim.pid, comm = %victim.comm,
-                    footprint_bytes = victim.footprint, stall_ms, latency_us,
-                    stalled_task = %stalled_comm, stalled_pid = v.worst_pid,
-                    "dry run: would kill");
-            }
-            return Outcome::DryRun {
-                pid: victim.pid,
-                report: KillReport {
-                    pid: victim.pid,
-                    comm: victim.comm,
-                    cgroup,
-                    footprint: victim.footprint,
-                    mode: kill_mode.to_string(),
-                    stall_ns: v.stall_ns,
-                    latency_us,
-                    memory_current: mem.current,
-                    memory_high: mem.high,
-                    dry_run: true,
-                    ..KillReport::default()
-                },
-            };
-        }
-        let pinned = match self.pin_and_kill(&victim, &cgroup) {
-            Ok(p) => p,
-            Err(not) => return not.into(),
-        };
-        let mut killed_ns = monotonic_ns();
-        // The victim is dead; the kill mode may take its company with it.
-        let (mode, killed_cgroup, also) =
-            self.kill_company(&victim, &procs, &dir, kill_mode, kill_watched);
-        if also > 0 || killed_cgroup.is_some() {
-            killed_ns = monotonic_ns();
-        }
-        let killed_cgroup_name = killed_cgroup.clone().unwrap_or_else(|| "-".to_owned());
-        let latency_us = killed_ns.saturating_sub(v.ktime_ns) / 1000;
-        // Of the latency: the wake-up through the ring buffer, and our work.
-        let wakeup_us = received_ns.saturating_sub(v.ktime_ns) / 1000;
-        let decide_us = killed_ns.saturating_sub(received_ns) / 1000;
-        info!(%cgroup, pid = victim.pid, comm = %victim.comm,
-            footprint_bytes = victim.footprint, stall_ms, latency_us, wakeup_us, decide_us,
-            current = mem.current, high = mem.high, kill_mode = %mode, killed_cgroup = %killed_cgroup_name,
-            also_killed = also, stalled_task = %stalled_comm, stalled_pid = v.worst_pid, "killed");
-        if let Err(e) = pinned.release_memory() {
-            debug!(pid = victim.pid, error = %e, "process_mrelease did not reap the victim");
-        }
-        if let Some(probes) = probes
-            && let Err(e) = probes.reset_cgroup(v.cgroup_id)
-        {
-            warn!(%cgroup, error = %e, "could not reset the kernel's stall window");
-        }
-        self.dying.insert(dir, pinned);
-        Outcome::Killed {
-            pid: victim.pid,
-            latency_us,
-            report: KillReport {
-                pid: victim.pid,
-                comm: victim.comm,
-                cgroup,
-                footprint: victim.footprint,
-                mode: mode.to_string(),
-                killed_cgroup,
-                also_killed: also as u64,
-                stall_ns: v.stall_ns,
-                latency_us,
-                memory_current: mem.current,
-                memory_high: mem.high,
-                dry_run: false,
-            },
-        }
+        Ok(Confirmed {
+            key: dir.clone(),
+            name,
+            dir: Some(dir),
+            overage: mem.overage(),
+            current: mem.current,
+            high: mem.high,
+            available: None,
+            mode: scope.kill,
+            kill_watched: scope.kill_watched_cgroup,
+            dry_run: self.policy.dry_run(),
+        })
     }
 
-    /// Pins the chosen process by pid and start time and SIGKILLs it; a
-    /// victim that vanished or a failed kill is logged and becomes the
-    /// outcome.
-    fn pin_and_kill(&self, victim: &ProcessInfo, cgroup: &str) -> Result<Victim, NotKilled> {
-        match Victim::pin(&self.proc_root, victim.pid, victim.start_time)
-            .and_then(|p| p.kill().map(|()| p))
-        {
-            Ok(p) => Ok(p),
-            Err(e @ (KillError::Gone(_) | KillError::Reused(_))) => {
-                info!(%cgroup, pid = victim.pid, comm = %victim.comm, reason = %e,
-                    "victim vanished before the kill; nothing killed");
-                Err(NotKilled::Vanished(victim.pid))
-            }
-            Err(e) => {
-                warn!(%cgroup, pid = victim.pid, comm = %victim.comm, error = %e, "kill failed");
-                Err(NotKilled::Failed(victim.pid))
-            }
-        }
+    /// The host's MemAvailable threshold and what is available, bytes.
+    fn host_memory(&mut self) -> Option<(u64, u64, u64)> {
+        let (total, available) = self.procfs.meminfo()?;
+        let threshold = total / 100 * self.policy.config.host.min_available_percent;
+        Some((total, available, threshold))
     }
 
-    /// The machine itself short of memory: confirmed against MemAvailable,
-    /// the victim is the largest unprotected process on the host.
-    fn handle_host(
-        &mut self,
-        v: &Verdict,
-        received_ns: u64,
-        probes: Option<&mut Probes>,
-    ) -> Outcome {
+    fn confirm_host(&mut self, v: &Verdict) -> Result<Confirmed, Outcome> {
         let host = self.policy.config.host;
-        let key = PathBuf::from(HOST_NAME);
-        let stall_ms = v.stall_ns / 1_000_000;
         if host.mode == HostMode::Off {
-            return Outcome::OutOfScope;
+            return Err(Outcome::OutOfScope);
         }
-        let meminfo = std::fs::read_to_string(self.proc_root.join("meminfo"))
-            .ok()
-            .and_then(|t| procfs::parse_meminfo(&t));
-        let Some((total, available)) = meminfo else {
+        let Some((total, available, threshold)) = self.host_memory() else {
             warn!("host stall, but /proc/meminfo could not be read: nothing done");
-            return Outcome::NotConfirmed;
+            return Err(Outcome::NotConfirmed);
         };
-        let threshold = total / 100 * host.min_available_percent;
         if available >= threshold {
             debug!(
-                stall_ms,
+                stall_ms = v.stall_ns / 1_000_000,
                 available,
                 threshold,
                 "host verdict not confirmed: MemAvailable is above host.min_available_percent"
             );
-            return Outcome::NotConfirmed;
+            return Err(Outcome::NotConfirmed);
         }
-        if let Some(prev) = self.dying.get(&key) {
-            if !prev.exited() {
-                debug!(
-                    pid = prev.pid,
-                    "host stall continues while the last victim exits"
-                );
-                return Outcome::VictimStillExiting(prev.pid);
-            }
-            self.dying.remove(&key);
-        }
-        let procs: Vec<ProcessInfo> = procfs::pids(&self.proc_root)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|pid| {
-                // Kernel threads (and zombies) have an empty command line:
-                // one small read instead of four, for the hundred of them.
-                let cmdline =
-                    std::fs::read(self.proc_root.join(pid.to_string()).join("cmdline")).ok()?;
-                if cmdline.is_empty() {
-                    return None;
-                }
-                let mut p = procfs::process(&self.proc_root, pid).ok()?;
-                if let Ok(text) =
-                    std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup"))
-                    && let Some(path) = cgroup::v2_path(&text)
-                {
-                    p.cgroup = path.to_owned();
-                }
-                Some(p)
-            })
-            .collect();
-        // The shortfall below the threshold stands in for a cgroup's
-        // overage: the victim must hold a real share of it.
-        let shortfall = threshold - available;
-        let choice = self.policy.choose(
-            &procs,
-            v.worst_tgid,
-            shortfall,
-            &cgroup::MemoryStat::default(),
-            self.guard_pid,
-        );
-        let victim = match choice {
-            Choice::Kill(p) => p,
-            Choice::Unresolved(why) => {
-                let reason = why.to_string();
-                if !self.repeated(&key, why.key()) {
-                    warn!(cgroup = HOST_NAME, stall_ms, available, total, %reason,
-                        "host stall unresolved: nothing to kill");
-                }
-                return Outcome::Unresolved;
-            }
+        Ok(Confirmed {
+            key: PathBuf::from(HOST_NAME),
+            name: HOST_NAME.to_owned(),
+            dir: None,
+            // The shortfall below the threshold stands in for a cgroup's
+            // overage: the victims must cover it.
+            overage: threshold - available,
+            current: total - available,
+            high: u64::MAX,
+            available: Some(available),
+            mode: KillMode::Process,
+            kill_watched: false,
+            dry_run: self.policy.dry_run() || host.mode == HostMode::Watch,
+        })
+    }
+
+    pub fn handle(&mut self, v: &Verdict) -> Outcome {
+        let received_ns = monotonic_ns();
+        let confirmed = if v.cgroup_id == guard_common::HOST_ID {
+            self.confirm_host(v)
+        } else {
+            self.confirm_cgroup(v)
         };
-        let mut report = KillReport {
-            pid: victim.pid,
-            comm: victim.comm.clone(),
-            cgroup: HOST_NAME.to_owned(),
-            footprint: victim.footprint,
-            mode: KillMode::Process.to_string(),
-            stall_ns: v.stall_ns,
-            memory_current: total - available,
-            memory_high: u64::MAX,
-            ..KillReport::default()
+        let c = match confirmed {
+            Ok(c) => c,
+            Err(outcome) => return outcome,
         };
-        if self.policy.dry_run() || host.mode == HostMode::Watch {
-            report.latency_us = monotonic_ns().saturating_sub(v.ktime_ns) / 1000;
-            report.dry_run = true;
-            if !self.repeated(&key, format!("dry-run {}", victim.pid)) {
-                info!(cgroup = HOST_NAME, pid = victim.pid, comm = %victim.comm,
-                    footprint_bytes = victim.footprint, stall_ms, available, total,
-                    host_mode = %host.mode, "host short of memory: would kill");
+        match self.ledger.gate(&c.key, Instant::now()) {
+            Gate::Open => {}
+            Gate::Exiting { pid } => {
+                debug!(cgroup = %c.name, pid, "stall continues while the last victim exits");
+                return Outcome::VictimStillExiting(pid);
             }
-            return Outcome::DryRun {
-                pid: victim.pid,
-                report,
-            };
+            Gate::Limited { .. } => {
+                debug!(cgroup = %c.name, "stall continues, but the kill limit holds here");
+                return Outcome::KillLimited;
+            }
+            Gate::TimedOut { pids, waited, trip } => {
+                for pid in pids {
+                    self.still_exiting(&c.name, pid, waited);
+                }
+                if let Some(t) = trip {
+                    return Outcome::LimitReached(limit_reached(&c.name, t));
+                }
+            }
         }
-        let pinned = match self.pin_and_kill(&victim, HOST_NAME) {
-            Ok(p) => p,
-            Err(not) => return not.into(),
-        };
-        let killed_ns = monotonic_ns();
-        let latency_us = killed_ns.saturating_sub(v.ktime_ns) / 1000;
-        let wakeup_us = received_ns.saturating_sub(v.ktime_ns) / 1000;
-        let decide_us = killed_ns.saturating_sub(received_ns) / 1000;
-        report.latency_us = latency_us;
-        info!(cgroup = HOST_NAME, pid = victim.pid, comm = %victim.comm,
-            footprint_bytes = victim.footprint, stall_ms, latency_us, wakeup_us, decide_us,
-            available, total, kill_mode = "process", stalled_task = %String::from_utf8_lossy(v.comm()),
-            stalled_pid = v.worst_pid, "killed");
-        if let Err(e) = pinned.release_memory() {
-            debug!(pid = victim.pid, error = %e, "process_mrelease did not reap the victim");
-        }
-        if let Some(probes) = probes
-            && let Err(e) = probes.reset_cgroup(guard_common::HOST_ID)
-        {
-            warn!(error = %e, "could not reset the kernel's host stall window");
-        }
-        self.dying.insert(key, pinned);
-        Outcome::Killed {
-            pid: victim.pid,
-            latency_us,
-            report,
+        self.gather(&c);
+        match self.decide(&c, v.worst_tgid, 0) {
+            Decision::Kill(picks) if c.dry_run => self.dry_run(&c, v, &picks),
+            Decision::Kill(picks) => self.kill(&c, v, &picks, received_ns),
+            Decision::Unresolved(_) => {
+                // Only now is memory.stat worth reading: it tells whether
+                // tmpfs or shared memory nobody holds is the cause.
+                let shmem = c
+                    .dir
+                    .as_deref()
+                    .and_then(|d| Hierarchy::memory_stat(d).ok())
+                    .map_or(0, |s| s.shmem);
+                match self.decide(&c, v.worst_tgid, shmem) {
+                    Decision::Unresolved(u) => self.unresolved(&c, v, u),
+                    // The second look cannot find a victim the first missed,
+                    // but should it, the first answer stands.
+                    Decision::Kill(_) => Outcome::Unresolved(None),
+                }
+            }
         }
     }
 
-    /// After the victim itself: in `process-group` mode every unprotected
-    /// member of its process group in the stalled subtree, in `cgroup` mode
-    /// its leaf cgroup through cgroup.kill. Falls back to the victim alone
-    /// (and says why) when the wider kill would reach a protected process or
-    /// the watched cgroup itself. Returns the mode applied, the cgroup
-    /// killed, and how many other processes were signalled.
-    fn kill_company(
-        &self,
-        victim: &ProcessInfo,
-        procs: &[ProcessInfo],
-        limited: &Path,
-        mode: KillMode,
-        kill_watched: bool,
-    ) -> (KillMode, Option<String>, usize) {
-        match mode {
-            KillMode::Process => (mode, None, 0),
-            KillMode::ProcessGroup => {
-                let group: Vec<&ProcessInfo> = procs
-                    .iter()
-                    .filter(|p| p.pgrp == victim.pgrp && p.pid != victim.pid)
-                    .collect();
-                if let Some(p) = group
-                    .iter()
-                    .find(|p| self.policy.protection(p, self.guard_pid).is_some())
-                {
-                    warn!(pid = p.pid, comm = %p.comm,
-                        "process group holds a protected process: killed the victim alone");
-                    return (KillMode::Process, None, 0);
+    /// Reads the processes of the confirmed scope into the scratch table.
+    fn gather(&mut self, c: &Confirmed) {
+        let Scratch {
+            pids,
+            leaves,
+            leaf_names,
+            cands,
+            aux,
+        } = &mut self.scratch;
+        cands.clear();
+        aux.clear();
+        leaf_names.clear();
+        match &c.dir {
+            Some(dir) => {
+                if let Err(e) = Hierarchy::processes(dir, MAX_CANDIDATES, leaves, pids) {
+                    warn!(cgroup = %c.name, error = %e, "listing the stalled cgroup's processes failed");
+                    return;
                 }
-                let mut n = 0;
-                for p in group {
-                    match Victim::pin(&self.proc_root, p.pid, p.start_time).and_then(|v| v.kill()) {
-                        Ok(()) => n += 1,
-                        Err(e) => debug!(pid = p.pid, error = %e, "group member not killed"),
+                leaf_names.extend(leaves.iter().map(|l| self.hierarchy.display_path(l)));
+            }
+            None => {
+                leaves.clear();
+                let mut all = Vec::new();
+                if let Err(e) = self.procfs.pids(MAX_CANDIDATES, &mut all) {
+                    warn!(error = %e, "listing the host's processes failed");
+                    return;
+                }
+                pids.clear();
+                pids.extend(all.into_iter().map(|p| (p, u32::MAX)));
+            }
+        }
+        for &(pid, leaf) in pids.iter() {
+            let (comm, footprint, a) = match self.procfs.process(pid) {
+                Ok(p) => {
+                    // Nothing to give back (a kernel thread, a zombie): no
+                    // victim, and no holder either.
+                    if p.footprint == 0 {
+                        continue;
+                    }
+                    let a = Aux {
+                        leaf,
+                        uid: p.uid,
+                        kernel_thread: p.kernel_thread,
+                        via_thread: p.via_thread,
+                        start_time: 0,
+                    };
+                    (p.comm, Some(p.footprint), a)
+                }
+                Err(ProcError::Gone(_)) => continue,
+                Err(e) => {
+                    debug!(pid, error = %e, "a process whose memory cannot be read");
+                    (
+                        Comm::from("?"),
+                        None,
+                        Aux {
+                            leaf,
+                            ..Aux::default()
+                        },
+                    )
+                }
+            };
+            let unit = match c.mode {
+                KillMode::Process => pid,
+                KillMode::ProcessGroup => match self.procfs.stat(pid) {
+                    Ok(s) => s.pgrp,
+                    Err(_) => ALONE | pid,
+                },
+                KillMode::Cgroup => {
+                    let own = c.dir.as_ref() == leaves.get(leaf as usize);
+                    if own && !c.kill_watched {
+                        ALONE | pid
+                    } else {
+                        leaf
                     }
                 }
-                (mode, None, n)
+            };
+            cands.push(Candidate {
+                pid,
+                comm,
+                footprint,
+                unit,
+                rank: self.policy.rank(&comm),
+            });
+            aux.push(a);
+        }
+    }
+
+    /// Runs the decision on the scratch table.
+    fn decide(&mut self, c: &Confirmed, worst_tgid: u32, unowned_shmem: u64) -> Decision {
+        let stall = Stall {
+            overage: c.overage,
+            worst_tgid,
+            min_share_percent: self.policy.config.min_share_percent,
+            unowned_shmem,
+        };
+        let Scratch {
+            cands,
+            aux,
+            leaf_names,
+            ..
+        } = &mut self.scratch;
+        let (procfs, policy, guard) = (&mut self.procfs, &self.policy, self.guard_pid);
+        let grouped = c.mode != KillMode::Process;
+        decide::decide(&stall, cands, grouped, |i| {
+            let cgroup = leaf_names.get(aux[i].leaf as usize).map(String::as_str);
+            judge(procfs, policy, guard, &cands[i], &mut aux[i], cgroup)
+        })
+    }
+
+    fn unresolved(&mut self, c: &Confirmed, v: &Verdict, u: Unresolved) -> Outcome {
+        if self.repeated(&c.key, u.key()) {
+            return Outcome::Unresolved(None);
+        }
+        let reason = u.to_string();
+        let holder = u.holder();
+        warn!(cgroup = %c.name, stall_ms = v.stall_ns / 1_000_000, current = c.current,
+            high = c.high, %reason, holder_pid = holder.map(|h| h.pid),
+            "stall unresolved: nothing to kill");
+        Outcome::Unresolved(Some(UnresolvedReport {
+            cgroup: c.name.clone(),
+            reason,
+            holder_pid: holder.map(|h| h.pid),
+            holder_comm: holder.map(|h| h.comm.to_string()),
+            stall_ns: v.stall_ns,
+            memory_current: c.current,
+            memory_high: c.high,
+        }))
+    }
+
+    fn report(&self, c: &Confirmed, v: &Verdict, picks: &[Pick]) -> KillReport {
+        let cands = &self.scratch.cands;
+        let first = picks.first().and_then(|p| p.members.first()).copied();
+        KillReport {
+            pid: first.map_or(0, |i| cands[i].pid),
+            comm: first.map_or_else(String::new, |i| cands[i].comm.to_string()),
+            cgroup: c.name.clone(),
+            footprint: picks.iter().map(|p| p.footprint).sum(),
+            mode: if picks.iter().all(|p| p.whole) {
+                c.mode
+            } else {
+                KillMode::Process
             }
-            KillMode::Cgroup => {
-                let leaf = self
-                    .hierarchy
-                    .root()
-                    .join(victim.cgroup.trim_start_matches('/'));
-                if leaf == limited && !kill_watched {
-                    warn!(cgroup = %victim.cgroup,
-                        "the victim lives in the watched cgroup itself and kill_watched_cgroup is off: killed the victim alone");
-                    return (KillMode::Process, None, 0);
+            .to_string(),
+            stall_ns: v.stall_ns,
+            memory_current: c.current,
+            memory_high: c.high,
+            victims: picks
+                .iter()
+                .flat_map(|p| p.members.iter().map(|&i| cands[i].pid))
+                .collect(),
+            batch: picks.len() as u32,
+            ..KillReport::default()
+        }
+    }
+
+    fn dry_run(&mut self, c: &Confirmed, v: &Verdict, picks: &[Pick]) -> Outcome {
+        let mut report = self.report(c, v, picks);
+        report.dry_run = true;
+        report.latency_us = monotonic_ns().saturating_sub(v.ktime_ns) / 1000;
+        if !self.repeated(&c.key, format!("dry-run {:?}", report.victims)) {
+            info!(cgroup = %c.name, pid = report.pid, comm = %report.comm,
+                footprint_bytes = report.footprint, victims = %pid_list(&report.victims),
+                batch = report.batch, stall_ms = v.stall_ns / 1_000_000,
+                latency_us = report.latency_us, current = c.current, high = c.high,
+                stalled_task = %String::from_utf8_lossy(v.comm()), stalled_pid = v.worst_pid,
+                "dry run: would kill");
+        }
+        Outcome::DryRun(Box::new(report))
+    }
+
+    /// Signals every pick; returns the pinned victims (at most
+    /// [`MAX_WATCHED`]), every pid signalled, the first signal's time, the
+    /// cgroup killed whole and how many died with it.
+    fn signal(&mut self, c: &Confirmed, picks: &[Pick]) -> Signalled {
+        let mut out = Signalled::default();
+        for pick in picks {
+            let whole_cgroup = pick.whole && c.mode == KillMode::Cgroup;
+            for (n, &i) in pick.members.iter().enumerate() {
+                if whole_cgroup && n > 0 {
+                    break;
                 }
-                let inside: Vec<&ProcessInfo> = procs
-                    .iter()
-                    .filter(|p| Path::new(&p.cgroup).starts_with(&victim.cgroup))
-                    .collect();
-                if let Some(p) = inside
-                    .iter()
-                    .find(|p| self.policy.protection(p, self.guard_pid).is_some())
-                {
-                    warn!(pid = p.pid, comm = %p.comm, cgroup = %victim.cgroup,
-                        "the victim's cgroup holds a protected process: killed the victim alone");
-                    return (KillMode::Process, None, 0);
+                let (pid, comm) = (self.scratch.cands[i].pid, self.scratch.cands[i].comm);
+                let mut start = self.scratch.aux[i].start_time;
+                if start == 0 {
+                    start = self.procfs.start_time(pid).unwrap_or(0);
                 }
-                match std::fs::write(leaf.join("cgroup.kill"), "1") {
-                    Ok(()) => (
-                        mode,
-                        Some(victim.cgroup.clone()),
-                        inside.len().saturating_sub(1),
-                    ),
+                match Victim::pin(&mut self.procfs, pid, start).and_then(|p| p.kill().map(|()| p)) {
+                    Ok(p) => {
+                        out.first_ns.get_or_insert_with(monotonic_ns);
+                        out.pids.push(pid);
+                        if out.victims.len() < MAX_WATCHED {
+                            out.victims.push(p);
+                        }
+                    }
+                    Err(e @ (KillError::Gone(_) | KillError::Reused(_))) => {
+                        info!(cgroup = %c.name, pid, %comm, reason = %e,
+                            "victim vanished before the kill; nothing killed");
+                        out.vanished.get_or_insert(pid);
+                        // The rest of its unit was chosen with it: spare it.
+                        break;
+                    }
                     Err(e) => {
-                        warn!(cgroup = %victim.cgroup, error = %e,
-                            "writing cgroup.kill failed: killed the victim alone");
-                        (KillMode::Process, None, 0)
+                        warn!(cgroup = %c.name, pid, %comm, error = %e, "kill failed");
+                        out.failed.get_or_insert(pid);
+                        break;
+                    }
+                }
+            }
+            let first = pick.members.first().map(|&i| self.scratch.cands[i].pid);
+            if whole_cgroup && out.pids.last().copied() == first {
+                let leaf_index = self.scratch.aux[pick.members[0]].leaf as usize;
+                if let Some(leaf) = self.scratch.leaves.get(leaf_index) {
+                    match std::fs::write(leaf.join("cgroup.kill"), "1") {
+                        Ok(()) => {
+                            out.killed_cgroup = self.scratch.leaf_names.get(leaf_index).cloned();
+                            out.also += pick.members.len().saturating_sub(1) as u64;
+                        }
+                        Err(e) => warn!(cgroup = %self.hierarchy.display_path(leaf), error = %e,
+                            "writing cgroup.kill failed: killed the victim alone"),
                     }
                 }
             }
         }
+        out
+    }
+
+    fn kill(&mut self, c: &Confirmed, v: &Verdict, picks: &[Pick], received_ns: u64) -> Outcome {
+        let s = self.signal(c, picks);
+        // Memory back at once, before anything is logged or written.
+        for victim in &s.victims {
+            if let Err(e) = victim.release_memory() {
+                debug!(pid = victim.pid, error = %e, "process_mrelease did not reap the victim");
+            }
+        }
+        let Some(first_ns) = s.first_ns else {
+            return match (s.vanished, s.failed) {
+                (_, Some(pid)) => Outcome::KillFailed(pid),
+                (Some(pid), None) => Outcome::VictimVanished(pid),
+                (None, None) => Outcome::KillFailed(0),
+            };
+        };
+        let mut report = self.report(c, v, picks);
+        report.victims = s.pids;
+        report.killed_cgroup = s.killed_cgroup;
+        if report.killed_cgroup.is_none() && c.mode == KillMode::Cgroup {
+            report.mode = KillMode::Process.to_string();
+        }
+        report.also_killed = s.also + report.victims.len().saturating_sub(1) as u64;
+        report.latency_us = first_ns.saturating_sub(v.ktime_ns) / 1000;
+        // Of the latency: the wake-up through the ring buffer, and our work.
+        let wakeup_us = received_ns.saturating_sub(v.ktime_ns) / 1000;
+        let decide_us = first_ns.saturating_sub(received_ns) / 1000;
+        info!(cgroup = %c.name, pid = report.pid, comm = %report.comm,
+            footprint_bytes = report.footprint, stall_ms = v.stall_ns / 1_000_000,
+            latency_us = report.latency_us, wakeup_us, decide_us,
+            current = c.current, high = c.high,
+            available = c.available,
+            kill_mode = %report.mode,
+            killed_cgroup = %report.killed_cgroup.as_deref().unwrap_or("-"),
+            also_killed = report.also_killed, victims = %pid_list(&report.victims),
+            batch = report.batch, stalled_task = %String::from_utf8_lossy(v.comm()),
+            stalled_pid = v.worst_pid, "killed");
+        let watched: Vec<u32> = s.victims.iter().map(|p| p.pid).collect();
+        self.ledger.killed(&c.key, watched, Instant::now());
+        Outcome::Killed(Box::new(Killed {
+            report,
+            victims: s.victims,
+            key: c.key.clone(),
+            reset: v.cgroup_id,
+            exit_timeout: self.policy.config.victim_exit_timeout,
+        }))
+    }
+
+    fn still_exiting(&mut self, cgroup: &str, pid: u32, waited: Duration) {
+        let state = self.procfs.state(pid);
+        warn!(cgroup, pid, waited_ms = waited.as_millis() as u64, state = %state,
+            "victim still exiting after the timeout: no longer waiting for it");
+    }
+
+    /// A victim exited, or the caller stopped waiting for it. When it was the
+    /// last of its kill, the kill is judged: did it bring the scope back
+    /// under its limit? Returns the breaker's trip, when it opens.
+    pub fn victim_ended(&mut self, end: &VictimEnd) -> Option<LimitReport> {
+        if !self.ledger.waiting_for(&end.key, end.pid) {
+            return None;
+        }
+        let name = if end.key == Path::new(HOST_NAME) {
+            HOST_NAME.to_owned()
+        } else {
+            self.hierarchy.display_path(&end.key)
+        };
+        if !end.exited {
+            self.still_exiting(&name, end.pid, end.waited);
+        }
+        let victims = self.ledger.ended(&end.key, end.pid)?;
+        let (fruitful, current, high) = if end.key == Path::new(HOST_NAME) {
+            match self.host_memory() {
+                Some((total, available, threshold)) => {
+                    (available >= threshold, total - available, u64::MAX)
+                }
+                None => (false, 0, u64::MAX),
+            }
+        } else {
+            match Hierarchy::memory(&end.key) {
+                Ok(Memory { current, high, .. }) => (current <= high, current, high),
+                // Gone with its victims: nothing stalls there any more.
+                Err(_) => (true, 0, u64::MAX),
+            }
+        };
+        info!(cgroup = %name, victims = %pid_list(&victims), fruitful, current, high,
+            "kill outcome");
+        let trip = self.ledger.judge(&end.key, fruitful, Instant::now())?;
+        Some(limit_reached(&name, trip))
+    }
+}
+
+/// What [`Responder::signal`] did.
+#[derive(Default)]
+struct Signalled {
+    victims: Vec<Victim>,
+    pids: Vec<u32>,
+    first_ns: Option<u64>,
+    vanished: Option<u32>,
+    failed: Option<u32>,
+    killed_cgroup: Option<String>,
+    also: u64,
+}
+
+fn limit_reached(cgroup: &str, t: Trip) -> LimitReport {
+    let window_ms = t.window.as_millis() as u64;
+    warn!(
+        cgroup,
+        fruitless_kills = t.fruitless_kills,
+        window_ms,
+        "kill limit reached: no more kills here until the window has passed"
+    );
+    LimitReport {
+        cgroup: cgroup.to_owned(),
+        fruitless_kills: t.fruitless_kills,
+        window_ms,
+    }
+}
+
+/// "101,102,103"
+pub fn pid_list(pids: &[u32]) -> String {
+    pids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Why candidate `c` may not be killed, reading only what the rules need.
+/// Its start time is read first and kept: the kill checks that the pid
+/// still names this process.
+fn judge(
+    procfs: &mut ProcFs,
+    policy: &Policy,
+    guard_pid: u32,
+    c: &Candidate,
+    a: &mut Aux,
+    cgroup: Option<&str>,
+) -> Option<Protection> {
+    let unreadable =
+        |what: &str, e: ProcError| Some(Protection::Unreadable(format!("{what}: {e}")));
+    match procfs.stat(c.pid) {
+        Ok(s) => a.start_time = s.start_time,
+        Err(e) => return unreadable("stat", e),
+    }
+    let oom_score_adj = match procfs.oom_score_adj(c.pid) {
+        Ok(adj) => adj,
+        Err(e) => return unreadable("oom_score_adj", e),
+    };
+    let needs = policy.needs();
+    let exe = if needs.exe {
+        match procfs.exe(c.pid, a.via_thread) {
+            Ok(exe) => exe,
+            Err(e) => return unreadable("exe", e),
+        }
+    } else {
+        None
+    };
+    let cmdline = if needs.cmdline {
+        match procfs.cmdline(c.pid) {
+            Ok(text) => Some(text),
+            Err(e) => return unreadable("cmdline", e),
+        }
+    } else {
+        None
+    };
+    let own_cgroup = match (cgroup, needs.cgroup) {
+        (None, true) => match procfs.cgroup(c.pid) {
+            Ok(path) => Some(path),
+            Err(e) => return unreadable("cgroup", e),
+        },
+        _ => None,
+    };
+    policy.protection(
+        &Facts {
+            pid: c.pid,
+            kernel_thread: a.kernel_thread,
+            oom_score_adj,
+            comm: &c.comm,
+            uid: a.uid,
+            cgroup: cgroup.or(own_cgroup.as_deref()),
+            exe: exe.as_ref(),
+            cmdline: cmdline.as_deref(),
+        },
+        guard_pid,
+    )
+}
+
+/// For the victims that come back from [`Responder::handle`]: waits until
+/// the victim exits or `timeout` passes, without polling (the pidfd wakes
+/// the event loop). The pidfd is closed when this returns.
+pub async fn wait_exit(victim: Victim, key: PathBuf, timeout: Duration) -> VictimEnd {
+    let pid = victim.pid;
+    let started = Instant::now();
+    // SAFETY: the pidfd belongs to `victim`, which the AsyncFd owns for its
+    // whole life, so the registered fd stays open and unchanged until it is
+    // deregistered.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(victim, tokio::io::Interest::READABLE)
+    };
+    let exited = match registered.map_err(|e| e.into_parts().1) {
+        Ok(fd) => tokio::time::timeout(timeout, fd.readable())
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        Err(e) => {
+            debug!(pid, error = %e, "could not watch the victim's pidfd; not waiting for it");
+            false
+        }
+    };
+    VictimEnd {
+        key,
+        pid,
+        exited,
+        waited: started.elapsed(),
     }
 }
 
@@ -603,126 +911,389 @@ mod tests {
     use super::*;
     use std::{
         fs,
+        os::unix::process::ExitStatusExt,
         process::{Child, Command, Stdio},
     };
 
-    /// A stand-in cgroup: the memory files the responder reads, and a real
-    /// child process of this test as its only member.
+    /// A stand-in cgroup: the memory files the responder reads, and real
+    /// children of this test as its members.
     struct Fixture {
         root: tempfile::TempDir,
-        child: Child,
+        children: Vec<Child>,
         id: u64,
     }
 
     const MIB: u64 = 1 << 20;
 
-    /// `current` and `high` in bytes. `sleep` holds a few pages of anonymous
-    /// memory, so a confirmed stall is set one byte over high: then it holds
-    /// the whole overage.
-    fn fixture(current: u64, high: u64) -> Fixture {
-        let root = tempfile::tempdir().expect("tempdir");
-        let cg = root.path().join("seed");
-        fs::create_dir(&cg).expect("mkdir");
-        let child = Command::new("sleep")
+    fn spawn(program: &str) -> Child {
+        let child = Command::new(program)
             .arg("30")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn");
-        fs::write(cg.join("cgroup.procs"), format!("{}\n", child.id())).expect("procs");
-        fs::write(cg.join("memory.current"), current.to_string()).expect("w");
-        fs::write(cg.join("memory.high"), high.to_string()).expect("w");
+        past_exec(&child);
+        child
+    }
+
+    /// Waits until the child runs its own program (before exec /proc shows a
+    /// copy of this test), and past the loader's first pages.
+    fn past_exec(child: &Child) {
+        let me = fs::read_link("/proc/self/exe").expect("own exe");
+        let start = Instant::now();
+        while fs::read_link(format!("/proc/{}/exe", child.id())).is_ok_and(|e| e == me)
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+
+    /// `n` sleeping members; `current` and `high` in bytes. A sleep holds a
+    /// few hundred KiB, so a stall set one byte over high is one any member
+    /// can end.
+    fn fixture(n: usize, current: u64, high: u64) -> Fixture {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cg = root.path().join("seed");
+        fs::create_dir(&cg).expect("mkdir");
+        let children: Vec<Child> = (0..n).map(|_| spawn("sleep")).collect();
+        let f = Fixture {
+            id: Hierarchy::id_of(&cg).expect("id"),
+            root,
+            children,
+        };
+        f.members();
+        f.memory(current, high);
         fs::write(cg.join("memory.max"), "max\n").expect("w");
         fs::write(cg.join("memory.stat"), "anon 1000\nfile 0\nshmem 0\n").expect("w");
-        let id = Hierarchy::id_of(&cg).expect("id");
-        Fixture { root, child, id }
+        f
     }
 
-    fn responder(f: &Fixture, dry_run: bool) -> Responder {
-        let mut policy = Policy::default();
-        policy.config.dry_run = dry_run;
-        let watched = HashMap::from([(f.id, f.root.path().join("seed"))]);
-        Responder::new(policy, Hierarchy::new(f.root.path()), "/proc", watched)
-    }
+    impl Fixture {
+        fn dir(&self) -> PathBuf {
+            self.root.path().join("seed")
+        }
 
-    fn verdict(f: &Fixture) -> Verdict {
-        Verdict {
-            cgroup_id: f.id,
-            ktime_ns: monotonic_ns(),
-            stall_ns: 300_000_000,
-            worst_tgid: f.child.id(),
-            worst_pid: f.child.id(),
-            ..Verdict::default()
+        fn memory(&self, current: u64, high: u64) {
+            fs::write(self.dir().join("memory.current"), current.to_string()).expect("w");
+            fs::write(self.dir().join("memory.high"), high.to_string()).expect("w");
+        }
+
+        /// cgroup.procs: the children still running.
+        fn members(&self) {
+            let list: String = self
+                .children
+                .iter()
+                .map(|c| format!("{}\n", c.id()))
+                .collect();
+            fs::write(self.dir().join("cgroup.procs"), list).expect("procs");
+        }
+
+        fn verdict(&self) -> Verdict {
+            Verdict {
+                cgroup_id: self.id,
+                ktime_ns: monotonic_ns(),
+                stall_ns: 300_000_000,
+                ..Verdict::default()
+            }
+        }
+
+        /// Which children died of SIGKILL, by index. A signal sent is
+        /// delivered at once, but the exit takes a moment: half a second is
+        /// plenty for a sleeping process.
+        fn killed(&mut self) -> Vec<usize> {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            let mut ended = vec![None; self.children.len()];
+            while Instant::now() < deadline && ended.iter().any(Option::is_none) {
+                for (i, c) in self.children.iter_mut().enumerate() {
+                    if ended[i].is_none()
+                        && let Ok(Some(status)) = c.try_wait()
+                    {
+                        ended[i] = Some(status.signal());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (0..ended.len())
+                .filter(|&i| ended[i] == Some(Some(libc::SIGKILL)))
+                .collect()
         }
     }
 
-    fn alive(child: &mut Child) -> bool {
-        matches!(child.try_wait(), Ok(None))
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            for c in &mut self.children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    fn responder(f: &Fixture, extra: &str) -> Responder {
+        let policy = Policy {
+            config: crate::config::Config::parse(
+                &format!("{extra}\n[[scope]]\npaths = [\"/**\"]\n"),
+                "<test>",
+            )
+            .expect("valid"),
+        };
+        let watched = HashMap::from([(f.id, f.dir())]);
+        Responder::new(policy, Hierarchy::new(f.root.path()), "/proc", watched)
+    }
+
+    fn killed(o: Outcome) -> Box<Killed> {
+        match o {
+            Outcome::Killed(k) => k,
+            other => panic!("expected a kill, got {other:?}"),
+        }
+    }
+
+    fn ended(k: &Killed, exited: bool) -> Vec<VictimEnd> {
+        k.victims
+            .iter()
+            .map(|v| VictimEnd {
+                key: k.key.clone(),
+                pid: v.pid,
+                exited,
+                waited: Duration::ZERO,
+            })
+            .collect()
     }
 
     #[test]
     fn a_confirmed_stall_kills_the_member_process() {
-        let mut f = fixture(64 * MIB + 1, 64 * MIB);
-        let mut r = responder(&f, false);
-        let outcome = r.handle(&verdict(&f), None);
-        assert!(
-            matches!(outcome, Outcome::Killed { pid, .. } if pid == f.child.id()),
-            "{outcome:?}"
-        );
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(f.child.wait().expect("wait").signal(), Some(libc::SIGKILL));
-        // The victim has exited now: the next verdict may act again, and
-        // with nothing left to kill it kills nothing.
-        fs::write(f.root.path().join("seed/cgroup.procs"), "").expect("w");
-        assert_eq!(r.handle(&verdict(&f), None), Outcome::Unresolved);
+        let mut f = fixture(1, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, "");
+        let k = killed(r.handle(&f.verdict()));
+        assert_eq!(k.report.pid, f.children[0].id());
+        assert_eq!(k.report.victims, [f.children[0].id()]);
+        assert_eq!(k.report.batch, 1);
+        assert_eq!(k.reset, f.id);
+        assert_eq!(f.killed(), [0]);
+        // The victim has exited: the next verdict may act again, and with
+        // nothing left to kill it kills nothing.
+        for end in ended(&k, true) {
+            assert_eq!(r.victim_ended(&end), None);
+        }
+        fs::write(f.dir().join("cgroup.procs"), "").expect("w");
+        assert!(matches!(r.handle(&f.verdict()), Outcome::Unresolved(_)));
     }
 
     #[test]
     fn dry_run_decides_but_kills_nothing() {
-        let mut f = fixture(64 * MIB + 1, 64 * MIB);
-        let mut r = responder(&f, true);
-        match r.handle(&verdict(&f), None) {
-            Outcome::DryRun { pid, report } => {
-                assert_eq!(pid, f.child.id());
+        let mut f = fixture(1, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, "dry_run = true");
+        match r.handle(&f.verdict()) {
+            Outcome::DryRun(report) => {
+                assert_eq!(report.pid, f.children[0].id());
                 assert!(report.dry_run);
                 assert_eq!(report.memory_high, 64 * MIB);
             }
             o => panic!("{o:?}"),
         }
-        assert!(alive(&mut f.child));
-        let _ = f.child.kill();
+        assert!(f.killed().is_empty());
     }
 
     #[test]
     fn a_cgroup_back_under_memory_high_is_not_acted_on() {
-        let mut f = fixture(60 * MIB, 64 * MIB);
-        let mut r = responder(&f, false);
-        assert_eq!(r.handle(&verdict(&f), None), Outcome::NotConfirmed);
-        assert!(alive(&mut f.child));
-        let _ = f.child.kill();
+        let mut f = fixture(1, 60 * MIB, 64 * MIB);
+        let mut r = responder(&f, "");
+        assert!(matches!(r.handle(&f.verdict()), Outcome::NotConfirmed));
+        assert!(f.killed().is_empty());
     }
 
     #[test]
     fn verdicts_for_unknown_or_vanished_cgroups_are_dropped() {
-        let mut f = fixture(64 * MIB + 1, 64 * MIB);
-        let mut r = responder(&f, false);
-        let mut v = verdict(&f);
+        let mut f = fixture(1, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, "");
+        let mut v = f.verdict();
         v.cgroup_id += 1;
-        assert_eq!(r.handle(&v, None), Outcome::UnknownCgroup);
-        fs::remove_dir_all(f.root.path().join("seed")).expect("rm");
-        assert_eq!(r.handle(&verdict(&f), None), Outcome::CgroupGone);
-        assert!(alive(&mut f.child));
-        let _ = f.child.kill();
+        assert!(matches!(r.handle(&v), Outcome::UnknownCgroup));
+        fs::remove_dir_all(f.dir()).expect("rm");
+        assert!(matches!(r.handle(&f.verdict()), Outcome::CgroupGone));
+        assert!(f.killed().is_empty());
     }
 
     #[test]
     fn a_member_that_exits_first_is_not_mistaken_for_a_victim() {
-        let mut f = fixture(64 * MIB + 1, 64 * MIB);
-        let mut r = responder(&f, false);
-        f.child.kill().expect("kill");
-        f.child.wait().expect("reap");
+        let mut f = fixture(1, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, "");
+        f.children[0].kill().expect("kill");
+        f.children[0].wait().expect("reap");
         // Its pid is still listed (a stale read): it must be skipped, and
         // nothing else killed.
-        assert_eq!(r.handle(&verdict(&f), None), Outcome::Unresolved);
+        assert!(matches!(r.handle(&f.verdict()), Outcome::Unresolved(_)));
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_does_not_hide_the_hog() {
+        // A process may name itself with any bytes (prctl, or its own comm
+        // file): this shell does, then waits on its stdin.
+        let child = Command::new("sh")
+            .args(["-c", "printf 'h\\377\\376g' > /proc/$$/comm && read x"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        let start = Instant::now();
+        while !fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c == b"h\xff\xfeg\n") {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the shell never renamed itself"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut f = fixture(0, 64 * MIB + 1, 64 * MIB);
+        f.children.push(child);
+        f.members();
+        let mut r = responder(&f, "");
+        let k = killed(r.handle(&f.verdict()));
+        assert_eq!(k.report.pid, pid);
+        assert_eq!(k.report.comm, "h\u{FFFD}\u{FFFD}g");
+        assert_eq!(f.killed(), [0]);
+    }
+
+    #[test]
+    fn a_protected_executable_is_spared_but_a_copy_of_it_is_not() {
+        let sleep = fs::canonicalize("/usr/bin/sleep").expect("sleep");
+        let policy = format!("[protect]\nexe = [\"{}\"]", sleep.display());
+        // The real one: protected, so nothing is killed, and the log names it.
+        let mut f = fixture(1, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, &policy);
+        match r.handle(&f.verdict()) {
+            Outcome::Unresolved(Some(u)) => {
+                assert_eq!(u.holder_pid, Some(f.children[0].id()));
+                assert!(u.reason.contains("protect.exe"), "{}", u.reason);
+            }
+            other => panic!("expected unresolved, got {other:?}"),
+        }
+        assert!(f.killed().is_empty());
+        // The same program copied elsewhere, whatever its name.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("sleep");
+        fs::copy(&sleep, &copy).expect("copy");
+        let mut f = fixture(0, 64 * MIB + 1, 64 * MIB);
+        f.children.push(spawn(copy.to_str().expect("utf-8 path")));
+        f.members();
+        let mut r = responder(&f, &policy);
+        killed(r.handle(&f.verdict()));
+        assert_eq!(f.killed(), [0]);
+    }
+
+    #[test]
+    fn the_same_path_from_another_mount_namespace_is_not_trusted() {
+        // A process in its own mount namespace with a copy mounted over the
+        // protected path: its exe reads as that path, but is another file.
+        let sleep = fs::canonicalize("/usr/bin/sleep").expect("sleep");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("fake");
+        fs::copy(&sleep, &copy).expect("copy");
+        let script = format!(
+            "mount --bind {} {} && exec {} 30",
+            copy.display(),
+            sleep.display(),
+            sleep.display()
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            eprintln!("SKIPPED: unshare(1) is not installed");
+            return;
+        };
+        let mut f = fixture(0, 64 * MIB + 1, 64 * MIB);
+        f.children.push(child);
+        // Until the exec, the process is a shell (or unshare): wait for it.
+        let start = Instant::now();
+        let pid = f.children[0].id();
+        while !fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c == b"sleep\n") {
+            if start.elapsed() > Duration::from_secs(5)
+                || f.children[0].try_wait().is_ok_and(|s| s.is_some())
+            {
+                eprintln!("SKIPPED: could not mount in a new namespace (not root?)");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let link = fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+        assert_eq!(link, sleep, "the exe reads as the protected path");
+        f.members();
+        let mut r = responder(&f, &format!("[protect]\nexe = [\"{}\"]", sleep.display()));
+        killed(r.handle(&f.verdict()));
+        assert_eq!(f.killed(), [0]);
+    }
+
+    #[test]
+    fn a_victim_still_exiting_holds_the_next_decision_until_the_timeout() {
+        let mut f = fixture(2, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, "victim_exit_timeout_ms = 300");
+        let first = killed(r.handle(&f.verdict()));
+        // Its exit is not reported (stuck in uninterruptible sleep, say).
+        let held = r.handle(&f.verdict());
+        assert!(
+            matches!(held, Outcome::VictimStillExiting(pid) if pid == first.report.pid),
+            "{held:?}"
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        let second = killed(r.handle(&f.verdict()));
+        assert_ne!(second.report.pid, first.report.pid);
+        assert_eq!(f.killed().len(), 2);
+    }
+
+    #[test]
+    fn kills_that_leave_the_cgroup_over_its_limit_stop_at_the_limit() {
+        // A policy mistake: memory.current never comes down (say, the
+        // memory is tmpfs), so every kill is fruitless.
+        let mut f = fixture(5, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, "max_fruitless_kills = 3\nkill_window_ms = 60000");
+        let mut limits = Vec::new();
+        for _ in 0..3 {
+            let k = killed(r.handle(&f.verdict()));
+            for end in ended(&k, true) {
+                limits.extend(r.victim_ended(&end));
+            }
+        }
+        assert_eq!(limits.len(), 1, "{limits:?}");
+        assert_eq!(limits[0].fruitless_kills, 3);
+        assert_eq!(limits[0].cgroup, "/seed");
+        assert!(matches!(r.handle(&f.verdict()), Outcome::KillLimited));
+        assert_eq!(f.killed().len(), 3, "two members live on");
+    }
+
+    #[test]
+    fn kills_that_end_the_stall_never_trip_the_limit() {
+        let mut f = fixture(5, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, "max_fruitless_kills = 2");
+        for _ in 0..5 {
+            f.memory(64 * MIB + 1, 64 * MIB);
+            let k = killed(r.handle(&f.verdict()));
+            // Back under memory.high once the victim is gone.
+            f.memory(10 * MIB, 64 * MIB);
+            for end in ended(&k, true) {
+                assert_eq!(r.victim_ended(&end), None);
+            }
+        }
+        assert_eq!(f.killed().len(), 5);
+        assert_eq!(
+            r.books().0,
+            0,
+            "nothing kept once every kill ended its stall"
+        );
+    }
+
+    #[test]
+    fn a_removed_cgroup_takes_its_books_with_it() {
+        let mut f = fixture(1, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, "");
+        let k = killed(r.handle(&f.verdict()));
+        assert_eq!(r.books().0, 1);
+        assert!(r.forget(f.id));
+        assert_eq!(r.books(), (0, 0));
+        // Its victim's exit, reported later, is simply ignored.
+        for end in ended(&k, true) {
+            assert_eq!(r.victim_ended(&end), None);
+        }
+        assert_eq!(f.killed(), [0]);
     }
 
     /// A /proc with the given meminfo and, as its only processes, a real
@@ -734,23 +1305,7 @@ mod tests {
             format!("MemTotal: 1048576 kB\nMemFree: 1000 kB\nMemAvailable: {available_kib} kB\n"),
         )
         .expect("meminfo");
-        let child = Command::new("sleep")
-            .arg("30")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        // Past its exec: before it, /proc shows a copy of this test.
-        let comm = format!("/proc/{}/comm", child.id());
-        let start = Instant::now();
-        while fs::read_to_string(&comm)
-            .map(|c| c.trim() != "sleep")
-            .unwrap_or(true)
-            && start.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // And past the loader, which maps its first anonymous pages.
-        std::thread::sleep(Duration::from_millis(50));
+        let child = spawn("sleep");
         for pid in [child.id(), std::process::id()] {
             std::os::unix::fs::symlink(format!("/proc/{pid}"), root.path().join(pid.to_string()))
                 .expect("symlink");
@@ -773,32 +1328,40 @@ mod tests {
         Responder::new(policy, Hierarchy::new(root), root, HashMap::new())
     }
 
-    fn host_verdict() -> Verdict {
+    /// The kernel saw `worst` stall most (the allocating task). This test
+    /// process, protected as the guard, holds more than a `sleep`: without
+    /// knowing who grows, the largest holder being protected would leave
+    /// the stall unresolved.
+    fn host_verdict(worst: &Child) -> Verdict {
         Verdict {
             cgroup_id: guard_common::HOST_ID,
             ktime_ns: monotonic_ns(),
             stall_ns: 300_000_000,
+            worst_pid: worst.id(),
+            worst_tgid: worst.id(),
             ..Verdict::default()
         }
+    }
+
+    fn alive(child: &mut Child) -> bool {
+        matches!(child.try_wait(), Ok(None))
     }
 
     #[test]
     fn a_host_short_of_memory_loses_its_largest_unprotected_process() {
         // 1 GiB total; 5% is about 52428 KiB, so 52428 KiB available is a
-        // shortfall a sleeping child holds a share of. This process is protected as
-        // the guard itself, so the child is the only candidate.
+        // shortfall a sleeping child holds a share of. This process is
+        // protected as the guard itself, so the child is the one to go.
         let (root, mut child) = host_fixture(52_428);
         let mut r = host_responder(root.path(), HostMode::Kill, false);
-        match r.handle(&host_verdict(), None) {
-            Outcome::Killed { pid, report, .. } => {
-                assert_eq!(pid, child.id());
-                assert_eq!(report.cgroup, HOST_NAME);
-                assert!(!report.dry_run);
-            }
-            o => panic!("{o:?}"),
-        }
-        use std::os::unix::process::ExitStatusExt;
+        let k = killed(r.handle(&host_verdict(&child)));
+        assert_eq!(k.report.pid, child.id());
+        assert_eq!(k.report.cgroup, HOST_NAME);
+        assert!(!k.report.dry_run);
         assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        // Judged against MemAvailable once it has exited: still short.
+        let end = &ended(&k, true)[0];
+        assert_eq!(r.victim_ended(end), None);
     }
 
     #[test]
@@ -806,16 +1369,19 @@ mod tests {
         // Plenty available: not confirmed, nothing killed.
         let (root, mut child) = host_fixture(500_000);
         let mut r = host_responder(root.path(), HostMode::Kill, false);
-        assert_eq!(r.handle(&host_verdict(), None), Outcome::NotConfirmed);
+        assert!(matches!(
+            r.handle(&host_verdict(&child)),
+            Outcome::NotConfirmed
+        ));
         assert!(alive(&mut child));
         let _ = child.kill();
 
         // Short, but only watched: would kill, kills nothing.
         let (root, mut child) = host_fixture(52_428);
         let mut r = host_responder(root.path(), HostMode::Watch, false);
-        match r.handle(&host_verdict(), None) {
-            Outcome::DryRun { pid, report } => {
-                assert_eq!(pid, child.id());
+        match r.handle(&host_verdict(&child)) {
+            Outcome::DryRun(report) => {
+                assert_eq!(report.pid, child.id());
                 assert!(report.dry_run);
             }
             o => panic!("{o:?}"),
@@ -826,7 +1392,10 @@ mod tests {
         // Short, and the only candidate is protected: unresolved.
         let (root, mut child) = host_fixture(52_428);
         let mut r = host_responder(root.path(), HostMode::Kill, true);
-        assert_eq!(r.handle(&host_verdict(), None), Outcome::Unresolved);
+        assert!(matches!(
+            r.handle(&host_verdict(&child)),
+            Outcome::Unresolved(Some(_))
+        ));
         assert!(alive(&mut child));
         let _ = child.kill();
     }

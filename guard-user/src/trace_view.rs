@@ -85,6 +85,8 @@ struct Counts {
     kills: u64,
     dry_run_kills: u64,
     oom_kills: u64,
+    unresolved: u64,
+    kill_limits: u64,
     lost: u64,
     errors: u64,
 }
@@ -141,6 +143,8 @@ struct CgroupRow {
     verdicts: u64,
     kills: u64,
     oom_kills: u64,
+    unresolved: u64,
+    kill_limits: u64,
     /// The cgroup was removed; the row stays only if something happened
     /// to it worth remembering.
     gone: bool,
@@ -183,7 +187,7 @@ impl CgroupRow {
     }
 
     fn has_incidents(&self) -> bool {
-        self.verdicts + self.kills + self.oom_kills > 0
+        self.verdicts + self.kills + self.oom_kills + self.unresolved + self.kill_limits > 0
     }
 }
 
@@ -318,6 +322,20 @@ impl View {
                 }
                 if let Some(row) = self.row_mut(cgroup, None) {
                     row.kills += 1;
+                }
+                self.log(rec, Some(cgroup), Tone::Alarm);
+            }
+            Event::Unresolved { cgroup, .. } => {
+                self.counts.unresolved += 1;
+                if let Some(row) = self.row_mut(cgroup, None) {
+                    row.unresolved += 1;
+                }
+                self.log(rec, Some(cgroup), Tone::Warn);
+            }
+            Event::KillLimit { cgroup, .. } => {
+                self.counts.kill_limits += 1;
+                if let Some(row) = self.row_mut(cgroup, None) {
+                    row.kill_limits += 1;
                 }
                 self.log(rec, Some(cgroup), Tone::Alarm);
             }
@@ -594,6 +612,18 @@ impl View {
         ];
         if c.dry_run_kills > 0 {
             second.push(Span::raw(format!(" (+{} dry run)", c.dry_run_kills)));
+        }
+        // Shown once they happen: a stall left alone, a spree stopped.
+        if c.unresolved > 0 {
+            second.push(sep());
+            second.push(Span::styled(
+                format!("unresolved {}", c.unresolved),
+                Style::new().fg(Color::Yellow),
+            ));
+        }
+        if c.kill_limits > 0 {
+            second.push(sep());
+            second.push(Span::styled(format!("kill limits {}", c.kill_limits), red));
         }
         second.extend([
             sep(),
@@ -930,12 +960,14 @@ impl Column {
                     (row.verdicts, "V"),
                     (row.kills, "K"),
                     (row.oom_kills, "OOM"),
+                    (row.unresolved, "U"),
+                    (row.kill_limits, "L"),
                 ] {
                     if n > 0 {
                         parts.push(format!("{tag}{n}"));
                     }
                 }
-                let style = if row.kills + row.oom_kills > 0 {
+                let style = if row.kills + row.oom_kills + row.kill_limits > 0 {
                     Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
                 } else {
                     Style::new().fg(Color::Yellow)
@@ -1081,6 +1113,8 @@ mod tests {
                 memory_current: 48 * MIB,
                 memory_high: Some(64 * MIB),
                 dry_run: false,
+                victims: vec![42],
+                batch: 1,
             },
         ));
         view.push(&at(

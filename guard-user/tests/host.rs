@@ -147,7 +147,7 @@ fn a_full_verdict_ring_is_counted_and_the_stall_reported_again_once_there_is_roo
     );
     // With room again, the next stall is reported. (The worst task of the
     // window may still be an earlier hog, so the verdict is told by time.)
-    let before = guard::respond::monotonic_ns();
+    let before = guard::clock::monotonic_ns();
     run_in(&[&v2.0, &v1.0], &ANON_HOG);
     let mut fresh = 0;
     while let Some(item) = verdicts.next() {

@@ -181,6 +181,8 @@ fn incident(t0: u64) -> Vec<Record> {
             memory_current: 66 * mib,
             memory_high: Some(64 * mib),
             dry_run: false,
+            victims: vec![4242],
+            batch: 1,
         },
     ));
     for i in 1..5u64 {
@@ -210,7 +212,7 @@ async fn a_recorded_stream_reports_the_incident_and_draws_it() {
         .await
         .expect("guard record attached in time")
         .expect("bus alive");
-    let sent = incident(guard::respond::monotonic_ns());
+    let sent = incident(guard::clock::monotonic_ns());
     for r in &sent {
         bus.send(r);
     }

@@ -1,0 +1,321 @@
+//! What happened after each kill, per watched cgroup (and for the host):
+//! the victims still exiting, and whether kills end the stalls they were
+//! for. Two rules live here:
+//!
+//! - While a victim is exiting its memory is still charged, so the next
+//!   verdict for its cgroup waits for it, but only until a timeout: a victim
+//!   stuck in uninterruptible sleep must not block the next decision for
+//!   ever.
+//! - A circuit breaker: a kill that leaves its cgroup over the limit once its
+//!   victims are gone was fruitless, a sign the decision is wrong there.
+//!   After `max_fruitless` of them in a row within `window`, nothing more is
+//!   killed there until the window has passed. A kill that ends the stall
+//!   resets the count, so a hog that a supervisor respawns dies every time.
+//!
+//! Time is passed in, so the rules are tested without waiting.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// The breaker's and the exit wait's settings (from the policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_fruitless: u64,
+    pub window: Duration,
+    pub exit_timeout: Duration,
+}
+
+/// Whether a new decision may go ahead for a scope.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    /// A victim of the last kill is still exiting, within the timeout.
+    Exiting {
+        pid: u32,
+    },
+    /// The breaker is open: no kill before `until`.
+    Limited {
+        until: Instant,
+    },
+    /// The last kill's victims outlived the timeout; they no longer block,
+    /// and the kill counts as fruitless (a verdict says the stall goes on).
+    TimedOut {
+        pids: Vec<u32>,
+        waited: Duration,
+        trip: Option<Trip>,
+    },
+}
+
+/// The breaker just opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trip {
+    pub fruitless_kills: u64,
+    pub window: Duration,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    /// Still waited for.
+    pids: Vec<u32>,
+    /// All of the kill's victims.
+    all: Vec<u32>,
+    deadline: Instant,
+    killed_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    inflight: Option<Inflight>,
+    /// When each fruitless kill in the current run was judged.
+    fruitless: Vec<Instant>,
+    limited_until: Option<Instant>,
+}
+
+impl Entry {
+    fn idle(&self) -> bool {
+        self.inflight.is_none() && self.fruitless.is_empty() && self.limited_until.is_none()
+    }
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    limits: Limits,
+    scopes: HashMap<PathBuf, Entry>,
+}
+
+impl Ledger {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            scopes: HashMap::new(),
+        }
+    }
+
+    /// A reloaded policy's settings; what is in flight stays.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// How many scopes hold any state (it must stay bounded).
+    pub fn len(&self) -> usize {
+        self.scopes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scopes.is_empty()
+    }
+
+    /// May a decision go ahead in `key` now?
+    pub fn gate(&mut self, key: &Path, now: Instant) -> Gate {
+        let Some(e) = self.scopes.get_mut(key) else {
+            return Gate::Open;
+        };
+        if let Some(until) = e.limited_until {
+            if now < until {
+                return Gate::Limited { until };
+            }
+            e.limited_until = None;
+            e.fruitless.clear();
+        }
+        let gate = match e.inflight.take() {
+            Some(f) if now < f.deadline => {
+                let pid = f.pids.first().copied().unwrap_or(0);
+                e.inflight = Some(f);
+                Gate::Exiting { pid }
+            }
+            Some(f) => {
+                let trip = self.record(key, false, now);
+                Gate::TimedOut {
+                    pids: f.pids,
+                    waited: now.saturating_duration_since(f.killed_at),
+                    trip,
+                }
+            }
+            None => Gate::Open,
+        };
+        self.tidy(key);
+        gate
+    }
+
+    /// A kill of `pids` in `key` just happened.
+    pub fn killed(&mut self, key: &Path, pids: Vec<u32>, now: Instant) {
+        let deadline = now + self.limits.exit_timeout;
+        self.scopes.entry(key.to_owned()).or_default().inflight = Some(Inflight {
+            all: pids.clone(),
+            pids,
+            deadline,
+            killed_at: now,
+        });
+    }
+
+    /// Victim `pid` of `key` has exited (or is no longer waited for).
+    /// When it was the last of its kill, the kill's victims: the caller
+    /// then judges it.
+    pub fn ended(&mut self, key: &Path, pid: u32) -> Option<Vec<u32>> {
+        let e = self.scopes.get_mut(key)?;
+        let f = e.inflight.as_mut()?;
+        let before = f.pids.len();
+        f.pids.retain(|&p| p != pid);
+        if before == 0 || !f.pids.is_empty() {
+            return None;
+        }
+        e.inflight.take().map(|f| f.all)
+    }
+
+    /// Whether `pid` is a victim of `key` still waited for.
+    pub fn waiting_for(&self, key: &Path, pid: u32) -> bool {
+        self.scopes
+            .get(key)
+            .and_then(|e| e.inflight.as_ref())
+            .is_some_and(|f| f.pids.contains(&pid))
+    }
+
+    /// A finished kill, judged: did it bring the scope back under its
+    /// limit? Returns the trip when this fruitless kill opens the breaker.
+    pub fn judge(&mut self, key: &Path, fruitful: bool, now: Instant) -> Option<Trip> {
+        let trip = self.record(key, fruitful, now);
+        self.tidy(key);
+        trip
+    }
+
+    fn record(&mut self, key: &Path, fruitful: bool, now: Instant) -> Option<Trip> {
+        let limits = self.limits;
+        let e = self.scopes.entry(key.to_owned()).or_default();
+        if fruitful {
+            e.fruitless.clear();
+            return None;
+        }
+        e.fruitless
+            .retain(|&t| now.saturating_duration_since(t) < limits.window);
+        e.fruitless.push(now);
+        let count = e.fruitless.len() as u64;
+        if count < limits.max_fruitless {
+            return None;
+        }
+        e.fruitless.clear();
+        e.limited_until = Some(now + limits.window);
+        Some(Trip {
+            fruitless_kills: count,
+            window: limits.window,
+        })
+    }
+
+    fn tidy(&mut self, key: &Path) {
+        if self.scopes.get(key).is_some_and(Entry::idle) {
+            self.scopes.remove(key);
+        }
+    }
+
+    /// The scope is gone (its cgroup removed): forget all of it.
+    pub fn forget(&mut self, key: &Path) {
+        self.scopes.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn ledger() -> (Ledger, PathBuf, Instant) {
+        let l = Ledger::new(Limits {
+            max_fruitless: 3,
+            window: 60 * S,
+            exit_timeout: 3 * S,
+        });
+        (l, PathBuf::from("/sys/fs/cgroup/seed"), Instant::now())
+    }
+
+    #[test]
+    fn the_next_decision_waits_for_a_victim_until_it_exits() {
+        let (mut l, k, t) = ledger();
+        assert_eq!(l.gate(&k, t), Gate::Open);
+        l.killed(&k, vec![10, 11], t);
+        assert_eq!(l.gate(&k, t + S), Gate::Exiting { pid: 10 });
+        assert_eq!(l.ended(&k, 10), None, "one of two");
+        assert!(l.waiting_for(&k, 11));
+        assert_eq!(l.ended(&k, 11), Some(vec![10, 11]), "the last one");
+        assert_eq!(l.gate(&k, t + S), Gate::Open);
+        assert_eq!(l.ended(&k, 11), None, "already done");
+    }
+
+    #[test]
+    fn a_victim_that_does_not_exit_blocks_only_until_the_timeout() {
+        let (mut l, k, t) = ledger();
+        l.killed(&k, vec![10], t);
+        assert_eq!(l.gate(&k, t + 2 * S), Gate::Exiting { pid: 10 });
+        match l.gate(&k, t + 3 * S) {
+            Gate::TimedOut { pids, waited, trip } => {
+                assert_eq!(pids, [10]);
+                assert_eq!(waited, 3 * S);
+                assert_eq!(trip, None, "one fruitless kill is no trip");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(l.gate(&k, t + 3 * S), Gate::Open);
+        // Its exit, seen later, changes nothing.
+        assert_eq!(l.ended(&k, 10), None);
+    }
+
+    #[test]
+    fn fruitless_kills_in_a_row_open_the_breaker_for_the_window() {
+        let (mut l, k, t) = ledger();
+        assert_eq!(l.judge(&k, false, t), None);
+        assert_eq!(l.judge(&k, false, t + S), None);
+        let trip = l.judge(&k, false, t + 2 * S).expect("third trips");
+        assert_eq!(trip.fruitless_kills, 3);
+        assert_eq!(l.gate(&k, t + 30 * S), Gate::Limited { until: t + 62 * S });
+        // Other cgroups are not affected.
+        assert_eq!(l.gate(Path::new("/other"), t + 30 * S), Gate::Open);
+        // After the window it may kill again, with a fresh count.
+        assert_eq!(l.gate(&k, t + 62 * S), Gate::Open);
+        assert_eq!(l.judge(&k, false, t + 63 * S), None);
+    }
+
+    #[test]
+    fn a_kill_that_ends_the_stall_resets_the_count() {
+        let (mut l, k, t) = ledger();
+        // A supervisor respawns the hog: every kill ends the stall.
+        for i in 0..300 {
+            assert_eq!(l.judge(&k, true, t + i * S / 10), None);
+        }
+        l.judge(&k, false, t);
+        l.judge(&k, false, t);
+        l.judge(&k, true, t);
+        assert_eq!(l.judge(&k, false, t), None);
+        assert_eq!(l.judge(&k, false, t), None);
+        assert!(l.judge(&k, false, t).is_some());
+    }
+
+    #[test]
+    fn fruitless_kills_spread_wider_than_the_window_do_not_trip() {
+        let (mut l, k, t) = ledger();
+        for i in 0..10 {
+            assert_eq!(l.judge(&k, false, t + i * 31 * S), None, "kill {i}");
+        }
+    }
+
+    #[test]
+    fn state_stays_bounded_while_scopes_come_and_go() {
+        let (mut l, _, t) = ledger();
+        for i in 0..1000 {
+            let k = PathBuf::from(format!("/sys/fs/cgroup/loop/hog-{i}.scope"));
+            l.killed(&k, vec![i], t);
+            assert!(l.ended(&k, i).is_some());
+            l.judge(&k, true, t);
+        }
+        assert!(l.is_empty(), "{} scopes kept", l.len());
+        let k = PathBuf::from("/gone");
+        l.killed(&k, vec![1], t);
+        l.forget(&k);
+        assert!(l.is_empty());
+    }
+}
