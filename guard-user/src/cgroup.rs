@@ -146,6 +146,19 @@ impl Memory {
     }
 }
 
+/// A cgroup found over its memory.high.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Over {
+    pub current: u64,
+    pub high: u64,
+}
+
+impl Over {
+    pub fn overage(&self) -> u64 {
+        self.current.saturating_sub(self.high)
+    }
+}
+
 /// Selected counters of memory.stat, bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStat {
@@ -206,8 +219,16 @@ impl Hierarchy {
         fs::read_to_string(&path).map_err(io_err(&path))
     }
 
+    /// A one-number file: open, one read into a stack buffer, close (it is
+    /// read on the kill path).
     fn limit(dir: &Path, file: &str) -> Result<u64, CgroupError> {
-        let text = Self::read(dir, file)?;
+        use io::Read as _;
+        let path = dir.join(file);
+        let mut buf = [0u8; 64];
+        let n = fs::File::open(&path)
+            .and_then(|mut f| f.read(&mut buf))
+            .map_err(io_err(&path))?;
+        let text = String::from_utf8_lossy(&buf[..n]);
         parse_limit(&text).ok_or_else(|| CgroupError::Malformed {
             path: dir.join(file),
             what: format!("expected a byte count or \"max\", got {:?}", text.trim()),
@@ -284,24 +305,29 @@ impl Hierarchy {
     }
 
     /// The deepest cgroup from `dir` up to (not including) the root whose
-    /// memory.current is above a finite memory.high, with its memory files.
-    /// Errors only if `dir` itself cannot be read (it is gone).
-    pub fn over_high(&self, dir: &Path) -> Result<Option<(PathBuf, Memory)>, CgroupError> {
-        if !dir.is_dir() {
-            return Err(CgroupError::Io {
-                path: dir.to_owned(),
-                source: io::Error::from(io::ErrorKind::NotFound),
-            });
-        }
+    /// memory.current is above a finite memory.high. Errors only if `dir`
+    /// itself is gone. Two small reads per level (it is on the kill path).
+    pub fn over_high(&self, dir: &Path) -> Result<Option<(PathBuf, Over)>, CgroupError> {
         let mut at = dir.to_owned();
         while at.starts_with(&self.root) && at != self.root {
             // A cgroup without the memory controller has no memory files:
             // its parent's limits are the ones that apply.
-            if let Ok(m) = Self::memory(&at)
-                && m.high != u64::MAX
-                && m.current > m.high
-            {
-                return Ok(Some((at, m)));
+            match Self::limit(&at, "memory.high") {
+                Ok(u64::MAX) => {}
+                Ok(high) => {
+                    if let Ok(current) = Self::limit(&at, "memory.current")
+                        && current > high
+                    {
+                        return Ok(Some((at, Over { current, high })));
+                    }
+                }
+                Err(_) if at == dir && !dir.is_dir() => {
+                    return Err(CgroupError::Io {
+                        path: dir.to_owned(),
+                        source: io::Error::from(io::ErrorKind::NotFound),
+                    });
+                }
+                Err(_) => {}
             }
             if !at.pop() {
                 break;

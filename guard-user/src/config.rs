@@ -184,12 +184,19 @@ pub struct Protect {
 }
 
 impl Protect {
+    /// Whether an `exe` rule names this path (only then is the file behind
+    /// it worth checking).
+    pub fn exe_named(&self, path: &str) -> bool {
+        self.exe.iter().any(|g| g.is_match(path))
+    }
+
     /// Which facts beyond name and owner the rules need.
     pub fn needs(&self) -> crate::policy::Needs {
         crate::policy::Needs {
             exe: !self.exe.is_empty(),
             cmdline: !self.cmdline.is_empty(),
             cgroup: !self.cgroups.is_empty(),
+            uid: !self.uids.is_empty(),
         }
     }
 
@@ -228,8 +235,8 @@ impl Protect {
                 }
             }
         }
-        if self.uids.contains(&f.uid) {
-            return Some(format!("uid {} is in protect.uids", f.uid));
+        if let Some(uid) = f.uid.filter(|u| self.uids.contains(u)) {
+            return Some(format!("uid {uid} is in protect.uids"));
         }
         if let Some(cmdline) = f.cmdline
             && let Some(re) = self.cmdline.iter().find(|re| re.is_match(cmdline))
@@ -260,6 +267,11 @@ pub struct Order {
 }
 
 impl Order {
+    /// No prefer or avoid rule: names play no part in the victim order.
+    pub fn is_empty(&self) -> bool {
+        self.prefer.is_empty() && self.avoid.is_empty()
+    }
+
     /// +1 if comm matches a prefer regex, -1 if it matches an avoid regex
     /// (avoid wins if both), else 0.
     pub fn rank(&self, comm: &str) -> i8 {
@@ -975,7 +987,7 @@ mod tests {
             kernel_thread: false,
             oom_score_adj: 0,
             comm: &comm,
-            uid,
+            uid: Some(uid),
             cgroup: Some(cgroup),
             exe: None,
             cmdline: Some(cmdline),
@@ -1017,7 +1029,10 @@ mod tests {
             None
         );
         let needs = p.needs();
-        assert!(needs.exe && !needs.cmdline && !needs.cgroup, "{needs:?}");
+        assert!(
+            needs.exe && !needs.cmdline && !needs.cgroup && !needs.uid,
+            "{needs:?}"
+        );
         // The embedded file and the built-in list say the same.
         for path in DEFAULT_PROTECT_EXE {
             assert!(DEFAULT_POLICY.contains(&format!("\"{path}\"")), "{path}");

@@ -3,7 +3,9 @@
 //! Plain data in, plain data out; the only question asked outside is
 //! "may this process be killed?", through the `judge` the caller passes,
 //! which is asked lazily (and at most once per process), so a decision
-//! usually reads the protection facts of a few processes, not of all.
+//! usually reads the protection facts of a few processes, not of all. The
+//! judge also answers with the process's name, which the table itself need
+//! not carry (reading every name would cost a file per process).
 //!
 //! The rules, in order:
 //! 1. A kill must be able to end the stall. When what guard may not kill
@@ -37,6 +39,8 @@ pub const MAX_BATCH: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Candidate {
     pub pid: u32,
+    /// Its name when the table was read with it (empty otherwise: the judge
+    /// tells it).
     pub comm: Comm,
     /// What killing it gives back, bytes; None when its memory could not
     /// be read (it then counts as a process guard may not kill).
@@ -215,37 +219,53 @@ struct Unit {
     worst: bool,
 }
 
+/// The judge's answer: why the process may not be killed (None: it may),
+/// and its name.
+pub type Judgement = (Option<Protection>, Comm);
+
 /// Memoized answers of the caller's judge.
 struct Judged<'a, J> {
     judge: J,
     cands: &'a [Candidate],
-    answers: Vec<Option<Option<Protection>>>,
+    answers: Vec<Option<Judgement>>,
 }
 
-impl<J: FnMut(usize) -> Option<Protection>> Judged<'_, J> {
+impl<J: FnMut(usize) -> Judgement> Judged<'_, J> {
+    fn answer(&mut self, i: usize) -> &Judgement {
+        if self.answers[i].is_none() {
+            let a = if self.cands[i].footprint.is_none() {
+                (
+                    Some(Protection::Unreadable(
+                        "its memory could not be read".to_owned(),
+                    )),
+                    self.cands[i].comm,
+                )
+            } else {
+                (self.judge)(i)
+            };
+            self.answers[i] = Some(a);
+        }
+        self.answers[i].as_ref().expect("answered above")
+    }
+
     /// Why candidate `i` may not be killed, or None.
     fn why(&mut self, i: usize) -> Option<Protection> {
-        if self.cands[i].footprint.is_none() {
-            return Some(Protection::Unreadable(
-                "its memory could not be read".to_owned(),
-            ));
-        }
-        if self.answers[i].is_none() {
-            self.answers[i] = Some((self.judge)(i));
-        }
-        self.answers[i].clone().flatten()
+        self.answer(i).0.clone()
     }
 
     fn killable(&mut self, i: usize) -> bool {
-        self.why(i).is_none()
+        self.answer(i).0.is_none()
+    }
+
+    fn name(&mut self, i: usize) -> Comm {
+        self.answer(i).1
     }
 
     fn holder(&mut self, i: usize) -> Holder {
-        let c = &self.cands[i];
-        let (pid, comm, footprint) = (c.pid, c.comm, c.footprint);
+        let (pid, footprint) = (self.cands[i].pid, self.cands[i].footprint);
         Holder {
             pid,
-            comm,
+            comm: self.name(i),
             footprint,
             why: self.why(i).unwrap_or(Protection::Unreadable(String::new())),
         }
@@ -258,7 +278,7 @@ pub fn decide(
     stall: &Stall,
     cands: &[Candidate],
     grouped: bool,
-    judge: impl FnMut(usize) -> Option<Protection>,
+    judge: impl FnMut(usize) -> Judgement,
 ) -> Decision {
     let mut j = Judged {
         judge,
@@ -383,7 +403,7 @@ pub fn decide(
 
 /// Why killing cannot end it: the largest holder guard may not kill, the
 /// shared memory no process holds, or nothing it can name.
-fn no_capacity<J: FnMut(usize) -> Option<Protection>>(
+fn no_capacity<J: FnMut(usize) -> Judgement>(
     stall: &Stall,
     cands: &[Candidate],
     by_size: &[usize],
@@ -412,7 +432,7 @@ fn no_capacity<J: FnMut(usize) -> Option<Protection>>(
                 .iter()
                 .copied()
                 .find(|&i| j.killable(i))
-                .map(|i| (cands[i].pid, cands[i].comm, cands[i].footprint.unwrap_or(0))),
+                .map(|i| (cands[i].pid, j.name(i), cands[i].footprint.unwrap_or(0))),
             overage,
         },
     }
@@ -422,7 +442,7 @@ fn no_capacity<J: FnMut(usize) -> Option<Protection>>(
 /// not yet judged (`whole` false: the rules ask as they reach it); grouped,
 /// every candidate is judged, units hold only killable processes, and a
 /// unit holding one guard may not kill is split into its killable ones.
-fn units<J: FnMut(usize) -> Option<Protection>>(
+fn units<J: FnMut(usize) -> Judgement>(
     cands: &[Candidate],
     by_size: &[usize],
     grouped: bool,
@@ -476,7 +496,7 @@ fn units<J: FnMut(usize) -> Option<Protection>>(
 
 /// Whether a unit may be killed: a whole one was judged when it was
 /// formed, a single process is judged now.
-fn unit_ok<J: FnMut(usize) -> Option<Protection>>(u: &Unit, j: &mut Judged<'_, J>) -> bool {
+fn unit_ok<J: FnMut(usize) -> Judgement>(u: &Unit, j: &mut Judged<'_, J>) -> bool {
     u.whole || j.killable(u.members[0])
 }
 
@@ -514,12 +534,13 @@ mod tests {
     fn judge<'a>(
         cands: &'a [Candidate],
         protected: &'a [&str],
-    ) -> impl FnMut(usize) -> Option<Protection> + 'a {
+    ) -> impl FnMut(usize) -> Judgement + 'a {
         move |i| {
             let name = cands[i].comm.to_string();
-            protected
+            let why = protected
                 .contains(&name.as_str())
-                .then(|| Protection::Rule(format!("{name} is protected")))
+                .then(|| Protection::Rule(format!("{name} is protected")));
+            (why, cands[i].comm)
         }
     }
 
@@ -631,7 +652,7 @@ mod tests {
     fn every_fixed_protection_is_honoured() {
         let t = [proc(1, "init", 5), proc(20, "grep", 50)];
         let d = decide(&stall(10, 0), &t, false, |i| {
-            (t[i].pid == 1).then_some(Protection::Init)
+            ((t[i].pid == 1).then_some(Protection::Init), t[i].comm)
         });
         assert_eq!(victims(&d, &t), [20]);
     }
@@ -769,10 +790,24 @@ mod tests {
         let mut asked = Vec::new();
         let d = decide(&stall(20, 10), &t, false, |i| {
             asked.push(t[i].pid);
-            None
+            (None, t[i].comm)
         });
         assert_eq!(victims(&d, &t), [10]);
         assert_eq!(asked, [10]);
+    }
+
+    #[test]
+    fn names_the_table_was_read_without_come_from_the_judge() {
+        // The table is read without names (one small file per process);
+        // the judge reads the name of what it judges.
+        let mut t = [proc(10, "", 70), proc(20, "", 3)];
+        t[0].comm = Comm::default();
+        let d = decide(&stall(10, 10), &t, false, |i| {
+            let why = (i == 0).then(|| Protection::Rule("exe matches".into()));
+            (why, Comm::from(if i == 0 { "sshd" } else { "server" }))
+        });
+        let u = unresolved(d);
+        assert!(u.to_string().contains("sshd (pid 10"), "{u}");
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub struct Facts<'a> {
     pub kernel_thread: bool,
     pub oom_score_adj: i32,
     pub comm: &'a Comm,
-    pub uid: u32,
+    /// The real uid (None: not read, no rule needs it).
+    pub uid: Option<u32>,
     /// The process's cgroup path ("/user.slice/...").
     pub cgroup: Option<&'a str>,
     /// None: no executable (or not read).
@@ -74,6 +75,7 @@ pub struct Needs {
     pub exe: bool,
     pub cmdline: bool,
     pub cgroup: bool,
+    pub uid: bool,
 }
 
 impl Policy {
@@ -114,6 +116,12 @@ impl Policy {
     pub fn rank(&self, comm: &Comm) -> i8 {
         self.config.order.rank(&comm.lossy())
     }
+
+    /// Whether names change the victim order (then every candidate's name
+    /// is read).
+    pub fn ranks_by_name(&self) -> bool {
+        !self.config.order.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -137,7 +145,7 @@ mod tests {
             kernel_thread: false,
             oom_score_adj: 0,
             comm,
-            uid: 1000,
+            uid: Some(1000),
             cgroup: Some("/user.slice/user-1000.slice"),
             exe,
             cmdline: Some(""),
@@ -225,7 +233,7 @@ mod tests {
              [[scope]]\npaths = [\"/**\"]\n",
         );
         let needs = p.needs();
-        assert!(needs.exe && needs.cmdline && needs.cgroup);
+        assert!(needs.exe && needs.cmdline && needs.cgroup && needs.uid);
         let plain = Comm::from("srv");
         let keeper = Comm::from("keeper");
         let db = exe("/opt/db/bin/postgres", true);
@@ -234,7 +242,7 @@ mod tests {
         let mut by_cgroup = facts(11, &plain, None);
         by_cgroup.cgroup = Some("/system.slice/db.service/worker");
         let mut by_uid = facts(12, &plain, None);
-        by_uid.uid = 0;
+        by_uid.uid = Some(0);
         for (f, word) in [
             (facts(9, &keeper, None), "protect.comm"),
             (facts(13, &plain, Some(&db)), "protect.exe"),

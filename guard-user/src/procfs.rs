@@ -78,6 +78,10 @@ impl Comm {
         &self.bytes[..usize::from(self.len)]
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The name as text; bytes that are not UTF-8 show as U+FFFD.
     pub fn lossy(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(self.as_bytes())
@@ -195,6 +199,8 @@ pub fn parse_status(text: &[u8]) -> Option<Status> {
 /// Fields of /proc/PID/stat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
+    /// The name between the parentheses, raw.
+    pub comm: Comm,
     pub state: u8,
     pub pgrp: u32,
     pub flags: u64,
@@ -206,6 +212,11 @@ pub fn parse_stat(text: &[u8]) -> Option<Stat> {
     // parentheses or bytes that are not UTF-8, so the fields are counted
     // from the last ')'.
     let close = text.iter().rposition(|&b| b == b')')?;
+    let open = text
+        .iter()
+        .position(|&b| b == b'(')
+        .filter(|&o| o < close)?;
+    let comm = Comm::new(&text[open + 1..close]);
     let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
     let mut fields = rest.split_whitespace();
     // After ')': state is field 3 of the man page, pgrp 5, flags 9,
@@ -215,6 +226,7 @@ pub fn parse_stat(text: &[u8]) -> Option<Stat> {
     let flags = fields.nth(9 - 5 - 1)?.parse().ok()?;
     let start_time = fields.nth(22 - 9 - 1)?.parse().ok()?;
     Some(Stat {
+        comm,
         state,
         pgrp,
         flags,
@@ -267,6 +279,35 @@ fn maps_line(line: &[u8]) -> Option<(&[u8], &[u8])> {
     (!fields[4].is_empty()).then(|| (fields[1], rest.trim_ascii()))
 }
 
+/// /proc/PID/statm, in pages: the cheapest look at a process's memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Statm {
+    /// 0 for a process without memory of its own (a kernel thread, an
+    /// exiting one, a leader that exited before its threads).
+    pub size: u64,
+    /// Anonymous + file-backed + shared memory resident.
+    pub resident: u64,
+    /// File-backed + shared memory resident.
+    pub shared: u64,
+}
+
+impl Statm {
+    /// Anonymous memory resident (RssAnon), pages.
+    pub fn anon(&self) -> u64 {
+        self.resident.saturating_sub(self.shared)
+    }
+}
+
+pub fn parse_statm(text: &[u8]) -> Option<Statm> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some(Statm {
+        size: f.next()??,
+        resident: f.next()??,
+        shared: f.next()??,
+    })
+}
+
 /// The executable a process runs, and whether it is the very file guard
 /// sees at that path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -312,6 +353,8 @@ pub struct ProcFs {
     root: PathBuf,
     buf: Vec<u8>,
     path: String,
+    /// Files of processes read so far (the kill path's work, for tests).
+    reads: u64,
 }
 
 impl ProcFs {
@@ -321,7 +364,13 @@ impl ProcFs {
             path: String::with_capacity(root.as_os_str().len() + 64),
             root,
             buf: Vec::with_capacity(MAPS_CAP),
+            reads: 0,
         }
+    }
+
+    /// How many per-process files were read so far.
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 
     pub fn root(&self) -> &Path {
@@ -358,11 +407,8 @@ impl ProcFs {
         cap: usize,
     ) -> Result<&[u8], ProcError> {
         self.set_path(pid, tid, file);
-        let mut f = fs::File::open(&self.path).map_err(|e| Self::map_err(pid, file, e))?;
-        self.buf.clear();
-        (&mut f)
-            .take(cap as u64)
-            .read_to_end(&mut self.buf)
+        self.reads += 1;
+        read_small(Path::new(&self.path), &mut self.buf, cap)
             .map_err(|e| Self::map_err(pid, file, e))?;
         Ok(&self.buf)
     }
@@ -383,6 +429,40 @@ impl ProcFs {
             file: "stat",
             what: "no state/pgrp/flags/starttime fields",
         })
+    }
+
+    pub fn statm(&mut self, pid: u32) -> Result<Statm, ProcError> {
+        let text = self.read(pid, None, "statm", 256)?;
+        parse_statm(text).ok_or(ProcError::Malformed {
+            pid,
+            file: "statm",
+            what: "fewer than three page counts",
+        })
+    }
+
+    /// The name, from /proc/PID/comm (without the newline).
+    pub fn comm(&mut self, pid: u32) -> Result<Comm, ProcError> {
+        let text = self.read(pid, None, "comm", 128)?;
+        Ok(Comm::new(text.strip_suffix(b"\n").unwrap_or(text)))
+    }
+
+    /// Whether any swap is on: without it no process has swapped memory,
+    /// and a process's footprint can be read from its statm alone.
+    pub fn swap_on(&mut self) -> bool {
+        self.path.clear();
+        let _ = write!(self.path, "{}/swaps", self.root.display());
+        match read_small(Path::new(&self.path), &mut self.buf, MAPS_CAP) {
+            // A header line, then one line per swap area.
+            Ok(()) => {
+                self.buf
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+                    > 1
+            }
+            // Cannot tell: assume there is.
+            Err(_) => true,
+        }
     }
 
     pub fn oom_score_adj(&mut self, pid: u32) -> Result<i32, ProcError> {
@@ -472,32 +552,44 @@ impl ProcFs {
     }
 
     /// The executable of `pid` (through `tid` when its leader has exited),
-    /// with what a protection rule needs to trust it. None for a process
-    /// without one (a kernel thread, an exited one).
-    pub fn exe(&mut self, pid: u32, tid: Option<u32>) -> Result<Option<Exe>, ProcError> {
+    /// with what a protection rule needs to trust it: read only when
+    /// `trust_needed` says its path matters (a rule matches it), else the
+    /// path alone. None for a process without one (a kernel thread, an
+    /// exited one).
+    pub fn exe(
+        &mut self,
+        pid: u32,
+        tid: Option<u32>,
+        trust_needed: impl Fn(&str) -> bool,
+    ) -> Result<Option<Exe>, ProcError> {
         self.set_path(pid, tid, "exe");
         let link = match fs::read_link(&self.path) {
             Ok(l) => l,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Self::map_err(pid, "exe", e)),
         };
-        // Following the link reaches the file the process runs, wherever it
-        // lives, even once deleted.
-        let running = fs::metadata(&self.path).map_err(|e| Self::map_err(pid, "exe", e))?;
         let text = link.to_string_lossy();
         let (path, deleted) = match text.strip_suffix(" (deleted)") {
             Some(p) => (p.to_owned(), true),
             None => (text.into_owned(), false),
         };
-        let same_file = !deleted
-            && fs::metadata(&path)
-                .is_ok_and(|m| m.dev() == running.dev() && m.ino() == running.ino());
-        Ok(Some(Exe {
+        let mut exe = Exe {
             path,
             deleted,
-            root_owned: running.uid() == 0 && running.mode() & 0o022 == 0,
-            same_file,
-        }))
+            root_owned: false,
+            same_file: false,
+        };
+        if !trust_needed(&exe.path) {
+            return Ok(Some(exe));
+        }
+        // Following the link reaches the file the process runs, wherever it
+        // lives, even once deleted.
+        let running = fs::metadata(&self.path).map_err(|e| Self::map_err(pid, "exe", e))?;
+        exe.root_owned = running.uid() == 0 && running.mode() & 0o022 == 0;
+        exe.same_file = !deleted
+            && fs::metadata(&exe.path)
+                .is_ok_and(|m| m.dev() == running.dev() && m.ino() == running.ino());
+        Ok(Some(exe))
     }
 
     /// Start time of `pid`, to check after `pidfd_open` that the pid still
@@ -515,9 +607,7 @@ impl ProcFs {
     pub fn meminfo(&mut self) -> Option<(u64, u64)> {
         self.path.clear();
         let _ = write!(self.path, "{}/meminfo", self.root.display());
-        let mut f = fs::File::open(&self.path).ok()?;
-        self.buf.clear();
-        f.read_to_end(&mut self.buf).ok()?;
+        read_small(Path::new(&self.path), &mut self.buf, MAPS_CAP).ok()?;
         parse_meminfo(&String::from_utf8_lossy(&self.buf))
     }
 
@@ -533,6 +623,27 @@ impl ProcFs {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads at most `cap` bytes of a kernel file with as few system calls as
+/// it takes: open, one read when it all fits, close. (A general reader
+/// first asks for the file's size, which /proc does not know, and reads
+/// once more to see the end; a kernel file that returns less than was
+/// asked for has no more.)
+pub fn read_small(path: &Path, buf: &mut Vec<u8>, cap: usize) -> io::Result<()> {
+    let mut f = fs::File::open(path)?;
+    buf.clear();
+    let mut chunk = 4096.min(cap);
+    loop {
+        let start = buf.len();
+        buf.resize(start + chunk, 0);
+        let n = f.read(&mut buf[start..])?;
+        buf.truncate(start + n);
+        if n < chunk || buf.len() >= cap {
+            return Ok(());
+        }
+        chunk = (cap - buf.len()).min(chunk * 2);
     }
 }
 
@@ -626,6 +737,7 @@ mod tests {
         assert_eq!(
             parse_stat(STAT.as_bytes()),
             Some(Stat {
+                comm: Comm::from("my (hog) x"),
                 state: b'D',
                 pgrp: 812,
                 flags: 4194560,
@@ -637,7 +749,19 @@ mod tests {
         // Raw bytes that are not UTF-8 inside the parentheses.
         let at = odd.iter().position(|&b| b == b'(').expect("paren") + 1;
         odd.splice(at..at + 5, *b"h\xffg");
-        assert_eq!(parse_stat(&odd).map(|s| s.start_time), Some(3456));
+        let odd = parse_stat(&odd).expect("parses");
+        assert_eq!(odd.start_time, 3456);
+        assert_eq!(odd.comm.as_bytes(), b"h\xffg");
+    }
+
+    #[test]
+    fn statm_gives_anonymous_memory_as_resident_minus_shared() {
+        let s = parse_statm(b"26000 19000 1200 300 0 18000 0\n").expect("parses");
+        assert_eq!(
+            (s.size, s.resident, s.shared, s.anon()),
+            (26000, 19000, 1200, 17800)
+        );
+        assert_eq!(parse_statm(b"1 2\n"), None);
     }
 
     #[test]
@@ -737,7 +861,10 @@ mod tests {
         // names the very file it runs.
         let mut fs = ProcFs::new("/proc");
         let me = std::process::id();
-        let exe = fs.exe(me, None).expect("readable").expect("has an exe");
+        let exe = fs
+            .exe(me, None, |_| true)
+            .expect("readable")
+            .expect("has an exe");
         assert!(exe.same_file, "{exe:?}");
         assert!(!exe.deleted);
         // A copy elsewhere is another file: the original's path does not

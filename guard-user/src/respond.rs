@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::{
     cgroup::{Hierarchy, Memory},
     clock::monotonic_ns,
+    config::Scope,
     config::{HostMode, KillMode},
     decide::{self, Candidate, Decision, Pick, Stall, Unresolved},
     kill::{KillError, Victim},
@@ -42,6 +43,16 @@ pub const MAX_WATCHED: usize = 64;
 /// A unit key that cannot collide with a leaf cgroup's index: a process
 /// taken alone in a group kill mode.
 const ALONE: u32 = 1 << 31;
+
+/// A process with more file-backed and shared memory resident than this
+/// gets its full status read: some of it may be memfd or shared anonymous
+/// memory that a kill would free. Below it, statm's anonymous memory is
+/// the footprint (one small read instead of a large one per process).
+const SHARED_SUSPECT: u64 = 16 << 20;
+
+/// How long whether swap is on is taken as known (swapon is rare; reading
+/// /proc/swaps on every verdict is not free).
+const SWAP_RECHECK: Duration = Duration::from_secs(5);
 
 /// What became of one verdict.
 #[derive(Debug)]
@@ -159,11 +170,14 @@ struct Confirmed {
 struct Aux {
     /// Index into the leaf cgroups (cgroup scopes).
     leaf: u32,
-    uid: u32,
+    /// The real uid, when its status was read.
+    uid: Option<u32>,
     kernel_thread: bool,
     via_thread: Option<u32>,
     /// Read when the process is judged (0: not yet).
     start_time: u64,
+    /// Its name, read when judged.
+    comm: Comm,
 }
 
 /// Buffers reused by every decision.
@@ -185,6 +199,11 @@ pub struct Responder {
     known: HashMap<u64, PathBuf>,
     ledger: Ledger,
     quiet: HashMap<PathBuf, (String, Instant)>,
+    /// The scope each cgroup over its limit falls in (kill mode, whether
+    /// the watched cgroup may be killed), as the policy in force says.
+    scope_of: HashMap<PathBuf, Option<(KillMode, bool)>>,
+    /// Whether swap was on, and when that was read.
+    swap: Option<(bool, Instant)>,
     guard_pid: u32,
     scratch: Scratch,
 }
@@ -216,6 +235,8 @@ impl Responder {
             watched,
             known: HashMap::new(),
             quiet: HashMap::new(),
+            scope_of: HashMap::new(),
+            swap: None,
             guard_pid: std::process::id(),
             scratch,
         }
@@ -246,6 +267,7 @@ impl Responder {
         for dir in dir.iter().chain(listed.iter()) {
             self.quiet.remove(dir);
             self.ledger.forget(dir);
+            self.scope_of.remove(dir);
         }
         listed.is_some()
     }
@@ -257,6 +279,25 @@ impl Responder {
         self.policy = policy;
         self.watched = watched;
         self.quiet.clear();
+        self.scope_of.clear();
+    }
+
+    /// Whether swap is on (re-read every few seconds).
+    fn swap_on(&mut self) -> bool {
+        match self.swap {
+            Some((on, at)) if at.elapsed() < SWAP_RECHECK => on,
+            _ => {
+                let on = self.procfs.swap_on();
+                self.swap = Some((on, Instant::now()));
+                on
+            }
+        }
+    }
+
+    /// Per-process files read so far (for tests: the kill path reads only
+    /// what it needs).
+    pub fn proc_reads(&self) -> u64 {
+        self.procfs.reads()
     }
 
     /// How many scopes the books hold (for tests: it stays bounded).
@@ -282,7 +323,7 @@ impl Responder {
     pub fn warm_up(&mut self) {
         let guard = self.guard_pid;
         let _ = self.procfs.process(guard);
-        let _ = self.procfs.exe(guard, None);
+        let _ = self.procfs.exe(guard, None, |_| true);
         let dirs: Vec<PathBuf> = self.watched.values().cloned().collect();
         for dir in dirs {
             let Ok(mem) = Hierarchy::memory(&dir) else {
@@ -355,7 +396,14 @@ impl Responder {
             }
         };
         let name = self.hierarchy.display_path(&dir);
-        let Some(scope) = self.policy.config.scope_for(&name) else {
+        let policy = &self.policy;
+        let scope = *self.scope_of.entry(dir.clone()).or_insert_with(|| {
+            policy
+                .config
+                .scope_for(&name)
+                .map(|s: &Scope| (s.kill, s.kill_watched_cgroup))
+        });
+        let Some((mode, kill_watched)) = scope else {
             debug!(cgroup = %name, "stalled cgroup is in no scope of the policy: left alone");
             return Err(Outcome::OutOfScope);
         };
@@ -367,8 +415,8 @@ impl Responder {
             current: mem.current,
             high: mem.high,
             available: None,
-            mode: scope.kill,
-            kill_watched: scope.kill_watched_cgroup,
+            mode,
+            kill_watched,
             dry_run: self.policy.dry_run(),
         })
     }
@@ -444,8 +492,14 @@ impl Responder {
                 }
             }
         }
-        self.gather(&c);
-        match self.decide(&c, v.worst_tgid, 0) {
+        let d = match self.grower_alone(&c, v.worst_tgid) {
+            Some(d) => d,
+            None => {
+                self.gather(&c);
+                self.decide(&c, v.worst_tgid, 0)
+            }
+        };
+        match d {
             Decision::Kill(picks) if c.dry_run => self.dry_run(&c, v, &picks),
             Decision::Kill(picks) => self.kill(&c, v, &picks, received_ns),
             Decision::Unresolved(_) => {
@@ -466,8 +520,75 @@ impl Responder {
         }
     }
 
+    /// The common case, decided without reading every process: the task
+    /// the kernel saw stall most (the one charging) holds more than half of
+    /// the cgroup's memory, so no other process can hold more, and by
+    /// itself covers the overage. The full decision would take it too when
+    /// it may be killed and no prefer/avoid rule reorders; anything else
+    /// (it may not be killed, a group kill mode, swap in use, where names
+    /// matter) goes the full way.
+    fn grower_alone(&mut self, c: &Confirmed, worst: u32) -> Option<Decision> {
+        let dir = c.dir.as_ref()?;
+        if worst == 0 || c.mode != KillMode::Process || self.policy.ranks_by_name() {
+            return None;
+        }
+        // Still in the stalled subtree? (The listing is what the full
+        // decision starts from anyway.)
+        let Scratch { pids, leaves, .. } = &mut self.scratch;
+        Hierarchy::processes(dir, MAX_CANDIDATES, leaves, pids).ok()?;
+        let &(_, leaf) = pids.iter().find(|(pid, _)| *pid == worst)?;
+        if self.swap_on() {
+            return None;
+        }
+        let page = rustix::param::page_size() as u64;
+        let q = self.procfs.statm(worst).ok()?;
+        let (footprint, full) = if q.size > 0 && q.shared * page < SHARED_SUSPECT {
+            (q.anon() * page, None)
+        } else {
+            let p = self.procfs.process(worst).ok()?;
+            (p.footprint, Some(p))
+        };
+        if footprint.saturating_mul(2) <= c.current || footprint < c.overage {
+            return None;
+        }
+        let Scratch {
+            cands,
+            aux,
+            leaves,
+            leaf_names,
+            ..
+        } = &mut self.scratch;
+        cands.clear();
+        aux.clear();
+        leaf_names.clear();
+        leaf_names.extend(leaves.iter().map(|l| self.hierarchy.display_path(l)));
+        let comm = full.map_or_else(Comm::default, |p| p.comm);
+        cands.push(Candidate {
+            pid: worst,
+            comm,
+            footprint: Some(footprint),
+            unit: worst,
+            rank: 0,
+        });
+        aux.push(Aux {
+            leaf,
+            uid: full.map(|p| p.uid),
+            kernel_thread: full.is_some_and(|p| p.kernel_thread),
+            via_thread: full.and_then(|p| p.via_thread),
+            start_time: 0,
+            comm,
+        });
+        match self.decide(c, worst, 0) {
+            d @ Decision::Kill(_) => Some(d),
+            Decision::Unresolved(_) => None,
+        }
+    }
+
     /// Reads the processes of the confirmed scope into the scratch table.
     fn gather(&mut self, c: &Confirmed) {
+        // Without swap, and without much shared memory, statm tells what a
+        // kill gives back; otherwise the full status does.
+        let swap = self.swap_on();
         let Scratch {
             pids,
             leaves,
@@ -497,36 +618,60 @@ impl Responder {
                 pids.extend(all.into_iter().map(|p| (p, u32::MAX)));
             }
         }
+        let page = rustix::param::page_size() as u64;
+        let by_name = self.policy.ranks_by_name();
         for &(pid, leaf) in pids.iter() {
-            let (comm, footprint, a) = match self.procfs.process(pid) {
-                Ok(p) => {
-                    // Nothing to give back (a kernel thread, a zombie): no
-                    // victim, and no holder either.
-                    if p.footprint == 0 {
-                        continue;
-                    }
-                    let a = Aux {
-                        leaf,
-                        uid: p.uid,
-                        kernel_thread: p.kernel_thread,
-                        via_thread: p.via_thread,
-                        start_time: 0,
-                    };
-                    (p.comm, Some(p.footprint), a)
-                }
+            let alone = Aux {
+                leaf,
+                ..Aux::default()
+            };
+            let quick = match self.procfs.statm(pid) {
+                Ok(q) if q.size > 0 && !swap && q.shared * page < SHARED_SUSPECT => Some(q),
+                Ok(_) => None,
                 Err(ProcError::Gone(_)) => continue,
                 Err(e) => {
                     debug!(pid, error = %e, "a process whose memory cannot be read");
-                    (
-                        Comm::from("?"),
-                        None,
-                        Aux {
-                            leaf,
-                            ..Aux::default()
-                        },
-                    )
+                    cands.push(Candidate {
+                        pid,
+                        comm: Comm::from("?"),
+                        footprint: None,
+                        unit: ALONE | pid,
+                        rank: 0,
+                    });
+                    aux.push(alone);
+                    continue;
                 }
             };
+            let (mut comm, footprint, a) = match quick {
+                Some(q) => (Comm::default(), Some(q.anon() * page), alone),
+                None => match self.procfs.process(pid) {
+                    Ok(p) => (
+                        p.comm,
+                        Some(p.footprint),
+                        Aux {
+                            leaf,
+                            uid: Some(p.uid),
+                            kernel_thread: p.kernel_thread,
+                            via_thread: p.via_thread,
+                            start_time: 0,
+                            comm: p.comm,
+                        },
+                    ),
+                    Err(ProcError::Gone(_)) => continue,
+                    Err(e) => {
+                        debug!(pid, error = %e, "a process whose memory cannot be read");
+                        (Comm::from("?"), None, alone)
+                    }
+                },
+            };
+            // Nothing to give back (a kernel thread, a zombie): no victim,
+            // and no holder either.
+            if footprint == Some(0) {
+                continue;
+            }
+            if by_name && comm.is_empty() {
+                comm = self.procfs.comm(pid).unwrap_or_default();
+            }
             let unit = match c.mode {
                 KillMode::Process => pid,
                 KillMode::ProcessGroup => match self.procfs.stat(pid) {
@@ -595,12 +740,20 @@ impl Responder {
         }))
     }
 
+    /// Candidate `i`'s name: from its table row, or as its judge read it.
+    fn name(&self, i: usize) -> Comm {
+        match self.scratch.cands[i].comm {
+            c if c.is_empty() => self.scratch.aux[i].comm,
+            c => c,
+        }
+    }
+
     fn report(&self, c: &Confirmed, v: &Verdict, picks: &[Pick]) -> KillReport {
         let cands = &self.scratch.cands;
         let first = picks.first().and_then(|p| p.members.first()).copied();
         KillReport {
             pid: first.map_or(0, |i| cands[i].pid),
-            comm: first.map_or_else(String::new, |i| cands[i].comm.to_string()),
+            comm: first.map_or_else(String::new, |i| self.name(i).to_string()),
             cgroup: c.name.clone(),
             footprint: picks.iter().map(|p| p.footprint).sum(),
             mode: if picks.iter().all(|p| p.whole) {
@@ -647,7 +800,7 @@ impl Responder {
                 if whole_cgroup && n > 0 {
                     break;
                 }
-                let (pid, comm) = (self.scratch.cands[i].pid, self.scratch.cands[i].comm);
+                let (pid, comm) = (self.scratch.cands[i].pid, self.name(i));
                 let mut start = self.scratch.aux[i].start_time;
                 if start == 0 {
                     start = self.procfs.start_time(pid).unwrap_or(0);
@@ -817,9 +970,9 @@ pub fn pid_list(pids: &[u32]) -> String {
         .join(",")
 }
 
-/// Why candidate `c` may not be killed, reading only what the rules need.
-/// Its start time is read first and kept: the kill checks that the pid
-/// still names this process.
+/// Why candidate `c` may not be killed, reading only what the rules need,
+/// and its name. Its start time is read first and kept: the kill checks
+/// that the pid still names this process.
 fn judge(
     procfs: &mut ProcFs,
     policy: &Policy,
@@ -827,20 +980,43 @@ fn judge(
     c: &Candidate,
     a: &mut Aux,
     cgroup: Option<&str>,
+) -> decide::Judgement {
+    let unreadable =
+        |what: &str, e: ProcError| Some(Protection::Unreadable(format!("{what}: {e}")));
+    let stat = match procfs.stat(c.pid) {
+        Ok(s) => s,
+        Err(e) => return (unreadable("stat", e), c.comm),
+    };
+    a.start_time = stat.start_time;
+    a.comm = stat.comm;
+    if !c.comm.is_empty() && c.comm != stat.comm {
+        // Renamed or replaced by exec between two reads: what was read
+        // about it may be another program's.
+        let why = format!("it changed while read ({} is now {})", c.comm, stat.comm);
+        return (Some(Protection::Unreadable(why)), stat.comm);
+    }
+    let why = protection(procfs, policy, guard_pid, c.pid, a, cgroup);
+    (why, stat.comm)
+}
+
+/// The protection facts of one process, read as the rules need them.
+fn protection(
+    procfs: &mut ProcFs,
+    policy: &Policy,
+    guard_pid: u32,
+    pid: u32,
+    a: &mut Aux,
+    cgroup: Option<&str>,
 ) -> Option<Protection> {
     let unreadable =
         |what: &str, e: ProcError| Some(Protection::Unreadable(format!("{what}: {e}")));
-    match procfs.stat(c.pid) {
-        Ok(s) => a.start_time = s.start_time,
-        Err(e) => return unreadable("stat", e),
-    }
-    let oom_score_adj = match procfs.oom_score_adj(c.pid) {
+    let oom_score_adj = match procfs.oom_score_adj(pid) {
         Ok(adj) => adj,
         Err(e) => return unreadable("oom_score_adj", e),
     };
     let needs = policy.needs();
     let exe = if needs.exe {
-        match procfs.exe(c.pid, a.via_thread) {
+        match procfs.exe(pid, a.via_thread, |p| policy.config.protect.exe_named(p)) {
             Ok(exe) => exe,
             Err(e) => return unreadable("exe", e),
         }
@@ -848,7 +1024,7 @@ fn judge(
         None
     };
     let cmdline = if needs.cmdline {
-        match procfs.cmdline(c.pid) {
+        match procfs.cmdline(pid) {
             Ok(text) => Some(text),
             Err(e) => return unreadable("cmdline", e),
         }
@@ -856,18 +1032,24 @@ fn judge(
         None
     };
     let own_cgroup = match (cgroup, needs.cgroup) {
-        (None, true) => match procfs.cgroup(c.pid) {
+        (None, true) => match procfs.cgroup(pid) {
             Ok(path) => Some(path),
             Err(e) => return unreadable("cgroup", e),
         },
         _ => None,
     };
+    if needs.uid && a.uid.is_none() {
+        match procfs.status(pid, a.via_thread) {
+            Ok(s) => a.uid = Some(s.uid),
+            Err(e) => return unreadable("status", e),
+        }
+    }
     policy.protection(
         &Facts {
-            pid: c.pid,
+            pid,
             kernel_thread: a.kernel_thread,
             oom_score_adj,
-            comm: &c.comm,
+            comm: &a.comm,
             uid: a.uid,
             cgroup: cgroup.or(own_cgroup.as_deref()),
             exe: exe.as_ref(),
@@ -1294,6 +1476,56 @@ mod tests {
             assert_eq!(r.victim_ended(&end), None);
         }
         assert_eq!(f.killed(), [0]);
+    }
+
+    #[test]
+    fn a_grower_holding_most_of_the_memory_is_decided_from_its_own_files() {
+        // Twenty members; the kernel saw the last one stall, and it holds
+        // more than half of what the cgroup is charged.
+        let f = fixture(20, 0, 0);
+        let worst = f.children[19].id();
+        let anon = crate::procfs::ProcFs::new("/proc")
+            .statm(worst)
+            .expect("statm")
+            .anon()
+            * rustix::param::page_size() as u64;
+        f.memory(anon + 1, anon);
+        let mut r = responder(&f, "dry_run = true");
+        let mut v = f.verdict();
+        v.worst_tgid = worst;
+        let before = r.proc_reads();
+        match r.handle(&v) {
+            Outcome::DryRun(report) => assert_eq!(report.victims, [worst]),
+            other => panic!("{other:?}"),
+        }
+        let read = r.proc_reads() - before;
+        assert!(read < 10, "{read} files read for one process's decision");
+        // Not the grower (the kernel named no task): every member is read.
+        let before = r.proc_reads();
+        f.memory(anon + 2, anon);
+        assert!(matches!(r.handle(&f.verdict()), Outcome::DryRun(_)));
+        assert!(r.proc_reads() - before >= 20);
+    }
+
+    #[test]
+    fn a_protected_grower_holding_most_of_the_memory_is_named_not_killed() {
+        let sleep = fs::canonicalize("/usr/bin/sleep").expect("sleep");
+        let mut f = fixture(3, 0, 0);
+        let worst = f.children[0].id();
+        let anon = crate::procfs::ProcFs::new("/proc")
+            .statm(worst)
+            .expect("statm")
+            .anon()
+            * rustix::param::page_size() as u64;
+        f.memory(anon + 1, anon);
+        let mut r = responder(&f, &format!("[protect]\nexe = [\"{}\"]", sleep.display()));
+        let mut v = f.verdict();
+        v.worst_tgid = worst;
+        match r.handle(&v) {
+            Outcome::Unresolved(Some(u)) => assert_eq!(u.holder_pid, Some(worst)),
+            other => panic!("{other:?}"),
+        }
+        assert!(f.killed().is_empty());
     }
 
     /// A /proc with the given meminfo and, as its only processes, a real

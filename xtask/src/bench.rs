@@ -888,12 +888,16 @@ pub fn render_markdown(data: &Value) -> String {
     }
 
     md.push_str("## Cost of the guard\n\n");
-    if let Some(line) = data["native_kill_path"].as_str() {
-        md.push_str(&format!(
+    if let Some(lines) = data["native_kill_path"].as_str() {
+        md.push_str(
             "The user-space half of the kill path, natively on the build machine (the\n\
              `kill_path` example: verdict in hand to SIGKILL sent, read from a stand-in cgroup\n\
-             directory): {line}.\n\n"
-        ));
+             directory):\n\n",
+        );
+        for line in lines.lines() {
+            md.push_str(&format!("- {line}\n"));
+        }
+        md.push('\n');
     }
     md.push_str(&format!(
         "A reclaim-heavy job (writes a 128 MiB file, then reads it 3 times through the page cache in a\n\

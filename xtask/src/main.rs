@@ -220,7 +220,12 @@ fn real_main() -> Result<ExitCode> {
                 "kill_path",
             ])?;
             eprintln!("{native}");
-            opts.native = native.lines().last().map(str::to_owned);
+            // One line per case (a hog among small ones; all alike).
+            let lines: Vec<&str> = native
+                .lines()
+                .filter(|l| l.starts_with("kill path"))
+                .collect();
+            opts.native = (!lines.is_empty()).then(|| lines.join("\n"));
             setup::vm_deps()?;
             let bin = build_static()?;
             bench::run(Some(&bin), &opts)?;
