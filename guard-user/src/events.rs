@@ -332,7 +332,7 @@ impl Event {
                 mode,
                 latency_us,
                 dry_run,
-                victims,
+                also_killed,
                 ..
             } => format!(
                 "{} {comm}[{pid}]{} in {cgroup}: {:.1} MiB, mode {mode}, {:.1} ms after the verdict",
@@ -341,8 +341,8 @@ impl Event {
                 } else {
                     "KILLED SIGKILL"
                 },
-                if victims.len() > 1 {
-                    format!(" and {} more", victims.len() - 1)
+                if *also_killed > 0 {
+                    format!(" and {also_killed} more")
                 } else {
                     String::new()
                 },

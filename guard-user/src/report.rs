@@ -413,7 +413,10 @@ fn clusters(sorted: &[&Record]) -> Vec<Cluster> {
     let mut clusters: Vec<Cluster> = Vec::new();
     for (i, r) in sorted.iter().enumerate() {
         let cgroup = match &r.event {
-            Event::Verdict { cgroup, .. } | Event::Kill { cgroup, .. } => cgroup,
+            Event::Verdict { cgroup, .. }
+            | Event::Kill { cgroup, .. }
+            | Event::Unresolved { cgroup, .. }
+            | Event::KillLimit { cgroup, .. } => cgroup,
             _ => continue,
         };
         // A verdict names the cgroup the stall was charged to (where the
@@ -645,11 +648,7 @@ fn incident(sorted: &[&Record], clusters: &[Cluster], idx: usize, clock: &Clock)
                 dry_run,
                 ..
             } => {
-                let mut text = r.event.describe();
-                if *also_killed > 0 {
-                    text.push_str(&format!(", and {also_killed} more processes"));
-                }
-                lines.push((r.mono_ns, text));
+                lines.push((r.mono_ns, r.event.describe()));
                 let recovery = if *dry_run {
                     None
                 } else if sampled.as_deref() == Some(cgroup.as_str()) {
@@ -673,6 +672,10 @@ fn incident(sorted: &[&Record], clusters: &[Cluster], idx: usize, clock: &Clock)
                     dry_run: *dry_run,
                     recovery,
                 });
+            }
+            // Why guard left the stall alone, or stopped killing there.
+            Event::Unresolved { .. } | Event::KillLimit { .. } => {
+                lines.push((r.mono_ns, r.event.describe()));
             }
             Event::OomKill {
                 pid,
@@ -2437,6 +2440,47 @@ mod tests {
         }
         records.push(other);
         assert_eq!(analyze(&records).incidents.len(), 2);
+    }
+
+    #[test]
+    fn an_unresolved_stall_and_a_kill_limit_are_in_the_incident_story() {
+        let mut records = vec![hello()];
+        for k in 0..10 {
+            records.push(reclaim(at_ms(1_000 + k * 30), 4242, "grep", 0));
+        }
+        records.push(verdict(at_ms(1_300), at_ms(1_000)));
+        records.push(rec(
+            at_ms(1_301),
+            Event::Unresolved {
+                cgroup: SEED.into(),
+                reason: "the process driving the stall may not be killed: tmux (pid 9)".into(),
+                holder_pid: Some(9),
+                holder_comm: Some("tmux".into()),
+                stall_ns: SEC,
+                memory_current: 70 << 20,
+                memory_high: Some(HIGH),
+            },
+        ));
+        records.push(verdict(at_ms(1_600), at_ms(1_000)));
+        records.push(rec(
+            at_ms(1_601),
+            Event::KillLimit {
+                cgroup: SEED.into(),
+                fruitless_kills: 3,
+                window_ms: 60_000,
+            },
+        ));
+        let report = analyze(&records);
+        assert_eq!(report.incidents.len(), 1, "{report}");
+        let text = report.to_string();
+        assert!(
+            text.contains("UNRESOLVED /seed.slice: nothing killed: the process driving"),
+            "{text}"
+        );
+        assert!(
+            text.contains("KILL LIMIT /seed.slice: 3 kills in a row"),
+            "{text}"
+        );
     }
 
     #[test]

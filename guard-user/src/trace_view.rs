@@ -874,7 +874,7 @@ impl Column {
             Column::NoProgress => 7,
             Column::Psi => 9,
             Column::Worst => 18,
-            Column::Incidents => 10,
+            Column::Incidents => 16,
         }
     }
 
@@ -1182,6 +1182,45 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_left_alone_and_a_kill_limit_are_counted_marked_and_listed() {
+        let mut view = incident();
+        view.push(&at(
+            1700,
+            Event::Unresolved {
+                cgroup: "/seed.slice".into(),
+                reason: "the process driving the stall may not be killed: tmux (pid 9)".into(),
+                holder_pid: Some(9),
+                holder_comm: Some("tmux".into()),
+                stall_ns: 1,
+                memory_current: 70 * MIB,
+                memory_high: Some(64 * MIB),
+            },
+        ));
+        view.push(&at(
+            1800,
+            Event::KillLimit {
+                cgroup: "/seed.slice".into(),
+                fruitless_kills: 3,
+                window_ms: 60_000,
+            },
+        ));
+        let screen = render_to_string(&view, 120, 30);
+        let header = line_with(&screen, "verdicts ");
+        assert!(header.contains("unresolved 1"), "{header}");
+        assert!(header.contains("kill limits 1"), "{header}");
+        let row = line_with(&screen, "/seed.slice ");
+        assert!(row.contains("U1 L1"), "incident marks: {row}");
+        assert!(
+            screen.contains("KILL LIMIT /seed.slice: 3 kills in a row"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("UNRESOLVED /seed.slice: nothing killed"),
+            "{screen}"
+        );
+    }
+
+    #[test]
     fn a_wide_screen_adds_the_worst_task_psi_and_max() {
         let screen = render_to_string(&incident(), 120, 30);
         let row = line_with(&screen, "/seed.slice ");
@@ -1202,7 +1241,8 @@ mod tests {
         view.push(&at(0, sample(scope, 10, 20, 0, 0)));
         let screen = render_to_string(&view, 80, 24);
         let row = line_with(&screen, "10/20 50%");
-        assert!(row.starts_with("…build-42.scope 10/20"), "{row}");
+        assert!(row.starts_with('…'), "{row}");
+        assert!(row.contains("build-42.scope 10/20"), "{row}");
         let wide = render_to_string(&view, 200, 30);
         assert!(wide.contains(scope), "{wide}");
     }
