@@ -862,6 +862,8 @@ mod tests {
             "guard_stall_seconds_total",
             "guard_kernel_oom_kills_total",
             "guard_lost_events_total",
+            "guard_kill_limits_total",
+            "guard_unresolved_stalls_total",
             "guard_up",
         ] {
             assert!(used.contains(wanted), "no alert on {wanted}: {used:?}");
@@ -872,6 +874,26 @@ mod tests {
         m.observe(&verdict("/a.slice"));
         m.observe(&oom_kill("/a.slice"));
         m.observe(&lost("verdicts", 1));
+        m.observe(&Record::at(
+            1,
+            Event::KillLimit {
+                cgroup: "/a.slice".into(),
+                fruitless_kills: 3,
+                window_ms: 1,
+            },
+        ));
+        m.observe(&Record::at(
+            1,
+            Event::Unresolved {
+                cgroup: "/a.slice".into(),
+                reason: String::new(),
+                holder_pid: None,
+                holder_comm: None,
+                stall_ns: 1,
+                memory_current: 2,
+                memory_high: None,
+            },
+        ));
         m.set_cgroups(&[cgroup("/a.slice", 1, 2, Some(3))]);
         m.set_bpf(&[BpfProgram {
             name: "p".into(),
