@@ -212,7 +212,9 @@ impl fmt::Display for Unresolved {
 /// A unit of the table: the candidates it holds and what they hold.
 struct Unit {
     key: u32,
-    members: Vec<usize>,
+    /// Its candidates: a range of the units' shared index list, largest
+    /// first (no allocation per unit).
+    members: std::ops::Range<usize>,
     footprint: u64,
     rank: i8,
     whole: bool,
@@ -327,14 +329,14 @@ pub fn decide(
         .filter(|&i| share(size(i)));
     // The kill units; in process mode every process is one, and whether it
     // may be killed is asked only when a rule reaches it.
-    let units = units(cands, &by_size, grouped, stall.worst_tgid, &mut j);
+    let (list, units) = units(cands, &by_size, grouped, stall.worst_tgid, &mut j);
     if let Some(w) = worst
         && !j.killable(w)
     {
         // Units come largest first: the first killable one is the largest.
         let largest = units
             .iter()
-            .find(|u| unit_ok(u, &mut j))
+            .find(|u| unit_ok(u, &list, &mut j))
             .map_or(0, |u| u.footprint);
         if size(w) >= largest {
             return Decision::Unresolved(Unresolved::Driver {
@@ -353,12 +355,12 @@ pub fn decide(
         let grower = worst.and_then(|w| {
             units
                 .iter()
-                .find(|u| u.members.contains(&w) && unit_ok(u, &mut j))
+                .find(|u| list[u.members.clone()].contains(&w) && unit_ok(u, &list, &mut j))
         });
         return match grower {
             Some(u) => Decision::Kill(vec![Pick {
                 unit: u.key,
-                members: u.members.clone(),
+                members: list[u.members.clone()].to_vec(),
                 whole: u.whole,
                 footprint: u.footprint,
             }]),
@@ -374,12 +376,12 @@ pub fn decide(
     order.sort_by_key(|u| (Reverse(u.rank), Reverse(u.footprint), !u.worst, u.key));
     let pick = |u: &Unit| Pick {
         unit: u.key,
-        members: u.members.clone(),
+        members: list[u.members.clone()].to_vec(),
         whole: u.whole,
         footprint: u.footprint,
     };
     for u in &order {
-        if share(u.footprint) && unit_ok(u, &mut j) {
+        if share(u.footprint) && unit_ok(u, &list, &mut j) {
             return Decision::Kill(vec![pick(u)]);
         }
     }
@@ -389,7 +391,7 @@ pub fn decide(
         if covered >= overage {
             break;
         }
-        if !unit_ok(u, &mut j) {
+        if !unit_ok(u, &list, &mut j) {
             continue;
         }
         if picks.len() == MAX_BATCH {
@@ -438,66 +440,84 @@ fn no_capacity<J: FnMut(usize) -> Judgement>(
     }
 }
 
-/// The kill units, largest first. In process mode each is one process,
-/// not yet judged (`whole` false: the rules ask as they reach it); grouped,
-/// every candidate is judged, units hold only killable processes, and a
-/// unit holding one guard may not kill is split into its killable ones.
+/// The kill units, largest first, and the index list their member ranges
+/// point into. In process mode each unit is one process, not yet judged
+/// (`whole` false: the rules ask as they reach it); grouped, every
+/// candidate is judged, a unit holds only killable processes, and a unit
+/// holding one guard may not kill is split into its killable ones.
 fn units<J: FnMut(usize) -> Judgement>(
     cands: &[Candidate],
     by_size: &[usize],
     grouped: bool,
     worst_tgid: u32,
     j: &mut Judged<'_, J>,
-) -> Vec<Unit> {
-    let single = |i: usize| Unit {
+) -> (Vec<usize>, Vec<Unit>) {
+    let single = |at: usize, i: usize| Unit {
         key: cands[i].unit,
-        members: vec![i],
+        members: at..at + 1,
         footprint: cands[i].footprint.unwrap_or(0),
         rank: cands[i].rank,
         whole: false,
         worst: cands[i].pid == worst_tgid,
     };
+    let known: Vec<usize> = by_size
+        .iter()
+        .copied()
+        .filter(|&i| cands[i].footprint.is_some())
+        .collect();
     if !grouped {
-        return by_size
+        let units = known
             .iter()
-            .copied()
-            .filter(|&i| cands[i].footprint.is_some())
-            .map(single)
+            .enumerate()
+            .map(|(at, &i)| single(at, i))
             .collect();
+        return (known, units);
     }
-    let mut keys: Vec<u32> = by_size.iter().map(|&i| cands[i].unit).collect();
-    keys.sort_unstable();
-    keys.dedup();
+    // By unit, each unit's members largest first (the sort is stable on
+    // the size order).
+    let mut list = known;
+    list.sort_by_key(|&i| cands[i].unit);
     let mut out = Vec::new();
-    for key in keys {
-        // In size order, so the first member is the largest.
-        let members: Vec<usize> = by_size
-            .iter()
-            .copied()
-            .filter(|&i| cands[i].unit == key)
-            .collect();
-        if members.iter().all(|&i| j.killable(i)) {
-            let first = members[0];
+    let mut start = 0;
+    while start < list.len() {
+        let key = cands[list[start]].unit;
+        let end = start
+            + list[start..]
+                .iter()
+                .take_while(|&&i| cands[i].unit == key)
+                .count();
+        let members = &list[start..end];
+        // Every member is judged: the unit dies whole or not at all.
+        let mut all = true;
+        for &i in members {
+            all &= j.killable(i);
+        }
+        if all {
             out.push(Unit {
                 key,
+                members: start..end,
                 footprint: members.iter().map(|&i| size_of(cands, i)).sum(),
-                rank: cands[first].rank,
+                rank: cands[members[0]].rank,
                 whole: true,
                 worst: members.iter().any(|&i| cands[i].pid == worst_tgid),
-                members,
             });
         } else {
-            out.extend(members.into_iter().filter(|&i| j.killable(i)).map(single));
+            for (at, &i) in members.iter().enumerate() {
+                if j.killable(i) {
+                    out.push(single(start + at, i));
+                }
+            }
         }
+        start = end;
     }
     out.sort_by_key(|u| (Reverse(u.footprint), u.key));
-    out
+    (list, out)
 }
 
 /// Whether a unit may be killed: a whole one was judged when it was
 /// formed, a single process is judged now.
-fn unit_ok<J: FnMut(usize) -> Judgement>(u: &Unit, j: &mut Judged<'_, J>) -> bool {
-    u.whole || j.killable(u.members[0])
+fn unit_ok<J: FnMut(usize) -> Judgement>(u: &Unit, list: &[usize], j: &mut Judged<'_, J>) -> bool {
+    u.whole || j.killable(list[u.members.start])
 }
 
 fn size_of(cands: &[Candidate], i: usize) -> u64 {
