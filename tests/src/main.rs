@@ -29,7 +29,7 @@ pub fn monotonic_ns() -> u64 {
 
 const USAGE: &str = "usage: guard-scenario SCENARIO | hog MIB [NAME [OOM_SCORE_ADJ]] | \
     bystander MS | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
-    filecache PATH MIB READS | idle NAME | bench";
+    filecache PATH MIB READS | idle NAME | holder MIB [NAME] | bench";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -74,6 +74,7 @@ fn main() {
             }
         },
         Some("idle") => workload::idle(arg(1).unwrap_or("idle")),
+        Some("holder") => workload::holder(num(1, 8) as usize, arg(2).unwrap_or("holder")),
         Some("bench") => {
             let result = bench::run();
             println!("GUARD-RESULT {result}");

@@ -55,6 +55,10 @@ const SEED: Layout = Layout {
     guard_first: false,
 };
 pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// guard-scenario's copy at sshd's installed path (xtask puts it in the
+/// initramfs, root-owned, mode 0755): a process run from it is the real
+/// sshd as far as /proc/PID/exe can tell.
+pub(crate) const SSHD: &str = "/usr/sbin/sshd";
 const GUARD: &str = "/bin/guard";
 const GUARD_LOG: &str = "/tmp/guard.log";
 const NOTIFY: &str = "/run/guard-notify";
@@ -245,7 +249,18 @@ impl Cgroup {
 
     /// Starts `guard-scenario ARGS` (a workload) inside this cgroup.
     pub(crate) fn spawn(&self, args: &[&str], stdout: Stdio) -> Result<Child, String> {
-        let mut cmd = Command::new("/proc/self/exe");
+        self.spawn_from("/proc/self/exe", args, stdout)
+    }
+
+    /// The same, run from another copy of guard-scenario (`exe`), so that
+    /// /proc/PID/exe names that file.
+    pub(crate) fn spawn_from(
+        &self,
+        exe: &str,
+        args: &[&str],
+        stdout: Stdio,
+    ) -> Result<Child, String> {
+        let mut cmd = Command::new(exe);
         cmd.args(args).stdout(stdout).stdin(Stdio::null());
         self.spawn_cmd(cmd)
     }
@@ -384,6 +399,23 @@ pub(crate) fn with_message<'a>(lines: &'a [Value], m: &str) -> Vec<&'a Value> {
     lines.iter().filter(|v| message(v) == m).collect()
 }
 
+/// The guard's `killed` lines for `cgroup`.
+pub(crate) fn kills_in<'a>(lines: &'a [Value], cgroup: &str) -> Vec<&'a Value> {
+    with_message(lines, "killed")
+        .into_iter()
+        .filter(|k| text(&k["cgroup"]) == cgroup)
+        .collect()
+}
+
+/// The targets of the SIGKILLs `sender` sent, in order, from the trace.
+pub(crate) fn sigkills_from(trace_text: &str, sender: u32) -> Vec<(f64, u32)> {
+    trace_sigkills(trace_text)
+        .into_iter()
+        .filter(|(_, from, _)| *from == sender)
+        .map(|(ts, _, target)| (ts, target))
+        .collect()
+}
+
 /// A log field as text, whether the logger wrote it as a string or number.
 pub(crate) fn text(v: &Value) -> String {
     match v {
@@ -407,6 +439,31 @@ pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> Option<(ExitStatu
         sleep(Duration::from_millis(2));
     }
     None
+}
+
+/// Waits up to `limit` for `child` (`what`, for the failure) to end: a
+/// failure unless SIGKILL ended it; one still alive is killed. Returns when
+/// it ended, if it did.
+pub(crate) fn expect_sigkill(
+    r: &mut Report,
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> Option<u64> {
+    match wait_exit(child, limit) {
+        Some((status, at)) => {
+            r.check(
+                status.signal() == Some(libc::SIGKILL),
+                format!("{what} ended by {status}, not SIGKILL"),
+            );
+            Some(at)
+        }
+        None => {
+            r.check(false, format!("{what} was alive {limit:?} later"));
+            end(child);
+            None
+        }
+    }
 }
 
 /// Alive and not a zombie.
@@ -464,6 +521,27 @@ impl Lines {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// Waits until each child has said `ready PID` on its stdout.
+pub(crate) fn wait_ready(children: &mut [Child], limit: Duration) -> Result<(), String> {
+    let mut outs = Vec::new();
+    for c in children.iter_mut() {
+        let out = c.stdout.take().ok_or("a child without stdout")?;
+        outs.push((c.id(), Lines::new(out), false));
+    }
+    let started = Instant::now();
+    while outs.iter().any(|(_, _, ready)| !ready) {
+        if started.elapsed() > limit {
+            let late: Vec<u32> = outs.iter().filter(|o| !o.2).map(|o| o.0).collect();
+            return Err(format!("{late:?} not ready within {limit:?}"));
+        }
+        for (pid, out, ready) in &mut outs {
+            *ready |= out.poll().iter().any(|l| *l == format!("ready {pid}"));
+        }
+        sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// SIGKILLs in the trace: (time, sender pid, target pid).
@@ -762,17 +840,51 @@ pub(crate) fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid:
 /// First no-progress reclaim pass of `pid` to its SIGKILL, from the trace:
 /// sets `detect_to_kill_ms` and checks it against budget + margin.
 pub(crate) fn detect_to_kill(r: &mut Report, trace_text: &str, pid: u32) -> Option<f64> {
-    match (
-        trace::first_no_progress(trace_text, pid),
-        trace::first_sigkill(trace_text, pid),
-    ) {
-        (Some(t0), Some((t1, _sender))) => {
+    let kill = trace::first_sigkill(trace_text, pid).map(|(ts, _)| ts);
+    detect_to_kill_as(r, trace_text, &[pid], pid, kill, "detect_to_kill_ms")
+}
+
+/// `pid`'s SIGKILL from the guard (`sent`, as [`sigkills_from`] gives it),
+/// timed from the first fruitless pass of its threads `tids` as `key`;
+/// a failure when the guard sent none.
+pub(crate) fn guard_kill_timed(
+    r: &mut Report,
+    trace_text: &str,
+    sent: &[(f64, u32)],
+    tids: &[u32],
+    pid: u32,
+    key: &str,
+) {
+    match sent.iter().find(|(_, t)| *t == pid) {
+        Some((ts, _)) => {
+            detect_to_kill_as(r, trace_text, tids, pid, Some(*ts), key);
+        }
+        None => r.check(
+            false,
+            format!("{key}: no SIGKILL from the guard to pid {pid} in the trace"),
+        ),
+    }
+}
+
+/// The same for a process whose threads `tids` stall (the first pass of
+/// any of them counts) and that was killed at `kill` (trace clock),
+/// reported as `key`.
+pub(crate) fn detect_to_kill_as(
+    r: &mut Report,
+    trace_text: &str,
+    tids: &[u32],
+    pid: u32,
+    kill: Option<f64>,
+    key: &str,
+) -> Option<f64> {
+    match (trace::first_no_progress_of(trace_text, tids), kill) {
+        (Some(t0), Some(t1)) => {
             let ms = (t1 - t0) * 1000.0;
-            r.set("detect_to_kill_ms", ms);
+            r.set(key, ms);
             r.check(
                 ms <= BUDGET_MS + MARGIN_MS,
                 format!(
-                    "first no-progress reclaim to SIGKILL took {ms:.0} ms (budget {BUDGET_MS} + margin {MARGIN_MS})"
+                    "first no-progress reclaim to SIGKILL of pid {pid} took {ms:.0} ms (budget {BUDGET_MS} + margin {MARGIN_MS})"
                 ),
             );
             Some(ms)
@@ -833,6 +945,18 @@ mod tests {
         assert_eq!(trace_passes(TRACE, &[]), (3, 2));
         assert_eq!(trace_passes(TRACE, &[101]), (2, 1));
         assert_eq!(trace_passes(TRACE, &[5]), (0, 0));
+    }
+
+    #[test]
+    fn kills_are_found_by_cgroup_and_by_sender() {
+        let lines = [
+            json!({"message": "killed", "cgroup": "/a", "pid": 1}),
+            json!({"message": "killed", "cgroup": "/b", "pid": 2}),
+            json!({"message": "kill outcome", "cgroup": "/a"}),
+        ];
+        assert_eq!(kills_in(&lines, "/a").len(), 1);
+        assert_eq!(sigkills_from(TRACE, 97), [(12.7003, 101)]);
+        assert_eq!(sigkills_from(TRACE, 101), []);
     }
 
     #[test]

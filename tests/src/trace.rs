@@ -85,8 +85,14 @@ fn field<'a>(fields: &'a str, key: &str) -> Option<&'a str> {
 
 /// First reclaim pass by `pid` that freed nothing (seconds, trace clock).
 pub fn first_no_progress(trace: &str, pid: u32) -> Option<f64> {
+    first_no_progress_of(trace, &[pid])
+}
+
+/// First reclaim pass that freed nothing by any of the tasks `tids` (trace
+/// lines carry the thread's id, not the process's).
+pub fn first_no_progress_of(trace: &str, tids: &[u32]) -> Option<f64> {
     trace.lines().filter_map(parse).find_map(|l| {
-        (l.pid == pid
+        (tids.contains(&l.pid)
             && l.event == "mm_vmscan_memcg_reclaim_end"
             && field(l.fields, "nr_reclaimed") == Some("0"))
         .then_some(l.ts)
@@ -193,6 +199,8 @@ mod tests {
     fn finds_the_first_fruitless_pass_of_the_hog() {
         assert_eq!(first_no_progress(TRACE, 141), Some(12.6002));
         assert_eq!(first_no_progress(TRACE, 140), Some(12.61));
+        assert_eq!(first_no_progress_of(TRACE, &[7, 140, 141]), Some(12.6002));
+        assert_eq!(first_no_progress_of(TRACE, &[7]), None);
         assert_eq!(count_no_progress(TRACE), 2);
     }
 

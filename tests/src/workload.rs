@@ -73,6 +73,13 @@ pub fn hog(mib: usize, name: &str, oom_score_adj: Option<i32>) -> ! {
     }
 }
 
+/// An innocent that holds real memory: takes `mib` MiB, says `ready PID`
+/// once all of it is touched, then touches it now and then (an editor, a
+/// language server) until killed.
+pub fn holder(mib: usize, name: &str) -> ! {
+    hold_ready(mib, name, Duration::from_millis(200))
+}
+
 /// Grows to `mib` MiB in 8 MiB steps (40 ms apart), touching each step as it comes, then
 /// keeps touching all of it until killed: a process whose memory grows
 /// (a link, a grep's buffer) rather than one that asks for everything at
@@ -103,13 +110,22 @@ pub fn grower(mib: usize, name: &str) -> ! {
 /// One of a parent's workers: takes `mib` MiB, says `ready PID` once all of
 /// it is touched, and keeps touching it until killed.
 pub fn worker(mib: usize) -> ! {
-    set_name("worker");
+    hold_ready(mib, "worker", Duration::ZERO)
+}
+
+/// Takes `mib` MiB as `name`, says `ready PID` once all of it is touched,
+/// then touches all of it every `pause` (at once when zero) until killed.
+fn hold_ready(mib: usize, name: &str, pause: Duration) -> ! {
+    set_name(name);
     let bytes = mib * MIB;
     let p = map_anon(bytes);
     touch(p, bytes, 1);
     say(&format!("ready {}", std::process::id()));
     let mut round: u8 = 1;
     loop {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
         round = round.wrapping_add(1);
         touch(p, bytes, round);
     }

@@ -117,13 +117,18 @@ fn summary(scenario: &str, r: &Value) -> String {
             fmt_num(&r["bystander_worst_ms"], 0),
         ),
         "protected" => format!(
-            "nothing killed; \"stall unresolved\" naming the protection {} ms (sshd) / {} ms (oom_score_adj -1000) after memory.high was crossed, {} / {} such lines in 5 s; bystander worst {} / {} ms",
-            fmt_num(&r["name_over_high_to_unresolved_ms"], 0),
+            "exe (/usr/sbin/sshd beside 3 innocents): {} killed, {}/3 innocents alive, \"stall unresolved\" {} ms after memory.high was crossed (holder_pid {}); adj (oom_score_adj -1000): {} killed, unresolved after {} ms; copy (/tmp/sshd): {} killed, first no-progress->SIGKILL {} ms; bystander worst {} / {} / {} ms",
+            show(&r["exe_kills"]),
+            show(&r["exe_innocents_alive"]),
+            fmt_num(&r["exe_over_high_to_unresolved_ms"], 0),
+            show(&r["exe_holder_pid"]),
+            show(&r["adj_kills"]),
             fmt_num(&r["adj_over_high_to_unresolved_ms"], 0),
-            r["name_unresolved_lines"],
-            r["adj_unresolved_lines"],
-            fmt_num(&r["name_bystander_worst_ms"], 0),
+            show(&r["copy_kills"]),
+            fmt_num(&r["copy_detect_to_kill_ms"], 1),
+            fmt_num(&r["exe_bystander_worst_ms"], 0),
             fmt_num(&r["adj_bystander_worst_ms"], 0),
+            fmt_num(&r["copy_bystander_worst_ms"], 0),
         ),
         "benign" => format!(
             "nothing killed; bursts (thp {}): up to {} KiB over high for {} ms each, {} high events, {}/{} reclaim passes without progress, pressure full {} ms; file cache ({}): {} high events, {}/{} passes without progress, {} ms; guard verdicts {}",
@@ -233,6 +238,15 @@ fn fmt_list(v: &Value, sep: &str) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
+/// A value as a person reads it: strings bare, null as "-".
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Bytes as MiB with one decimal, or "-".
 fn mib(v: &Value) -> String {
     v.as_f64()
@@ -253,6 +267,9 @@ pub fn run_matrix(
     let files: Vec<(PathBuf, String)> = vec![
         (bin.join("guard"), "bin/guard".to_owned()),
         (bin.join("guard-scenario"), "bin/guard-scenario".to_owned()),
+        // At sshd's installed path, root-owned and mode 0755 like the real
+        // one: what the default policy protects by identity.
+        (bin.join("guard-scenario"), "usr/sbin/sshd".to_owned()),
     ];
     vm::build_initramfs(&initrd, &files, INIT)?;
 
@@ -397,4 +414,24 @@ pub fn run_matrix(
     println!();
     println!("vm: {passed} passed, {failed} failed");
     Ok(failed == 0 && !rows.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_has_a_summary_line() {
+        let empty = serde_json::json!({});
+        for s in SCENARIOS {
+            assert!(!summary(s, &empty).is_empty(), "{s} has no summary arm");
+        }
+    }
+
+    #[test]
+    fn values_read_as_a_person_reads_them() {
+        assert_eq!(show(&serde_json::json!(null)), "-");
+        assert_eq!(show(&serde_json::json!("D")), "D");
+        assert_eq!(show(&serde_json::json!(3)), "3");
+    }
 }

@@ -239,11 +239,7 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
     // victim had exited, and the first within budget + margin of the first
     // fruitless reclaim pass of any worker.
     let guard_pid = guard.pid();
-    let sent: Vec<(f64, u32)> = trace_sigkills(&trace_text)
-        .into_iter()
-        .filter(|(_, sender, _)| *sender == guard_pid)
-        .map(|(ts, _, target)| (ts, target))
-        .collect();
+    let sent = sigkills_from(&trace_text, guard_pid);
     let exits: BTreeMap<u32, f64> = trace_text
         .lines()
         .filter_map(trace::parse)
