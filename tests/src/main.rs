@@ -29,7 +29,8 @@ pub fn monotonic_ns() -> u64 {
 
 const USAGE: &str = "usage: guard-scenario SCENARIO | hog MIB [NAME [OOM_SCORE_ADJ]] | \
     bystander MS | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
-    filecache PATH MIB READS | idle NAME | holder MIB [NAME] | bench";
+    filecache PATH MIB READS | idle NAME | holder MIB [NAME] | odd-name MIB | leader-exit MIB [NAME] | \
+    memfd MIB [NAME] | bench";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,6 +76,11 @@ fn main() {
         },
         Some("idle") => workload::idle(arg(1).unwrap_or("idle")),
         Some("holder") => workload::holder(num(1, 8) as usize, arg(2).unwrap_or("holder")),
+        Some("odd-name") => workload::odd_name(num(1, 100) as usize),
+        Some("leader-exit") => {
+            workload::leader_exit(num(1, 100) as usize, arg(2).unwrap_or("threads"))
+        }
+        Some("memfd") => workload::memfd(num(1, 100) as usize, arg(2).unwrap_or("memfd")),
         Some("bench") => {
             let result = bench::run();
             println!("GUARD-RESULT {result}");

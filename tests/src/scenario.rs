@@ -9,6 +9,7 @@
 mod benign;
 mod cgroup_kill;
 mod host;
+mod odd;
 mod pid_reuse;
 mod protected;
 mod sighup;
@@ -120,6 +121,7 @@ pub fn run(name: &str) -> Value {
         "pid-reuse" => pid_reuse::run(&mut report),
         "stream" => stream::run(&mut report),
         "host" => host::run(&mut report),
+        "odd" => odd::run(&mut report),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {
@@ -140,8 +142,12 @@ pub(crate) fn write(path: &str, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("writing {value:?} to {path}: {e}"))
 }
 
+/// A file's text, empty when it cannot be read. Bytes that are not UTF-8
+/// (a task name in /proc/PID/stat may be any bytes) come back as U+FFFD.
 pub(crate) fn read(path: &str) -> String {
-    fs::read_to_string(path).unwrap_or_default()
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// A counter from a flat keyed file such as memory.events.

@@ -45,9 +45,13 @@ pub fn stop() {
     let _ = write("tracing_on", "0");
 }
 
+/// The trace so far (tracing stops). Task names are shown as the kernel
+/// holds them, which need not be UTF-8: those bytes come back as U+FFFD.
 pub fn read() -> String {
     let _ = fs::write(format!("{TRACEFS}/tracing_on"), "0");
-    fs::read_to_string(format!("{TRACEFS}/trace")).unwrap_or_default()
+    fs::read(format!("{TRACEFS}/trace"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// One trace line: the task's pid, the timestamp in seconds, the event name
@@ -208,6 +212,15 @@ mod tests {
     fn finds_the_kill_and_its_sender() {
         assert_eq!(first_sigkill(TRACE, 141), Some((12.7003, 99)));
         assert_eq!(first_sigkill(TRACE, 140), None);
+    }
+
+    #[test]
+    fn a_task_name_that_is_not_utf8_still_parses() {
+        let raw = b"          h\xff\xfeg-77      [000] d..2.    9.500000: signal_generate: sig=9 errno=0 code=0 comm=h\xff\xfeg pid=77 grp=1 res=0\n";
+        let text = String::from_utf8_lossy(raw);
+        let l = parse(text.lines().next().expect("a line")).expect("parses");
+        assert_eq!((l.pid, l.ts, l.event), (77, 9.5, "signal_generate"));
+        assert_eq!(first_sigkill(&text, 77), Some((9.5, 77)));
     }
 
     const BENCH: &str = "\

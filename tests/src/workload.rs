@@ -13,9 +13,14 @@ const MIB: usize = 1 << 20;
 
 /// Sets the task's comm, which is what the guard and the trace show.
 fn set_name(name: &str) {
+    set_name_bytes(name.as_bytes());
+}
+
+/// The same from raw bytes: the kernel takes any bytes but NUL, UTF-8 or not.
+fn set_name_bytes(name: &[u8]) {
     let mut buf = [0u8; 16];
     let n = name.len().min(15);
-    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    buf[..n].copy_from_slice(&name[..n]);
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
     // bytes; `buf` is 16 bytes with a NUL at or before index 15.
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
@@ -64,12 +69,84 @@ pub fn hog(mib: usize, name: &str, oom_score_adj: Option<i32>) -> ! {
         eprintln!("hog: setting oom_score_adj {adj}: {e}");
         std::process::exit(3);
     }
+    hold(mib)
+}
+
+/// Takes `mib` MiB of anonymous memory and keeps touching all of it.
+fn hold(mib: usize) -> ! {
     let bytes = mib * MIB;
     let p = map_anon(bytes);
     let mut round: u8 = 0;
     loop {
         round = round.wrapping_add(1);
         touch(p, bytes, round);
+    }
+}
+
+/// A hog whose name is not UTF-8 (`h\xff\xfeg`): /proc shows those bytes
+/// as they are, and a reader that insists on UTF-8 cannot parse it.
+pub fn odd_name(mib: usize) -> ! {
+    set_name_bytes(ODD_NAME);
+    hold(mib)
+}
+
+/// The name `odd_name` takes.
+pub const ODD_NAME: &[u8] = b"h\xff\xfeg";
+
+/// A hog whose main thread exits: a second thread takes `mib` MiB and keeps
+/// touching it. The leader becomes a zombie whose /proc/PID/status has no
+/// memory lines; the memory shows in /proc/PID/task/TID/status. Prints
+/// `thread PID TID` before the leader goes.
+pub fn leader_exit(mib: usize, name: &str) -> ! {
+    set_name(name);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: gettid(2) has no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        let _ = tx.send(tid);
+        hold(mib)
+    });
+    let Ok(tid) = rx.recv() else {
+        eprintln!("leader-exit: the memory thread did not start");
+        std::process::exit(3);
+    };
+    say(&format!("thread {} {tid}", std::process::id()));
+    // exit(2), not exit_group(2): only this thread ends, without unwinding
+    // (pthread_exit would need libgcc_s, which a static binary cannot load).
+    // SAFETY: the thread ends here; nothing of it is used afterwards.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("exit(2) returned")
+}
+
+/// A hog whose memory is a memfd mapped shared: `mib` MiB of shmem (RssShmem
+/// in /proc/PID/status, not RssAnon), touched over and over.
+pub fn memfd(mib: usize, name: &str) -> ! {
+    set_name(name);
+    let bytes = mib * MIB;
+    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"guard-memfd".as_ptr(), libc::MFD_CLOEXEC) };
+    // SAFETY: ftruncate on the fd just created.
+    if fd < 0 || unsafe { libc::ftruncate(fd, bytes as libc::off_t) } != 0 {
+        eprintln!("memfd: {}", std::io::Error::last_os_error());
+        std::process::exit(3);
+    }
+    // SAFETY: a shared mapping of the whole memfd, no address hint; the
+    // result is checked against MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED, "mmap of the memfd failed");
+    let mut round: u8 = 0;
+    loop {
+        round = round.wrapping_add(1);
+        touch(p.cast(), bytes, round);
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 12] = [
     "control",
     "seed",
     "nested",
@@ -25,6 +25,7 @@ pub const SCENARIOS: [&str; 11] = [
     "pid-reuse",
     "stream",
     "host",
+    "odd",
 ];
 
 /// Guest RAM per scenario, MiB: `host` runs the machine itself out of
@@ -199,6 +200,20 @@ fn summary(scenario: &str, r: &Value) -> String {
             r["kernel_oom_victims"],
             r["stand_in_alive"],
         ),
+        "odd" => format!(
+            "non-UTF-8 name: killed {}, first no-progress->SIGKILL {} ms, logged as {}; exited leader (thread holds {} MiB): killed {}, {} ms, logged as {}; memfd (RssShmem {} MiB): killed {}, {} ms, logged as {}",
+            show(&r["name_killed"]),
+            fmt_num(&r["name_detect_to_kill_ms"], 1),
+            show(&r["name_logged_comm"]),
+            kib_as_mib(&r["leader_thread_rss_anon_kib"]),
+            show(&r["leader_killed"]),
+            fmt_num(&r["leader_detect_to_kill_ms"], 1),
+            show(&r["leader_logged_comm"]),
+            kib_as_mib(&r["memfd_rss_shmem_kib"]),
+            show(&r["memfd_killed"]),
+            fmt_num(&r["memfd_detect_to_kill_ms"], 1),
+            show(&r["memfd_logged_comm"]),
+        ),
         _ => String::new(),
     };
     match r["retried_after"].as_array() {
@@ -245,6 +260,12 @@ fn show(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// KiB as whole MiB, or "-".
+fn kib_as_mib(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "-".to_owned(), |k| (k / 1024).to_string())
 }
 
 /// Bytes as MiB with one decimal, or "-".
@@ -433,5 +454,7 @@ mod tests {
         assert_eq!(show(&serde_json::json!(null)), "-");
         assert_eq!(show(&serde_json::json!("D")), "D");
         assert_eq!(show(&serde_json::json!(3)), "3");
+        assert_eq!(kib_as_mib(&serde_json::json!(71680)), "70");
+        assert_eq!(kib_as_mib(&serde_json::json!(null)), "-");
     }
 }
