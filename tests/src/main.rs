@@ -30,7 +30,8 @@ pub fn monotonic_ns() -> u64 {
 const USAGE: &str = "usage: guard-scenario SCENARIO | hog MIB [NAME [OOM_SCORE_ADJ]] | \
     bystander MS | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
     filecache PATH MIB READS | idle NAME | holder MIB [NAME] | odd-name MIB | leader-exit MIB [NAME] | \
-    memfd MIB [NAME] | bench";
+    memfd MIB [NAME] | small-parent N FIRST_KIB TOTAL_KIB | \
+    small FIRST_KIB TOTAL_KIB | bench";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -81,6 +82,15 @@ fn main() {
             workload::leader_exit(num(1, 100) as usize, arg(2).unwrap_or("threads"))
         }
         Some("memfd") => workload::memfd(num(1, 100) as usize, arg(2).unwrap_or("memfd")),
+        Some("small-parent") => {
+            let (first, total) = (num(2, 1536).to_string(), num(3, 2048).to_string());
+            workload::parent(
+                "small-parent",
+                num(1, 60) as usize,
+                &["small", &first, &total],
+            );
+        }
+        Some("small") => workload::small(num(1, 1536) as usize, num(2, 2048) as usize),
         Some("bench") => {
             let result = bench::run();
             println!("GUARD-RESULT {result}");

@@ -9,6 +9,7 @@
 mod benign;
 mod cgroup_kill;
 mod host;
+mod many_small;
 mod odd;
 mod pid_reuse;
 mod protected;
@@ -122,6 +123,7 @@ pub fn run(name: &str) -> Value {
         "stream" => stream::run(&mut report),
         "host" => host::run(&mut report),
         "odd" => odd::run(&mut report),
+        "many-small" => many_small::run(&mut report),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {
@@ -413,6 +415,18 @@ pub(crate) fn kills_in<'a>(lines: &'a [Value], cgroup: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Every pid a `killed` line says the guard signalled: its `victims`
+/// ("101,102"), or its `pid` alone when it has no such field.
+pub(crate) fn victims(kill: &Value) -> Vec<u32> {
+    match kill["victims"].as_str() {
+        Some(list) => list
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect(),
+        None => number(&kill["pid"]).map(|p| p as u32).into_iter().collect(),
+    }
+}
+
 /// The targets of the SIGKILLs `sender` sent, in order, from the trace.
 pub(crate) fn sigkills_from(trace_text: &str, sender: u32) -> Vec<(f64, u32)> {
     trace_sigkills(trace_text)
@@ -470,6 +484,41 @@ pub(crate) fn expect_sigkill(
             None
         }
     }
+}
+
+/// Polls `calm` every `every` until it has held for `quiet` without a
+/// break, or `deadline` has passed since `from`. Returns when the last calm
+/// spell began (ms since `from`, also reported as `settled_after_ms`) with
+/// the number of the guard's kills then, and whether it lasted `quiet`.
+pub(crate) fn settle(
+    r: &mut Report,
+    guard: &Guard,
+    from: Instant,
+    deadline: Duration,
+    quiet: Duration,
+    every: Duration,
+    mut calm: impl FnMut() -> bool,
+) -> (Option<(u64, usize)>, bool) {
+    let mut spell: Option<(Instant, u64, usize)> = None;
+    let mut lasted = false;
+    while from.elapsed() < deadline {
+        if !calm() {
+            spell = None;
+        } else if let Some((at, ..)) = spell {
+            if at.elapsed() >= quiet {
+                lasted = true;
+                break;
+            }
+        } else {
+            let kills = with_message(&guard.lines(), "killed").len();
+            spell = Some((Instant::now(), from.elapsed().as_millis() as u64, kills));
+        }
+        sleep(every);
+    }
+    if let Some((_, ms, _)) = spell {
+        r.set("settled_after_ms", ms);
+    }
+    (spell.map(|(_, ms, kills)| (ms, kills)), lasted)
 }
 
 /// Alive and not a zombie.
@@ -963,6 +1012,15 @@ mod tests {
         assert_eq!(kills_in(&lines, "/a").len(), 1);
         assert_eq!(sigkills_from(TRACE, 97), [(12.7003, 101)]);
         assert_eq!(sigkills_from(TRACE, 101), []);
+    }
+
+    #[test]
+    fn victims_are_read_from_the_list_or_the_pid() {
+        let batch = json!({"message": "killed", "pid": 101, "victims": "101,102, 103"});
+        assert_eq!(victims(&batch), [101, 102, 103]);
+        let today = json!({"message": "killed", "pid": "104"});
+        assert_eq!(victims(&today), [104]);
+        assert!(victims(&json!({"message": "killed"})).is_empty());
     }
 
     #[test]

@@ -3,7 +3,6 @@
 use std::{
     fs,
     io::{Read, Write},
-    os::unix::process::ExitStatusExt,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -157,6 +156,48 @@ pub fn holder(mib: usize, name: &str) -> ! {
     hold_ready(mib, name, Duration::from_millis(200))
 }
 
+/// One of many small processes: takes `first_kib` KiB in 64 KiB steps,
+/// says `ready PID`, waits for SIGUSR1, takes the rest up to `total_kib`
+/// the same way, says `full PID`, then touches all of it now and then.
+/// Small pages only, so that each step charges what it says.
+pub fn small(first_kib: usize, total_kib: usize) -> ! {
+    set_name("small");
+    const STEP: usize = 64 << 10;
+    // SAFETY: sigset operations on a local set, and the mask of this
+    // process's only thread, blocked before anyone can send the signal.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let bytes = total_kib << 10;
+    let p = map_anon(bytes);
+    // SAFETY: advice on exactly the mapping made above.
+    unsafe { libc::madvise(p.cast(), bytes, libc::MADV_NOHUGEPAGE) };
+    let take = |from: usize, to: usize| {
+        for off in (from..to).step_by(STEP) {
+            // SAFETY: `off` < `to` <= `bytes`, inside the mapping.
+            touch(unsafe { p.add(off) }, STEP.min(to - off), 1);
+        }
+    };
+    let first = (first_kib << 10).min(bytes);
+    take(0, first);
+    say(&format!("ready {}", std::process::id()));
+    let mut sig = 0;
+    // SAFETY: sigwait on the set blocked above, with a valid out pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    take(first, bytes);
+    say(&format!("full {}", std::process::id()));
+    let mut round: u8 = 1;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        round = round.wrapping_add(1);
+        touch(p, bytes, round);
+    }
+}
+
 /// Grows to `mib` MiB in 8 MiB steps (40 ms apart), touching each step as it comes, then
 /// keeps touching all of it until killed: a process whose memory grows
 /// (a link, a grep's buffer) rather than one that asks for everything at
@@ -209,40 +250,48 @@ fn hold_ready(mib: usize, name: &str, pause: Duration) -> ! {
 }
 
 /// A small parent with `n` workers of `mib` MiB each (a build driver and
-/// its compilers). Prints `worker PID` for each, then `exit PID SIGNAL` as
-/// each one ends (SIGNAL 0 for a normal exit), and exits 0 when all have.
+/// its compilers). See [`parent`].
 pub fn workers(n: usize, mib: usize) {
-    set_name("workers");
-    let mut children = Vec::new();
+    parent("workers", n, &["worker", &mib.to_string()]);
+}
+
+/// A parent named `name` with `n` children `guard-scenario CHILD...`.
+/// Prints `worker PID` for each, then `exit PID SIGNAL` as each one ends
+/// (SIGNAL 0 for a normal exit), and exits 0 when all have. The children
+/// share its stdout.
+pub fn parent(name: &str, n: usize, child: &[&str]) {
+    set_name(name);
     for _ in 0..n {
         match Command::new("/proc/self/exe")
-            .args(["worker", &mib.to_string()])
+            .args(child)
             .stdin(Stdio::null())
             .spawn()
         {
-            Ok(c) => {
-                say(&format!("worker {}", c.id()));
-                children.push(c);
-            }
+            Ok(c) => say(&format!("worker {}", c.id())),
             Err(e) => {
-                eprintln!("workers: spawning a worker: {e}");
+                eprintln!("{name}: spawning a child: {e}");
                 std::process::exit(3);
             }
         }
     }
-    let mut ended = vec![false; children.len()];
-    while ended.iter().any(|e| !e) {
-        for (child, ended) in children.iter_mut().zip(ended.iter_mut()) {
-            if !*ended && let Ok(Some(status)) = child.try_wait() {
-                *ended = true;
-                say(&format!(
-                    "exit {} {}",
-                    child.id(),
-                    status.signal().unwrap_or(0)
-                ));
+    let mut left = n;
+    while left > 0 {
+        let mut status = 0;
+        // SAFETY: waitpid for any child, with a valid out pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
             }
+            break;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        let sig = if libc::WIFSIGNALED(status) {
+            libc::WTERMSIG(status)
+        } else {
+            0
+        };
+        say(&format!("exit {pid} {sig}"));
+        left -= 1;
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 13] = [
     "control",
     "seed",
     "nested",
@@ -26,6 +26,7 @@ pub const SCENARIOS: [&str; 12] = [
     "stream",
     "host",
     "odd",
+    "many-small",
 ];
 
 /// Guest RAM per scenario, MiB: `host` runs the machine itself out of
@@ -213,6 +214,18 @@ fn summary(scenario: &str, r: &Value) -> String {
             show(&r["memfd_killed"]),
             fmt_num(&r["memfd_detect_to_kill_ms"], 1),
             show(&r["memfd_logged_comm"]),
+        ),
+        "many-small" => format!(
+            "60 children of 2 MiB, {} MiB over memory.high at the go; {} kills (batches {}), {} victims, {} survive; settled {} ms after the go; memory.current {} MiB at the end (high {} MiB); bystander worst {} ms",
+            mib(&r["overage_at_go"]),
+            show(&r["kills"]),
+            fmt_list(&r["batches"], "/"),
+            show(&r["victims_total"]),
+            show(&r["survivors"]),
+            fmt_num(&r["settled_after_ms"], 0),
+            mib(&r["memory_current_end"]),
+            mib(&r["memory_high"]),
+            fmt_num(&r["bystander_worst_ms"], 0),
         ),
         _ => String::new(),
     };
