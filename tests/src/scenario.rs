@@ -13,6 +13,7 @@ mod many_small;
 mod odd;
 mod pid_reuse;
 mod protected;
+mod respawn;
 mod sighup;
 mod stream;
 mod workers;
@@ -124,6 +125,7 @@ pub fn run(name: &str) -> Value {
         "host" => host::run(&mut report),
         "odd" => odd::run(&mut report),
         "many-small" => many_small::run(&mut report),
+        "respawn" => respawn::run(&mut report),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {
@@ -271,6 +273,23 @@ impl Cgroup {
         let mut cmd = Command::new(exe);
         cmd.args(args).stdout(stdout).stdin(Stdio::null());
         self.spawn_cmd(cmd)
+    }
+
+    /// Removes the (empty) cgroup; a task that was just reaped may keep it
+    /// busy for a moment.
+    pub(crate) fn remove(&self) -> Result<(), String> {
+        let dir = format!("{CGROUP_ROOT}{}", self.rel);
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                    tries += 1;
+                    sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(format!("rmdir {dir}: {e}")),
+            }
+        }
     }
 
     /// Starts `cmd` inside this cgroup: the child joins it before exec, so

@@ -20,6 +20,14 @@ pub fn enable() -> Result<(), String> {
     write("tracing_on", "1")
 }
 
+/// SIGKILLs alone, in a fresh buffer: for long runs that only count kills.
+pub fn enable_kills() -> Result<(), String> {
+    enable()?;
+    write("tracing_on", "0")?;
+    write("events/vmscan/mm_vmscan_memcg_reclaim_end/enable", "0")?;
+    write("tracing_on", "1")
+}
+
 /// What the bench reads, in a fresh buffer stamped with CLOCK_MONOTONIC:
 /// memcg reclaim ends, SIGKILL and SIGTERM (earlyoom sends SIGTERM first),
 /// process exits (the memory is freed before that tracepoint) and the

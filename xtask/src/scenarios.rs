@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 13] = [
+pub const SCENARIOS: [&str; 14] = [
     "control",
     "seed",
     "nested",
@@ -27,6 +27,7 @@ pub const SCENARIOS: [&str; 13] = [
     "host",
     "odd",
     "many-small",
+    "respawn",
 ];
 
 /// Guest RAM per scenario, MiB: `host` runs the machine itself out of
@@ -39,6 +40,12 @@ fn memory_mib(scenario: &str) -> u32 {
 /// attached as NVMe): they need a real filesystem, the initramfs being RAM.
 const WITH_DISK: [&str; 2] = ["benign", "host"];
 const DISK_BYTES: u64 = 512 << 20;
+
+/// How long one boot may take before qemu is killed: respawn runs a few
+/// hundred kill cycles.
+fn timeout(scenario: &str) -> Duration {
+    Duration::from_secs(if scenario == "respawn" { 600 } else { 240 })
+}
 
 const INIT: &str = r#"#!/bin/sh
 mount -t proc proc /proc
@@ -227,6 +234,19 @@ fn summary(scenario: &str, r: &Value) -> String {
             mib(&r["memory_high"]),
             fmt_num(&r["bystander_worst_ms"], 0),
         ),
+        "respawn" => format!(
+            "{} cycles in {} s ({} ms median, {} ms max), {} kills logged, {} hogs SIGKILLed by the guard; guard fds {} after cycle 20 -> {} at the end, VmRSS {} -> {} KiB",
+            show(&r["cycles"]),
+            fmt_num(&r["seconds"], 0),
+            show(&r["cycle_median_ms"]),
+            show(&r["cycle_max_ms"]),
+            show(&r["kills"]),
+            show(&r["sigkills_from_guard"]),
+            show(&r["fds_at_sample"]),
+            show(&r["fds_end"]),
+            show(&r["rss_at_sample_kib"]),
+            show(&r["rss_end_kib"]),
+        ),
         _ => String::new(),
     };
     match r["retried_after"].as_array() {
@@ -326,7 +346,7 @@ pub fn run_matrix(
                     .then(|| scratch_disk(&work.join(format!("{}-{}.img", k.label, s))))
                     .transpose()?;
                 let append = format!("guard.scenario={s}");
-                let timeout = Duration::from_secs(240);
+                let timeout = timeout(s);
                 let console = match &disk {
                     Some(d) => vm::run_qemu_with_disk(
                         &k.vmlinuz,
