@@ -7,6 +7,7 @@
 //! `scenario/`.
 
 mod benign;
+mod breaker;
 mod cgroup_kill;
 mod host;
 mod many_small;
@@ -126,6 +127,7 @@ pub fn run(name: &str) -> Value {
         "odd" => odd::run(&mut report),
         "many-small" => many_small::run(&mut report),
         "respawn" => respawn::run(&mut report),
+        "breaker" => breaker::run(&mut report),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {

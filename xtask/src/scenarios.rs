@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 14] = [
+pub const SCENARIOS: [&str; 15] = [
     "control",
     "seed",
     "nested",
@@ -28,6 +28,7 @@ pub const SCENARIOS: [&str; 14] = [
     "odd",
     "many-small",
     "respawn",
+    "breaker",
 ];
 
 /// Guest RAM per scenario, MiB: `host` runs the machine itself out of
@@ -246,6 +247,17 @@ fn summary(scenario: &str, r: &Value) -> String {
             show(&r["fds_end"]),
             show(&r["rss_at_sample_kib"]),
             show(&r["rss_end_kib"]),
+        ),
+        "breaker" => format!(
+            "{} kills {}; kill limit {} ms after the hog started ({} line(s), fruitless_kills {}), kill_limit event {}; hog alive {}; {}/6 innocents alive",
+            show(&r["kills"]),
+            show(&r["killed_pids"]),
+            fmt_num(&r["limit_after_ms"], 0),
+            show(&r["limit_lines"]),
+            show(&r["fruitless_kills"]),
+            show(&r["kill_limit_event"]),
+            show(&r["hog_alive"]),
+            show(&r["innocents_alive"]),
         ),
         _ => String::new(),
     };
