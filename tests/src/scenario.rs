@@ -17,6 +17,7 @@ mod protected;
 mod respawn;
 mod sighup;
 mod stream;
+mod stuck_exit;
 mod workers;
 
 use std::{
@@ -128,6 +129,7 @@ pub fn run(name: &str) -> Value {
         "many-small" => many_small::run(&mut report),
         "respawn" => respawn::run(&mut report),
         "breaker" => breaker::run(&mut report),
+        "stuck-exit" => stuck_exit::run(&mut report),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {

@@ -149,6 +149,49 @@ pub fn memfd(mib: usize, name: &str) -> ! {
     }
 }
 
+/// A hog that cannot exit at once: a second thread takes `mib` MiB and
+/// keeps touching it, while the main thread writes `write_mib` MiB to
+/// `device` with O_DIRECT, over and over, and so spends its time in
+/// uninterruptible sleep (state D) while the (throttled) disk takes it.
+/// Prints `writing PID` before the first write, `wrote MS` after each.
+pub fn stuck(mib: usize, write_mib: usize, device: &str, name: &str) -> ! {
+    set_name(name);
+    let fail = |what: &str| -> ! {
+        eprintln!(
+            "stuck: {what} {device}: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(3);
+    };
+    let Ok(path) = std::ffi::CString::new(device) else {
+        fail("bad path")
+    };
+    // SAFETY: open(2) on a NUL-terminated path; the result is checked.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_DIRECT) };
+    if fd < 0 {
+        fail("opening");
+    }
+    // Page-aligned, as O_DIRECT needs.
+    let len = write_mib * MIB;
+    let buf = map_anon(len);
+    touch(buf, len, 0x5a);
+    std::thread::spawn(move || hold(mib));
+    say(&format!("writing {}", std::process::id()));
+    loop {
+        let began = Instant::now();
+        let mut done = 0;
+        while done < len {
+            // SAFETY: `buf` holds `len` bytes; the range written is in it.
+            let n = unsafe { libc::pwrite(fd, buf.add(done).cast(), len - done, done as i64) };
+            if n <= 0 {
+                fail("writing");
+            }
+            done += n as usize;
+        }
+        say(&format!("wrote {}", began.elapsed().as_millis()));
+    }
+}
+
 /// An innocent that holds real memory: takes `mib` MiB, says `ready PID`
 /// once all of it is touched, then touches it now and then (an editor, a
 /// language server) until killed.

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 15] = [
+pub const SCENARIOS: [&str; 16] = [
     "control",
     "seed",
     "nested",
@@ -29,6 +29,7 @@ pub const SCENARIOS: [&str; 15] = [
     "many-small",
     "respawn",
     "breaker",
+    "stuck-exit",
 ];
 
 /// Guest RAM per scenario, MiB: `host` runs the machine itself out of
@@ -38,9 +39,21 @@ fn memory_mib(scenario: &str) -> u32 {
 }
 
 /// Scenarios that get a scratch disk (a sparse raw image, fresh per boot,
-/// attached as NVMe): they need a real filesystem, the initramfs being RAM.
-const WITH_DISK: [&str; 2] = ["benign", "host"];
+/// attached as NVMe): they need a real filesystem, the initramfs being RAM,
+/// or (stuck-exit) a slow device to block on.
+const WITH_DISK: [&str; 3] = ["benign", "host", "stuck-exit"];
 const DISK_BYTES: u64 = 512 << 20;
+
+/// Extra `-drive` options of a scenario's scratch disk: stuck-exit's is
+/// throttled to 1 MiB/s, so that a 12 MiB O_DIRECT write keeps its writer in
+/// uninterruptible sleep for seconds.
+fn drive_options(scenario: &str) -> &'static str {
+    if scenario == "stuck-exit" {
+        "throttling.bps-total=1048576"
+    } else {
+        ""
+    }
+}
 
 /// How long one boot may take before qemu is killed: respawn runs a few
 /// hundred kill cycles.
@@ -259,6 +272,15 @@ fn summary(scenario: &str, r: &Value) -> String {
             show(&r["hog_alive"]),
             show(&r["innocents_alive"]),
         ),
+        "stuck-exit" => format!(
+            "second hog killed {} ms after the first victim (stalling from {} ms); first victim {} at 3 s, exited {} ms after its SIGKILL; guard logged it still exiting in state {} after {} ms",
+            fmt_num(&r["kill_gap_ms"], 0),
+            fmt_num(&r["second_stall_after_first_kill_ms"], 0),
+            show(&r["first_state_after_timeout"]),
+            fmt_num(&r["first_exit_after_kill_ms"], 0),
+            show(&r["logged_state"]),
+            show(&r["logged_waited_ms"]),
+        ),
         _ => String::new(),
     };
     match r["retried_after"].as_array() {
@@ -367,7 +389,7 @@ pub fn run_matrix(
                         &append,
                         timeout,
                         &log,
-                        Some(d),
+                        Some((d, drive_options(s))),
                     ),
                     None => {
                         vm::run_qemu(&k.vmlinuz, &initrd, memory_mib(s), &append, timeout, &log)
@@ -492,6 +514,19 @@ mod tests {
         for s in SCENARIOS {
             assert!(!summary(s, &empty).is_empty(), "{s} has no summary arm");
         }
+    }
+
+    #[test]
+    fn only_stuck_exit_gets_a_throttled_disk() {
+        for s in SCENARIOS {
+            let options = drive_options(s);
+            assert!(
+                options.is_empty() || WITH_DISK.contains(&s),
+                "{s} has drive options but no disk"
+            );
+        }
+        assert_eq!(drive_options("stuck-exit"), "throttling.bps-total=1048576");
+        assert_eq!(drive_options("benign"), "");
     }
 
     #[test]
