@@ -29,7 +29,9 @@ pub fn monotonic_ns() -> u64 {
 
 const USAGE: &str = "usage: guard-scenario SCENARIO | hog MIB [NAME [OOM_SCORE_ADJ]] | \
     bystander MS | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
-    filecache PATH MIB READS | idle NAME | bench";
+    filecache PATH MIB READS | idle NAME | holder MIB [NAME] | odd-name MIB | leader-exit MIB [NAME] | \
+    memfd MIB [NAME] | stuck MIB WRITE_MIB DEVICE [NAME] | small-parent N FIRST_KIB TOTAL_KIB | \
+    small FIRST_KIB TOTAL_KIB | bench";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -74,6 +76,33 @@ fn main() {
             }
         },
         Some("idle") => workload::idle(arg(1).unwrap_or("idle")),
+        Some("holder") => workload::holder(num(1, 8) as usize, arg(2).unwrap_or("holder")),
+        Some("odd-name") => workload::odd_name(num(1, 100) as usize),
+        Some("leader-exit") => {
+            workload::leader_exit(num(1, 100) as usize, arg(2).unwrap_or("threads"))
+        }
+        Some("memfd") => workload::memfd(num(1, 100) as usize, arg(2).unwrap_or("memfd")),
+        Some("stuck") => match arg(3) {
+            Some(device) => workload::stuck(
+                num(1, 100) as usize,
+                num(2, 12) as usize,
+                device,
+                arg(4).unwrap_or("stuck"),
+            ),
+            None => {
+                eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+        },
+        Some("small-parent") => {
+            let (first, total) = (num(2, 1536).to_string(), num(3, 2048).to_string());
+            workload::parent(
+                "small-parent",
+                num(1, 60) as usize,
+                &["small", &first, &total],
+            );
+        }
+        Some("small") => workload::small(num(1, 1536) as usize, num(2, 2048) as usize),
         Some("bench") => {
             let result = bench::run();
             println!("GUARD-RESULT {result}");

@@ -7,12 +7,17 @@
 //! `scenario/`.
 
 mod benign;
+mod breaker;
 mod cgroup_kill;
 mod host;
+mod many_small;
+mod odd;
 mod pid_reuse;
 mod protected;
+mod respawn;
 mod sighup;
 mod stream;
+mod stuck_exit;
 mod workers;
 
 use std::{
@@ -55,6 +60,10 @@ const SEED: Layout = Layout {
     guard_first: false,
 };
 pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// guard-scenario's copy at sshd's installed path (xtask puts it in the
+/// initramfs, root-owned, mode 0755): a process run from it is the real
+/// sshd as far as /proc/PID/exe can tell.
+pub(crate) const SSHD: &str = "/usr/sbin/sshd";
 const GUARD: &str = "/bin/guard";
 const GUARD_LOG: &str = "/tmp/guard.log";
 const NOTIFY: &str = "/run/guard-notify";
@@ -116,6 +125,11 @@ pub fn run(name: &str) -> Value {
         "pid-reuse" => pid_reuse::run(&mut report),
         "stream" => stream::run(&mut report),
         "host" => host::run(&mut report),
+        "odd" => odd::run(&mut report),
+        "many-small" => many_small::run(&mut report),
+        "respawn" => respawn::run(&mut report),
+        "breaker" => breaker::run(&mut report),
+        "stuck-exit" => stuck_exit::run(&mut report),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = outcome {
@@ -136,8 +150,12 @@ pub(crate) fn write(path: &str, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("writing {value:?} to {path}: {e}"))
 }
 
+/// A file's text, empty when it cannot be read. Bytes that are not UTF-8
+/// (a task name in /proc/PID/stat may be any bytes) come back as U+FFFD.
 pub(crate) fn read(path: &str) -> String {
-    fs::read_to_string(path).unwrap_or_default()
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// A counter from a flat keyed file such as memory.events.
@@ -245,9 +263,37 @@ impl Cgroup {
 
     /// Starts `guard-scenario ARGS` (a workload) inside this cgroup.
     pub(crate) fn spawn(&self, args: &[&str], stdout: Stdio) -> Result<Child, String> {
-        let mut cmd = Command::new("/proc/self/exe");
+        self.spawn_from("/proc/self/exe", args, stdout)
+    }
+
+    /// The same, run from another copy of guard-scenario (`exe`), so that
+    /// /proc/PID/exe names that file.
+    pub(crate) fn spawn_from(
+        &self,
+        exe: &str,
+        args: &[&str],
+        stdout: Stdio,
+    ) -> Result<Child, String> {
+        let mut cmd = Command::new(exe);
         cmd.args(args).stdout(stdout).stdin(Stdio::null());
         self.spawn_cmd(cmd)
+    }
+
+    /// Removes the (empty) cgroup; a task that was just reaped may keep it
+    /// busy for a moment.
+    pub(crate) fn remove(&self) -> Result<(), String> {
+        let dir = format!("{CGROUP_ROOT}{}", self.rel);
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                    tries += 1;
+                    sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(format!("rmdir {dir}: {e}")),
+            }
+        }
     }
 
     /// Starts `cmd` inside this cgroup: the child joins it before exec, so
@@ -384,6 +430,35 @@ pub(crate) fn with_message<'a>(lines: &'a [Value], m: &str) -> Vec<&'a Value> {
     lines.iter().filter(|v| message(v) == m).collect()
 }
 
+/// The guard's `killed` lines for `cgroup`.
+pub(crate) fn kills_in<'a>(lines: &'a [Value], cgroup: &str) -> Vec<&'a Value> {
+    with_message(lines, "killed")
+        .into_iter()
+        .filter(|k| text(&k["cgroup"]) == cgroup)
+        .collect()
+}
+
+/// Every pid a `killed` line says the guard signalled: its `victims`
+/// ("101,102"), or its `pid` alone when it has no such field.
+pub(crate) fn victims(kill: &Value) -> Vec<u32> {
+    match kill["victims"].as_str() {
+        Some(list) => list
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect(),
+        None => number(&kill["pid"]).map(|p| p as u32).into_iter().collect(),
+    }
+}
+
+/// The targets of the SIGKILLs `sender` sent, in order, from the trace.
+pub(crate) fn sigkills_from(trace_text: &str, sender: u32) -> Vec<(f64, u32)> {
+    trace_sigkills(trace_text)
+        .into_iter()
+        .filter(|(_, from, _)| *from == sender)
+        .map(|(ts, _, target)| (ts, target))
+        .collect()
+}
+
 /// A log field as text, whether the logger wrote it as a string or number.
 pub(crate) fn text(v: &Value) -> String {
     match v {
@@ -407,6 +482,66 @@ pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> Option<(ExitStatu
         sleep(Duration::from_millis(2));
     }
     None
+}
+
+/// Waits up to `limit` for `child` (`what`, for the failure) to end: a
+/// failure unless SIGKILL ended it; one still alive is killed. Returns when
+/// it ended, if it did.
+pub(crate) fn expect_sigkill(
+    r: &mut Report,
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> Option<u64> {
+    match wait_exit(child, limit) {
+        Some((status, at)) => {
+            r.check(
+                status.signal() == Some(libc::SIGKILL),
+                format!("{what} ended by {status}, not SIGKILL"),
+            );
+            Some(at)
+        }
+        None => {
+            r.check(false, format!("{what} was alive {limit:?} later"));
+            end(child);
+            None
+        }
+    }
+}
+
+/// Polls `calm` every `every` until it has held for `quiet` without a
+/// break, or `deadline` has passed since `from`. Returns when the last calm
+/// spell began (ms since `from`, also reported as `settled_after_ms`) with
+/// the number of the guard's kills then, and whether it lasted `quiet`.
+pub(crate) fn settle(
+    r: &mut Report,
+    guard: &Guard,
+    from: Instant,
+    deadline: Duration,
+    quiet: Duration,
+    every: Duration,
+    mut calm: impl FnMut() -> bool,
+) -> (Option<(u64, usize)>, bool) {
+    let mut spell: Option<(Instant, u64, usize)> = None;
+    let mut lasted = false;
+    while from.elapsed() < deadline {
+        if !calm() {
+            spell = None;
+        } else if let Some((at, ..)) = spell {
+            if at.elapsed() >= quiet {
+                lasted = true;
+                break;
+            }
+        } else {
+            let kills = with_message(&guard.lines(), "killed").len();
+            spell = Some((Instant::now(), from.elapsed().as_millis() as u64, kills));
+        }
+        sleep(every);
+    }
+    if let Some((_, ms, _)) = spell {
+        r.set("settled_after_ms", ms);
+    }
+    (spell.map(|(_, ms, kills)| (ms, kills)), lasted)
 }
 
 /// Alive and not a zombie.
@@ -464,6 +599,27 @@ impl Lines {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// Waits until each child has said `ready PID` on its stdout.
+pub(crate) fn wait_ready(children: &mut [Child], limit: Duration) -> Result<(), String> {
+    let mut outs = Vec::new();
+    for c in children.iter_mut() {
+        let out = c.stdout.take().ok_or("a child without stdout")?;
+        outs.push((c.id(), Lines::new(out), false));
+    }
+    let started = Instant::now();
+    while outs.iter().any(|(_, _, ready)| !ready) {
+        if started.elapsed() > limit {
+            let late: Vec<u32> = outs.iter().filter(|o| !o.2).map(|o| o.0).collect();
+            return Err(format!("{late:?} not ready within {limit:?}"));
+        }
+        for (pid, out, ready) in &mut outs {
+            *ready |= out.poll().iter().any(|l| *l == format!("ready {pid}"));
+        }
+        sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// SIGKILLs in the trace: (time, sender pid, target pid).
@@ -762,17 +918,51 @@ pub(crate) fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid:
 /// First no-progress reclaim pass of `pid` to its SIGKILL, from the trace:
 /// sets `detect_to_kill_ms` and checks it against budget + margin.
 pub(crate) fn detect_to_kill(r: &mut Report, trace_text: &str, pid: u32) -> Option<f64> {
-    match (
-        trace::first_no_progress(trace_text, pid),
-        trace::first_sigkill(trace_text, pid),
-    ) {
-        (Some(t0), Some((t1, _sender))) => {
+    let kill = trace::first_sigkill(trace_text, pid).map(|(ts, _)| ts);
+    detect_to_kill_as(r, trace_text, &[pid], pid, kill, "detect_to_kill_ms")
+}
+
+/// `pid`'s SIGKILL from the guard (`sent`, as [`sigkills_from`] gives it),
+/// timed from the first fruitless pass of its threads `tids` as `key`;
+/// a failure when the guard sent none.
+pub(crate) fn guard_kill_timed(
+    r: &mut Report,
+    trace_text: &str,
+    sent: &[(f64, u32)],
+    tids: &[u32],
+    pid: u32,
+    key: &str,
+) {
+    match sent.iter().find(|(_, t)| *t == pid) {
+        Some((ts, _)) => {
+            detect_to_kill_as(r, trace_text, tids, pid, Some(*ts), key);
+        }
+        None => r.check(
+            false,
+            format!("{key}: no SIGKILL from the guard to pid {pid} in the trace"),
+        ),
+    }
+}
+
+/// The same for a process whose threads `tids` stall (the first pass of
+/// any of them counts) and that was killed at `kill` (trace clock),
+/// reported as `key`.
+pub(crate) fn detect_to_kill_as(
+    r: &mut Report,
+    trace_text: &str,
+    tids: &[u32],
+    pid: u32,
+    kill: Option<f64>,
+    key: &str,
+) -> Option<f64> {
+    match (trace::first_no_progress_of(trace_text, tids), kill) {
+        (Some(t0), Some(t1)) => {
             let ms = (t1 - t0) * 1000.0;
-            r.set("detect_to_kill_ms", ms);
+            r.set(key, ms);
             r.check(
                 ms <= BUDGET_MS + MARGIN_MS,
                 format!(
-                    "first no-progress reclaim to SIGKILL took {ms:.0} ms (budget {BUDGET_MS} + margin {MARGIN_MS})"
+                    "first no-progress reclaim to SIGKILL of pid {pid} took {ms:.0} ms (budget {BUDGET_MS} + margin {MARGIN_MS})"
                 ),
             );
             Some(ms)
@@ -833,6 +1023,27 @@ mod tests {
         assert_eq!(trace_passes(TRACE, &[]), (3, 2));
         assert_eq!(trace_passes(TRACE, &[101]), (2, 1));
         assert_eq!(trace_passes(TRACE, &[5]), (0, 0));
+    }
+
+    #[test]
+    fn kills_are_found_by_cgroup_and_by_sender() {
+        let lines = [
+            json!({"message": "killed", "cgroup": "/a", "pid": 1}),
+            json!({"message": "killed", "cgroup": "/b", "pid": 2}),
+            json!({"message": "kill outcome", "cgroup": "/a"}),
+        ];
+        assert_eq!(kills_in(&lines, "/a").len(), 1);
+        assert_eq!(sigkills_from(TRACE, 97), [(12.7003, 101)]);
+        assert_eq!(sigkills_from(TRACE, 101), []);
+    }
+
+    #[test]
+    fn victims_are_read_from_the_list_or_the_pid() {
+        let batch = json!({"message": "killed", "pid": 101, "victims": "101,102, 103"});
+        assert_eq!(victims(&batch), [101, 102, 103]);
+        let today = json!({"message": "killed", "pid": "104"});
+        assert_eq!(victims(&today), [104]);
+        assert!(victims(&json!({"message": "killed"})).is_empty());
     }
 
     #[test]

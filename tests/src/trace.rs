@@ -20,6 +20,14 @@ pub fn enable() -> Result<(), String> {
     write("tracing_on", "1")
 }
 
+/// SIGKILLs alone, in a fresh buffer: for long runs that only count kills.
+pub fn enable_kills() -> Result<(), String> {
+    enable()?;
+    write("tracing_on", "0")?;
+    write("events/vmscan/mm_vmscan_memcg_reclaim_end/enable", "0")?;
+    write("tracing_on", "1")
+}
+
 /// What the bench reads, in a fresh buffer stamped with CLOCK_MONOTONIC:
 /// memcg reclaim ends, SIGKILL and SIGTERM (earlyoom sends SIGTERM first),
 /// process exits (the memory is freed before that tracepoint) and the
@@ -45,9 +53,13 @@ pub fn stop() {
     let _ = write("tracing_on", "0");
 }
 
+/// The trace so far (tracing stops). Task names are shown as the kernel
+/// holds them, which need not be UTF-8: those bytes come back as U+FFFD.
 pub fn read() -> String {
     let _ = fs::write(format!("{TRACEFS}/tracing_on"), "0");
-    fs::read_to_string(format!("{TRACEFS}/trace")).unwrap_or_default()
+    fs::read(format!("{TRACEFS}/trace"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// One trace line: the task's pid, the timestamp in seconds, the event name
@@ -85,8 +97,14 @@ fn field<'a>(fields: &'a str, key: &str) -> Option<&'a str> {
 
 /// First reclaim pass by `pid` that freed nothing (seconds, trace clock).
 pub fn first_no_progress(trace: &str, pid: u32) -> Option<f64> {
+    first_no_progress_of(trace, &[pid])
+}
+
+/// First reclaim pass that freed nothing by any of the tasks `tids` (trace
+/// lines carry the thread's id, not the process's).
+pub fn first_no_progress_of(trace: &str, tids: &[u32]) -> Option<f64> {
     trace.lines().filter_map(parse).find_map(|l| {
-        (l.pid == pid
+        (tids.contains(&l.pid)
             && l.event == "mm_vmscan_memcg_reclaim_end"
             && field(l.fields, "nr_reclaimed") == Some("0"))
         .then_some(l.ts)
@@ -193,6 +211,8 @@ mod tests {
     fn finds_the_first_fruitless_pass_of_the_hog() {
         assert_eq!(first_no_progress(TRACE, 141), Some(12.6002));
         assert_eq!(first_no_progress(TRACE, 140), Some(12.61));
+        assert_eq!(first_no_progress_of(TRACE, &[7, 140, 141]), Some(12.6002));
+        assert_eq!(first_no_progress_of(TRACE, &[7]), None);
         assert_eq!(count_no_progress(TRACE), 2);
     }
 
@@ -200,6 +220,15 @@ mod tests {
     fn finds_the_kill_and_its_sender() {
         assert_eq!(first_sigkill(TRACE, 141), Some((12.7003, 99)));
         assert_eq!(first_sigkill(TRACE, 140), None);
+    }
+
+    #[test]
+    fn a_task_name_that_is_not_utf8_still_parses() {
+        let raw = b"          h\xff\xfeg-77      [000] d..2.    9.500000: signal_generate: sig=9 errno=0 code=0 comm=h\xff\xfeg pid=77 grp=1 res=0\n";
+        let text = String::from_utf8_lossy(raw);
+        let l = parse(text.lines().next().expect("a line")).expect("parses");
+        assert_eq!((l.pid, l.ts, l.event), (77, 9.5, "signal_generate"));
+        assert_eq!(first_sigkill(&text, 77), Some((9.5, 77)));
     }
 
     const BENCH: &str = "\

@@ -3,7 +3,6 @@
 use std::{
     fs,
     io::{Read, Write},
-    os::unix::process::ExitStatusExt,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -13,9 +12,14 @@ const MIB: usize = 1 << 20;
 
 /// Sets the task's comm, which is what the guard and the trace show.
 fn set_name(name: &str) {
+    set_name_bytes(name.as_bytes());
+}
+
+/// The same from raw bytes: the kernel takes any bytes but NUL, UTF-8 or not.
+fn set_name_bytes(name: &[u8]) {
     let mut buf = [0u8; 16];
     let n = name.len().min(15);
-    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    buf[..n].copy_from_slice(&name[..n]);
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
     // bytes; `buf` is 16 bytes with a NUL at or before index 15.
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
@@ -64,10 +68,174 @@ pub fn hog(mib: usize, name: &str, oom_score_adj: Option<i32>) -> ! {
         eprintln!("hog: setting oom_score_adj {adj}: {e}");
         std::process::exit(3);
     }
+    hold(mib)
+}
+
+/// Takes `mib` MiB of anonymous memory and keeps touching all of it.
+fn hold(mib: usize) -> ! {
     let bytes = mib * MIB;
     let p = map_anon(bytes);
     let mut round: u8 = 0;
     loop {
+        round = round.wrapping_add(1);
+        touch(p, bytes, round);
+    }
+}
+
+/// A hog whose name is not UTF-8 (`h\xff\xfeg`): /proc shows those bytes
+/// as they are, and a reader that insists on UTF-8 cannot parse it.
+pub fn odd_name(mib: usize) -> ! {
+    set_name_bytes(ODD_NAME);
+    hold(mib)
+}
+
+/// The name `odd_name` takes.
+pub const ODD_NAME: &[u8] = b"h\xff\xfeg";
+
+/// A hog whose main thread exits: a second thread takes `mib` MiB and keeps
+/// touching it. The leader becomes a zombie whose /proc/PID/status has no
+/// memory lines; the memory shows in /proc/PID/task/TID/status. Prints
+/// `thread PID TID` before the leader goes.
+pub fn leader_exit(mib: usize, name: &str) -> ! {
+    set_name(name);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: gettid(2) has no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        let _ = tx.send(tid);
+        hold(mib)
+    });
+    let Ok(tid) = rx.recv() else {
+        eprintln!("leader-exit: the memory thread did not start");
+        std::process::exit(3);
+    };
+    say(&format!("thread {} {tid}", std::process::id()));
+    // exit(2), not exit_group(2): only this thread ends, without unwinding
+    // (pthread_exit would need libgcc_s, which a static binary cannot load).
+    // SAFETY: the thread ends here; nothing of it is used afterwards.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("exit(2) returned")
+}
+
+/// A hog whose memory is a memfd mapped shared: `mib` MiB of shmem (RssShmem
+/// in /proc/PID/status, not RssAnon), touched over and over.
+pub fn memfd(mib: usize, name: &str) -> ! {
+    set_name(name);
+    let bytes = mib * MIB;
+    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"guard-memfd".as_ptr(), libc::MFD_CLOEXEC) };
+    // SAFETY: ftruncate on the fd just created.
+    if fd < 0 || unsafe { libc::ftruncate(fd, bytes as libc::off_t) } != 0 {
+        eprintln!("memfd: {}", std::io::Error::last_os_error());
+        std::process::exit(3);
+    }
+    // SAFETY: a shared mapping of the whole memfd, no address hint; the
+    // result is checked against MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED, "mmap of the memfd failed");
+    let mut round: u8 = 0;
+    loop {
+        round = round.wrapping_add(1);
+        touch(p.cast(), bytes, round);
+    }
+}
+
+/// A hog that cannot exit at once: a second thread takes `mib` MiB and
+/// keeps touching it, while the main thread writes `write_mib` MiB to
+/// `device` with O_DIRECT, over and over, and so spends its time in
+/// uninterruptible sleep (state D) while the (throttled) disk takes it.
+/// Prints `writing PID` before the first write, `wrote MS` after each.
+pub fn stuck(mib: usize, write_mib: usize, device: &str, name: &str) -> ! {
+    set_name(name);
+    let fail = |what: &str| -> ! {
+        eprintln!(
+            "stuck: {what} {device}: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(3);
+    };
+    let Ok(path) = std::ffi::CString::new(device) else {
+        fail("bad path")
+    };
+    // SAFETY: open(2) on a NUL-terminated path; the result is checked.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_DIRECT) };
+    if fd < 0 {
+        fail("opening");
+    }
+    // Page-aligned, as O_DIRECT needs.
+    let len = write_mib * MIB;
+    let buf = map_anon(len);
+    touch(buf, len, 0x5a);
+    std::thread::spawn(move || hold(mib));
+    say(&format!("writing {}", std::process::id()));
+    loop {
+        let began = Instant::now();
+        let mut done = 0;
+        while done < len {
+            // SAFETY: `buf` holds `len` bytes; the range written is in it.
+            let n = unsafe { libc::pwrite(fd, buf.add(done).cast(), len - done, done as i64) };
+            if n <= 0 {
+                fail("writing");
+            }
+            done += n as usize;
+        }
+        say(&format!("wrote {}", began.elapsed().as_millis()));
+    }
+}
+
+/// An innocent that holds real memory: takes `mib` MiB, says `ready PID`
+/// once all of it is touched, then touches it now and then (an editor, a
+/// language server) until killed.
+pub fn holder(mib: usize, name: &str) -> ! {
+    hold_ready(mib, name, Duration::from_millis(200))
+}
+
+/// One of many small processes: takes `first_kib` KiB in 64 KiB steps,
+/// says `ready PID`, waits for SIGUSR1, takes the rest up to `total_kib`
+/// the same way, says `full PID`, then touches all of it now and then.
+/// Small pages only, so that each step charges what it says.
+pub fn small(first_kib: usize, total_kib: usize) -> ! {
+    set_name("small");
+    const STEP: usize = 64 << 10;
+    // SAFETY: sigset operations on a local set, and the mask of this
+    // process's only thread, blocked before anyone can send the signal.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let bytes = total_kib << 10;
+    let p = map_anon(bytes);
+    // SAFETY: advice on exactly the mapping made above.
+    unsafe { libc::madvise(p.cast(), bytes, libc::MADV_NOHUGEPAGE) };
+    let take = |from: usize, to: usize| {
+        for off in (from..to).step_by(STEP) {
+            // SAFETY: `off` < `to` <= `bytes`, inside the mapping.
+            touch(unsafe { p.add(off) }, STEP.min(to - off), 1);
+        }
+    };
+    let first = (first_kib << 10).min(bytes);
+    take(0, first);
+    say(&format!("ready {}", std::process::id()));
+    let mut sig = 0;
+    // SAFETY: sigwait on the set blocked above, with a valid out pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    take(first, bytes);
+    say(&format!("full {}", std::process::id()));
+    let mut round: u8 = 1;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
         round = round.wrapping_add(1);
         touch(p, bytes, round);
     }
@@ -103,53 +271,70 @@ pub fn grower(mib: usize, name: &str) -> ! {
 /// One of a parent's workers: takes `mib` MiB, says `ready PID` once all of
 /// it is touched, and keeps touching it until killed.
 pub fn worker(mib: usize) -> ! {
-    set_name("worker");
+    hold_ready(mib, "worker", Duration::ZERO)
+}
+
+/// Takes `mib` MiB as `name`, says `ready PID` once all of it is touched,
+/// then touches all of it every `pause` (at once when zero) until killed.
+fn hold_ready(mib: usize, name: &str, pause: Duration) -> ! {
+    set_name(name);
     let bytes = mib * MIB;
     let p = map_anon(bytes);
     touch(p, bytes, 1);
     say(&format!("ready {}", std::process::id()));
     let mut round: u8 = 1;
     loop {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
         round = round.wrapping_add(1);
         touch(p, bytes, round);
     }
 }
 
 /// A small parent with `n` workers of `mib` MiB each (a build driver and
-/// its compilers). Prints `worker PID` for each, then `exit PID SIGNAL` as
-/// each one ends (SIGNAL 0 for a normal exit), and exits 0 when all have.
+/// its compilers). See [`parent`].
 pub fn workers(n: usize, mib: usize) {
-    set_name("workers");
-    let mut children = Vec::new();
+    parent("workers", n, &["worker", &mib.to_string()]);
+}
+
+/// A parent named `name` with `n` children `guard-scenario CHILD...`.
+/// Prints `worker PID` for each, then `exit PID SIGNAL` as each one ends
+/// (SIGNAL 0 for a normal exit), and exits 0 when all have. The children
+/// share its stdout.
+pub fn parent(name: &str, n: usize, child: &[&str]) {
+    set_name(name);
     for _ in 0..n {
         match Command::new("/proc/self/exe")
-            .args(["worker", &mib.to_string()])
+            .args(child)
             .stdin(Stdio::null())
             .spawn()
         {
-            Ok(c) => {
-                say(&format!("worker {}", c.id()));
-                children.push(c);
-            }
+            Ok(c) => say(&format!("worker {}", c.id())),
             Err(e) => {
-                eprintln!("workers: spawning a worker: {e}");
+                eprintln!("{name}: spawning a child: {e}");
                 std::process::exit(3);
             }
         }
     }
-    let mut ended = vec![false; children.len()];
-    while ended.iter().any(|e| !e) {
-        for (child, ended) in children.iter_mut().zip(ended.iter_mut()) {
-            if !*ended && let Ok(Some(status)) = child.try_wait() {
-                *ended = true;
-                say(&format!(
-                    "exit {} {}",
-                    child.id(),
-                    status.signal().unwrap_or(0)
-                ));
+    let mut left = n;
+    while left > 0 {
+        let mut status = 0;
+        // SAFETY: waitpid for any child, with a valid out pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
             }
+            break;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        let sig = if libc::WIFSIGNALED(status) {
+            libc::WTERMSIG(status)
+        } else {
+            0
+        };
+        say(&format!("exit {pid} {sig}"));
+        left -= 1;
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::vm;
 
 /// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 16] = [
     "control",
     "seed",
     "nested",
@@ -25,6 +25,11 @@ pub const SCENARIOS: [&str; 11] = [
     "pid-reuse",
     "stream",
     "host",
+    "odd",
+    "many-small",
+    "respawn",
+    "breaker",
+    "stuck-exit",
 ];
 
 /// Guest RAM per scenario, MiB: `host` runs the machine itself out of
@@ -34,9 +39,27 @@ fn memory_mib(scenario: &str) -> u32 {
 }
 
 /// Scenarios that get a scratch disk (a sparse raw image, fresh per boot,
-/// attached as NVMe): they need a real filesystem, the initramfs being RAM.
-const WITH_DISK: [&str; 2] = ["benign", "host"];
+/// attached as NVMe): they need a real filesystem, the initramfs being RAM,
+/// or (stuck-exit) a slow device to block on.
+const WITH_DISK: [&str; 3] = ["benign", "host", "stuck-exit"];
 const DISK_BYTES: u64 = 512 << 20;
+
+/// Extra `-drive` options of a scenario's scratch disk: stuck-exit's is
+/// throttled to 1 MiB/s, so that a 12 MiB O_DIRECT write keeps its writer in
+/// uninterruptible sleep for seconds.
+fn drive_options(scenario: &str) -> &'static str {
+    if scenario == "stuck-exit" {
+        "throttling.bps-total=1048576"
+    } else {
+        ""
+    }
+}
+
+/// How long one boot may take before qemu is killed: respawn runs a few
+/// hundred kill cycles.
+fn timeout(scenario: &str) -> Duration {
+    Duration::from_secs(if scenario == "respawn" { 600 } else { 240 })
+}
 
 const INIT: &str = r#"#!/bin/sh
 mount -t proc proc /proc
@@ -117,13 +140,18 @@ fn summary(scenario: &str, r: &Value) -> String {
             fmt_num(&r["bystander_worst_ms"], 0),
         ),
         "protected" => format!(
-            "nothing killed; \"stall unresolved\" naming the protection {} ms (sshd) / {} ms (oom_score_adj -1000) after memory.high was crossed, {} / {} such lines in 5 s; bystander worst {} / {} ms",
-            fmt_num(&r["name_over_high_to_unresolved_ms"], 0),
+            "exe (/usr/sbin/sshd beside 3 innocents): {} killed, {}/3 innocents alive, \"stall unresolved\" {} ms after memory.high was crossed (holder_pid {}); adj (oom_score_adj -1000): {} killed, unresolved after {} ms; copy (/tmp/sshd): {} killed, first no-progress->SIGKILL {} ms; bystander worst {} / {} / {} ms",
+            show(&r["exe_kills"]),
+            show(&r["exe_innocents_alive"]),
+            fmt_num(&r["exe_over_high_to_unresolved_ms"], 0),
+            show(&r["exe_holder_pid"]),
+            show(&r["adj_kills"]),
             fmt_num(&r["adj_over_high_to_unresolved_ms"], 0),
-            r["name_unresolved_lines"],
-            r["adj_unresolved_lines"],
-            fmt_num(&r["name_bystander_worst_ms"], 0),
+            show(&r["copy_kills"]),
+            fmt_num(&r["copy_detect_to_kill_ms"], 1),
+            fmt_num(&r["exe_bystander_worst_ms"], 0),
             fmt_num(&r["adj_bystander_worst_ms"], 0),
+            fmt_num(&r["copy_bystander_worst_ms"], 0),
         ),
         "benign" => format!(
             "nothing killed; bursts (thp {}): up to {} KiB over high for {} ms each, {} high events, {}/{} reclaim passes without progress, pressure full {} ms; file cache ({}): {} high events, {}/{} passes without progress, {} ms; guard verdicts {}",
@@ -194,6 +222,65 @@ fn summary(scenario: &str, r: &Value) -> String {
             r["kernel_oom_victims"],
             r["stand_in_alive"],
         ),
+        "odd" => format!(
+            "non-UTF-8 name: killed {}, first no-progress->SIGKILL {} ms, logged as {}; exited leader (thread holds {} MiB): killed {}, {} ms, logged as {}; memfd (RssShmem {} MiB): killed {}, {} ms, logged as {}",
+            show(&r["name_killed"]),
+            fmt_num(&r["name_detect_to_kill_ms"], 1),
+            show(&r["name_logged_comm"]),
+            kib_as_mib(&r["leader_thread_rss_anon_kib"]),
+            show(&r["leader_killed"]),
+            fmt_num(&r["leader_detect_to_kill_ms"], 1),
+            show(&r["leader_logged_comm"]),
+            kib_as_mib(&r["memfd_rss_shmem_kib"]),
+            show(&r["memfd_killed"]),
+            fmt_num(&r["memfd_detect_to_kill_ms"], 1),
+            show(&r["memfd_logged_comm"]),
+        ),
+        "many-small" => format!(
+            "60 children of 2 MiB, {} MiB over memory.high at the go; {} kills (batches {}), {} victims, {} survive; settled {} ms after the go; memory.current {} MiB at the end (high {} MiB); bystander worst {} ms",
+            mib(&r["overage_at_go"]),
+            show(&r["kills"]),
+            fmt_list(&r["batches"], "/"),
+            show(&r["victims_total"]),
+            show(&r["survivors"]),
+            fmt_num(&r["settled_after_ms"], 0),
+            mib(&r["memory_current_end"]),
+            mib(&r["memory_high"]),
+            fmt_num(&r["bystander_worst_ms"], 0),
+        ),
+        "respawn" => format!(
+            "{} cycles in {} s ({} ms median, {} ms max), {} kills logged, {} hogs SIGKILLed by the guard; guard fds {} after cycle 20 -> {} at the end, VmRSS {} -> {} KiB",
+            show(&r["cycles"]),
+            fmt_num(&r["seconds"], 0),
+            show(&r["cycle_median_ms"]),
+            show(&r["cycle_max_ms"]),
+            show(&r["kills"]),
+            show(&r["sigkills_from_guard"]),
+            show(&r["fds_at_sample"]),
+            show(&r["fds_end"]),
+            show(&r["rss_at_sample_kib"]),
+            show(&r["rss_end_kib"]),
+        ),
+        "breaker" => format!(
+            "{} kills {}; kill limit {} ms after the hog started ({} line(s), fruitless_kills {}), kill_limit event {}; hog alive {}; {}/6 innocents alive",
+            show(&r["kills"]),
+            show(&r["killed_pids"]),
+            fmt_num(&r["limit_after_ms"], 0),
+            show(&r["limit_lines"]),
+            show(&r["fruitless_kills"]),
+            show(&r["kill_limit_event"]),
+            show(&r["hog_alive"]),
+            show(&r["innocents_alive"]),
+        ),
+        "stuck-exit" => format!(
+            "second hog killed {} ms after the first victim (stalling from {} ms); first victim {} at 3 s, exited {} ms after its SIGKILL; guard logged it still exiting in state {} after {} ms",
+            fmt_num(&r["kill_gap_ms"], 0),
+            fmt_num(&r["second_stall_after_first_kill_ms"], 0),
+            show(&r["first_state_after_timeout"]),
+            fmt_num(&r["first_exit_after_kill_ms"], 0),
+            show(&r["logged_state"]),
+            show(&r["logged_waited_ms"]),
+        ),
         _ => String::new(),
     };
     match r["retried_after"].as_array() {
@@ -233,6 +320,21 @@ fn fmt_list(v: &Value, sep: &str) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
+/// A value as a person reads it: strings bare, null as "-".
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// KiB as whole MiB, or "-".
+fn kib_as_mib(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "-".to_owned(), |k| (k / 1024).to_string())
+}
+
 /// Bytes as MiB with one decimal, or "-".
 fn mib(v: &Value) -> String {
     v.as_f64()
@@ -253,6 +355,9 @@ pub fn run_matrix(
     let files: Vec<(PathBuf, String)> = vec![
         (bin.join("guard"), "bin/guard".to_owned()),
         (bin.join("guard-scenario"), "bin/guard-scenario".to_owned()),
+        // At sshd's installed path, root-owned and mode 0755 like the real
+        // one: what the default policy protects by identity.
+        (bin.join("guard-scenario"), "usr/sbin/sshd".to_owned()),
     ];
     vm::build_initramfs(&initrd, &files, INIT)?;
 
@@ -275,7 +380,7 @@ pub fn run_matrix(
                     .then(|| scratch_disk(&work.join(format!("{}-{}.img", k.label, s))))
                     .transpose()?;
                 let append = format!("guard.scenario={s}");
-                let timeout = Duration::from_secs(240);
+                let timeout = timeout(s);
                 let console = match &disk {
                     Some(d) => vm::run_qemu_with_disk(
                         &k.vmlinuz,
@@ -284,7 +389,7 @@ pub fn run_matrix(
                         &append,
                         timeout,
                         &log,
-                        Some(d),
+                        Some((d, drive_options(s))),
                     ),
                     None => {
                         vm::run_qemu(&k.vmlinuz, &initrd, memory_mib(s), &append, timeout, &log)
@@ -397,4 +502,39 @@ pub fn run_matrix(
     println!();
     println!("vm: {passed} passed, {failed} failed");
     Ok(failed == 0 && !rows.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_has_a_summary_line() {
+        let empty = serde_json::json!({});
+        for s in SCENARIOS {
+            assert!(!summary(s, &empty).is_empty(), "{s} has no summary arm");
+        }
+    }
+
+    #[test]
+    fn only_stuck_exit_gets_a_throttled_disk() {
+        for s in SCENARIOS {
+            let options = drive_options(s);
+            assert!(
+                options.is_empty() || WITH_DISK.contains(&s),
+                "{s} has drive options but no disk"
+            );
+        }
+        assert_eq!(drive_options("stuck-exit"), "throttling.bps-total=1048576");
+        assert_eq!(drive_options("benign"), "");
+    }
+
+    #[test]
+    fn values_read_as_a_person_reads_them() {
+        assert_eq!(show(&serde_json::json!(null)), "-");
+        assert_eq!(show(&serde_json::json!("D")), "D");
+        assert_eq!(show(&serde_json::json!(3)), "3");
+        assert_eq!(kib_as_mib(&serde_json::json!(71680)), "70");
+        assert_eq!(kib_as_mib(&serde_json::json!(null)), "-");
+    }
 }

@@ -186,7 +186,8 @@ pub fn run_qemu(
 }
 
 /// [`run_qemu`], with `disk` (a raw image) attached as an NVMe drive, which
-/// the guest sees as `/dev/nvme0n1`.
+/// the guest sees as `/dev/nvme0n1`, with extra `-drive` options (such as
+/// `throttling.bps-total=N`, comma-separated; empty for none).
 pub fn run_qemu_with_disk(
     vmlinuz: &Path,
     initrd: &Path,
@@ -194,7 +195,7 @@ pub fn run_qemu_with_disk(
     extra_append: &str,
     timeout: Duration,
     log: &Path,
-    disk: Option<&Path>,
+    disk: Option<(&Path, &str)>,
 ) -> Result<String> {
     let mut append = String::from("console=ttyS0 quiet panic=-1");
     if !extra_append.trim().is_empty() {
@@ -202,10 +203,14 @@ pub fn run_qemu_with_disk(
         append.push_str(extra_append.trim());
     }
     let mut args: Vec<OsString> = vec!["-initrd".into(), initrd.into()];
-    if let Some(d) = disk {
+    if let Some((d, options)) = disk {
         let mut file = OsString::from("file=");
         file.push(d);
         file.push(",if=none,id=d1,format=raw");
+        if !options.is_empty() {
+            file.push(",");
+            file.push(options);
+        }
         args.extend([
             "-drive".into(),
             file,

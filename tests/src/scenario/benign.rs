@@ -27,7 +27,7 @@
 
 use super::*;
 
-const DISK: &str = "/dev/nvme0n1";
+pub(super) const DISK: &str = "/dev/nvme0n1";
 pub(super) const MOUNT: &str = "/tmp/scratch";
 const FILE_MIB: &str = "300";
 const READS: &str = "2";
@@ -249,9 +249,8 @@ impl FileCache {
     }
 }
 
-/// Formats the scratch disk (NVMe, attached fresh per boot) and mounts it
-/// on MOUNT: a real file system whose page cache the kernel can reclaim.
-pub(super) fn mount_scratch(r: &mut Report) -> Result<(), String> {
+/// Waits for the scratch disk (NVMe, attached fresh per boot) to appear.
+pub(super) fn wait_for_disk() -> Result<(), String> {
     let waited = Instant::now();
     while !Path::new(DISK).exists() {
         if waited.elapsed() > Duration::from_secs(10) {
@@ -259,6 +258,13 @@ pub(super) fn mount_scratch(r: &mut Report) -> Result<(), String> {
         }
         sleep(Duration::from_millis(50));
     }
+    Ok(())
+}
+
+/// Formats the scratch disk and mounts it
+/// on MOUNT: a real file system whose page cache the kernel can reclaim.
+pub(super) fn mount_scratch(r: &mut Report) -> Result<(), String> {
+    wait_for_disk()?;
     let mkfs = Command::new("/bin/mke2fs")
         .args(["-F", "-q", DISK])
         .output()

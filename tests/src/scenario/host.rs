@@ -1,6 +1,7 @@
 //! `host`: the machine itself runs out of memory, no cgroup limit involved
 //! (a 512 MiB VM without swap). A protected stand-in for the user's session
-//! (named `sshd`, 64 MiB) runs beside a hog that grows, 8 MiB at a time,
+//! (64 MiB, run from /usr/sbin/sshd, the path the default policy protects)
+//! runs beside a hog that grows, 8 MiB at a time,
 //! towards more than the RAM, on a machine with some page cache (a file on
 //! a scratch disk) like any real one.
 //! With `[host] mode = "kill"` the guard must kill the hog before the
@@ -56,7 +57,9 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
 
     let mut guard = Guard::start(&["--config", POLICY_PATH], &[])?;
     let root = Cgroup::create("/")?;
-    let mut stand_in = root.spawn(&["hog", "64", "sshd"], Stdio::null())?;
+    // Run from sshd's installed path: what protects it is the executable,
+    // not the name.
+    let mut stand_in = root.spawn_from(SSHD, &["hog", "64", "sshd"], Stdio::null())?;
     let stand_in_pid = stand_in.id();
     r.set("stand_in_pid", stand_in_pid);
     sleep(Duration::from_secs(2));

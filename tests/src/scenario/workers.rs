@@ -21,16 +21,19 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// does not count again after its reset; then the budget, plus the margin.
 const NEXT_KILL_MAX_MS: f64 = 2000.0 + BUDGET_MS + MARGIN_MS;
 
+/// What a parent and its children said (workload::parent): `worker PID`,
+/// `ready PID`, `full PID`, `exit PID SIGNAL`.
 #[derive(Default)]
-struct Seen {
-    workers: Vec<u32>,
-    ready: BTreeSet<u32>,
+pub(super) struct Seen {
+    pub(super) workers: Vec<u32>,
+    pub(super) ready: BTreeSet<u32>,
+    pub(super) full: BTreeSet<u32>,
     /// pid -> signal that ended it (0: exited by itself).
-    exited: BTreeMap<u32, i32>,
+    pub(super) exited: BTreeMap<u32, i32>,
 }
 
 impl Seen {
-    fn take(&mut self, lines: Vec<String>) {
+    pub(super) fn take(&mut self, lines: Vec<String>) {
         for line in lines {
             let mut it = line.split_whitespace();
             let (Some(what), Some(Ok(pid))) = (it.next(), it.next().map(str::parse::<u32>)) else {
@@ -41,6 +44,9 @@ impl Seen {
                 "ready" => {
                     self.ready.insert(pid);
                 }
+                "full" => {
+                    self.full.insert(pid);
+                }
                 "exit" => {
                     let sig = it.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
                     self.exited.insert(pid, sig);
@@ -50,7 +56,16 @@ impl Seen {
         }
     }
 
-    fn living(&self) -> Vec<u32> {
+    /// Children SIGKILL ended, as the parent reported them.
+    pub(super) fn sigkilled(&self) -> BTreeSet<u32> {
+        self.exited
+            .iter()
+            .filter(|(_, sig)| **sig == libc::SIGKILL)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    pub(super) fn living(&self) -> Vec<u32> {
         self.workers
             .iter()
             .copied()
@@ -59,8 +74,20 @@ impl Seen {
     }
 }
 
-fn kills(guard: &Guard) -> usize {
-    with_message(&guard.lines(), "killed").len()
+/// Clean-up: SIGKILLs the `survivors`, then waits for their parent, which
+/// exits 0 once every child it started has ended.
+pub(super) fn end_family(r: &mut Report, parent: &mut Child, survivors: &[u32]) {
+    for pid in survivors {
+        // SAFETY: plain kill(2) of a child we know to be alive.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    match wait_exit(parent, Duration::from_secs(10)) {
+        Some((status, _)) => r.check(status.success(), format!("the parent ended with {status}")),
+        None => {
+            r.check(false, "the parent did not exit after its children");
+            end(parent);
+        }
+    }
 }
 
 pub(super) fn run(r: &mut Report) -> Result<(), String> {
@@ -88,28 +115,21 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
     r.set("bystander_pid", bystander_pid);
     let mut out = Lines::new(parent.stdout.take().ok_or("no stdout of the parent")?);
     let mut seen = Seen::default();
-    let mut settled: Option<(Instant, usize)> = None;
-    let mut settled_ok = false;
-    while started.elapsed() < DEADLINE {
-        seen.take(out.poll());
-        let living = seen.living();
-        let calm = seen.workers.len() == WORKERS
-            && living.iter().all(|p| seen.ready.contains(p))
-            && cg.current() < high;
-        match (calm, settled) {
-            (true, None) => {
-                settled = Some((Instant::now(), kills(&guard)));
-                r.set("settled_after_ms", started.elapsed().as_millis() as u64);
-            }
-            (true, Some((at, _))) if at.elapsed() >= QUIET => {
-                settled_ok = true;
-                break;
-            }
-            (false, Some(_)) => settled = None,
-            _ => {}
-        }
-        sleep(Duration::from_millis(20));
-    }
+    let (settled, settled_ok) = settle(
+        r,
+        &guard,
+        started,
+        DEADLINE,
+        QUIET,
+        Duration::from_millis(20),
+        || {
+            seen.take(out.poll());
+            let living = seen.living();
+            seen.workers.len() == WORKERS
+                && living.iter().all(|p| seen.ready.contains(p))
+                && cg.current() < high
+        },
+    );
     seen.take(out.poll());
     let survivors = seen.living();
     let current = cg.current();
@@ -152,22 +172,7 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
     let parent_alive = matches!(parent.try_wait(), Ok(None));
     r.check(parent_alive, "the parent did not survive");
 
-    // Clean up: the survivors, then the parent (which exits 0 once every
-    // worker it started has ended).
-    for pid in &survivors {
-        // SAFETY: plain kill(2) of a worker we know to be alive.
-        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
-    }
-    match wait_exit(&mut parent, Duration::from_secs(5)) {
-        Some((status, _)) => r.check(
-            status.success(),
-            format!("the workers' parent ended with {status}"),
-        ),
-        None => {
-            r.check(false, "the workers' parent did not exit after its workers");
-            end(&mut parent);
-        }
-    }
+    end_family(r, &mut parent, &survivors);
     let (_, worst_us) = bystander.finish(r)?;
     r.set("bystander_worst_ms", worst_us as f64 / 1000.0);
 
@@ -216,12 +221,7 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
             format!("a kill names cgroup {}, not {}", k["cgroup"], cg.rel()),
         );
     }
-    let by_signal: BTreeSet<u32> = seen
-        .exited
-        .iter()
-        .filter(|(_, sig)| **sig == libc::SIGKILL)
-        .map(|(p, _)| *p)
-        .collect();
+    let by_signal = seen.sigkilled();
     r.check(
         by_signal == distinct,
         format!("workers SIGKILLed before the clean-up {by_signal:?} are not those the guard logged {distinct:?}"),
@@ -239,11 +239,7 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
     // victim had exited, and the first within budget + margin of the first
     // fruitless reclaim pass of any worker.
     let guard_pid = guard.pid();
-    let sent: Vec<(f64, u32)> = trace_sigkills(&trace_text)
-        .into_iter()
-        .filter(|(_, sender, _)| *sender == guard_pid)
-        .map(|(ts, _, target)| (ts, target))
-        .collect();
+    let sent = sigkills_from(&trace_text, guard_pid);
     let exits: BTreeMap<u32, f64> = trace_text
         .lines()
         .filter_map(trace::parse)
@@ -322,6 +318,7 @@ mod tests {
                 "ready 11",
                 "exit 10 9",
                 "exit 12",
+                "full 11",
                 "junk",
             ]
             .map(String::from)
@@ -331,5 +328,6 @@ mod tests {
         assert!(seen.ready.contains(&11) && !seen.ready.contains(&10));
         assert_eq!(seen.exited.get(&10), Some(&9));
         assert_eq!(seen.exited.get(&12), Some(&-1));
+        assert!(seen.full.contains(&11) && !seen.full.contains(&10));
     }
 }
