@@ -6,11 +6,16 @@
 //!   verdict for its cgroup waits for it, but only until a timeout: a victim
 //!   stuck in uninterruptible sleep must not block the next decision for
 //!   ever.
-//! - A circuit breaker: a kill that leaves its cgroup over the limit once its
-//!   victims are gone was fruitless, a sign the decision is wrong there.
+//! - A circuit breaker: a kill that does not end the stall it was for was
+//!   fruitless, a sign the decision is wrong there. It did not when its
+//!   cgroup is still over the limit once its victims are gone; nor when it
+//!   spared the task the kernel saw stall most, and the next verdict there
+//!   names that same task again (the kill made room, and the grower it left
+//!   alive filled it: a policy that steers guard away from the real hog).
 //!   After `max_fruitless` of them in a row within `window`, nothing more is
 //!   killed there until the window has passed. A kill that ends the stall
-//!   resets the count, so a hog that a supervisor respawns dies every time.
+//!   resets the count, so a hog that a supervisor respawns dies every time
+//!   (the next stall there is another process's).
 //!
 //! Time is passed in, so the rules are tested without waiting.
 
@@ -64,6 +69,25 @@ struct Inflight {
     all: Vec<u32>,
     deadline: Instant,
     killed_at: Instant,
+    spared: Option<u32>,
+}
+
+/// A kill judged by the verdict that followed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judged {
+    pub fruitful: bool,
+    pub spared: Option<u32>,
+    /// The breaker opened with it.
+    pub trip: Option<Trip>,
+}
+
+/// A kill whose victims are gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Done {
+    pub victims: Vec<u32>,
+    /// The task the kernel saw stall most when the kill was decided, if the
+    /// kill did not take it.
+    pub spared: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -72,11 +96,17 @@ struct Entry {
     /// When each fruitless kill in the current run was judged.
     fruitless: Vec<Instant>,
     limited_until: Option<Instant>,
+    /// A kill that left its cgroup under the limit, waiting for the next
+    /// verdict there to tell whether it ended the stall; the task it spared.
+    pending: Option<Option<u32>>,
 }
 
 impl Entry {
     fn idle(&self) -> bool {
-        self.inflight.is_none() && self.fruitless.is_empty() && self.limited_until.is_none()
+        self.inflight.is_none()
+            && self.fruitless.is_empty()
+            && self.limited_until.is_none()
+            && self.pending.is_none()
     }
 }
 
@@ -112,6 +142,22 @@ impl Ledger {
         self.scopes.is_empty()
     }
 
+    /// A new verdict in `key`, whose most stalled task is `worst` (0: none
+    /// known), judges the last kill there if it left the cgroup under its
+    /// limit: the stall is back, so that kill ended it only if the task it
+    /// spared is not what stalls now.
+    pub fn verdict(&mut self, key: &Path, now: Instant, worst: u32) -> Option<Judged> {
+        let spared = self.scopes.get_mut(key)?.pending.take()?;
+        let fruitful = worst == 0 || spared != Some(worst);
+        let trip = self.record(key, fruitful, now);
+        self.tidy(key);
+        Some(Judged {
+            fruitful,
+            spared,
+            trip,
+        })
+    }
+
     /// May a decision go ahead in `key` now?
     pub fn gate(&mut self, key: &Path, now: Instant) -> Gate {
         let Some(e) = self.scopes.get_mut(key) else {
@@ -144,21 +190,25 @@ impl Ledger {
         gate
     }
 
-    /// A kill of `pids` in `key` just happened.
-    pub fn killed(&mut self, key: &Path, pids: Vec<u32>, now: Instant) {
+    /// A kill of `pids` in `key` just happened; `spared` is the task the
+    /// kernel saw stall most, when the kill did not take it.
+    pub fn killed(&mut self, key: &Path, pids: Vec<u32>, now: Instant, spared: Option<u32>) {
         let deadline = now + self.limits.exit_timeout;
-        self.scopes.entry(key.to_owned()).or_default().inflight = Some(Inflight {
+        let e = self.scopes.entry(key.to_owned()).or_default();
+        e.pending = None;
+        e.inflight = Some(Inflight {
             all: pids.clone(),
             pids,
             deadline,
             killed_at: now,
+            spared,
         });
     }
 
     /// Victim `pid` of `key` has exited (or is no longer waited for).
-    /// When it was the last of its kill, the kill's victims: the caller
-    /// then judges it.
-    pub fn ended(&mut self, key: &Path, pid: u32) -> Option<Vec<u32>> {
+    /// When it was the last of its kill, the kill: the caller then judges
+    /// it.
+    pub fn ended(&mut self, key: &Path, pid: u32) -> Option<Done> {
         let e = self.scopes.get_mut(key)?;
         let f = e.inflight.as_mut()?;
         let before = f.pids.len();
@@ -166,7 +216,10 @@ impl Ledger {
         if before == 0 || !f.pids.is_empty() {
             return None;
         }
-        e.inflight.take().map(|f| f.all)
+        e.inflight.take().map(|f| Done {
+            victims: f.all,
+            spared: f.spared,
+        })
     }
 
     /// Whether `pid` is a victim of `key` still waited for.
@@ -177,12 +230,17 @@ impl Ledger {
             .is_some_and(|f| f.pids.contains(&pid))
     }
 
-    /// A finished kill, judged: did it bring the scope back under its
-    /// limit? Returns the trip when this fruitless kill opens the breaker.
-    pub fn judge(&mut self, key: &Path, fruitful: bool, now: Instant) -> Option<Trip> {
-        let trip = self.record(key, fruitful, now);
-        self.tidy(key);
-        trip
+    /// A finished kill: is its scope back under its limit? If not, it was
+    /// fruitless (the returned trip when that opens the breaker); if so,
+    /// the next verdict there, if any, tells whether it ended the stall.
+    pub fn judge(&mut self, key: &Path, done: &Done, under: bool, now: Instant) -> Option<Trip> {
+        if !under {
+            let trip = self.record(key, false, now);
+            self.tidy(key);
+            return trip;
+        }
+        self.scopes.entry(key.to_owned()).or_default().pending = Some(done.spared);
+        None
     }
 
     fn record(&mut self, key: &Path, fruitful: bool, now: Instant) -> Option<Trip> {
@@ -234,15 +292,29 @@ mod tests {
         (l, PathBuf::from("/sys/fs/cgroup/seed"), Instant::now())
     }
 
+    fn done(spared: Option<u32>) -> Done {
+        Done {
+            victims: vec![10],
+            spared,
+        }
+    }
+
     #[test]
     fn the_next_decision_waits_for_a_victim_until_it_exits() {
         let (mut l, k, t) = ledger();
         assert_eq!(l.gate(&k, t), Gate::Open);
-        l.killed(&k, vec![10, 11], t);
+        l.killed(&k, vec![10, 11], t, Some(12));
         assert_eq!(l.gate(&k, t + S), Gate::Exiting { pid: 10 });
         assert_eq!(l.ended(&k, 10), None, "one of two");
         assert!(l.waiting_for(&k, 11));
-        assert_eq!(l.ended(&k, 11), Some(vec![10, 11]), "the last one");
+        assert_eq!(
+            l.ended(&k, 11),
+            Some(Done {
+                victims: vec![10, 11],
+                spared: Some(12)
+            }),
+            "the last one"
+        );
         assert_eq!(l.gate(&k, t + S), Gate::Open);
         assert_eq!(l.ended(&k, 11), None, "already done");
     }
@@ -250,7 +322,7 @@ mod tests {
     #[test]
     fn a_victim_that_does_not_exit_blocks_only_until_the_timeout() {
         let (mut l, k, t) = ledger();
-        l.killed(&k, vec![10], t);
+        l.killed(&k, vec![10], t, None);
         assert_eq!(l.gate(&k, t + 2 * S), Gate::Exiting { pid: 10 });
         match l.gate(&k, t + 3 * S) {
             Gate::TimedOut { pids, waited, trip } => {
@@ -266,40 +338,73 @@ mod tests {
     }
 
     #[test]
-    fn fruitless_kills_in_a_row_open_the_breaker_for_the_window() {
+    fn kills_that_leave_the_cgroup_over_its_limit_open_the_breaker_for_the_window() {
         let (mut l, k, t) = ledger();
-        assert_eq!(l.judge(&k, false, t), None);
-        assert_eq!(l.judge(&k, false, t + S), None);
-        let trip = l.judge(&k, false, t + 2 * S).expect("third trips");
+        assert_eq!(l.judge(&k, &done(None), false, t), None);
+        assert_eq!(l.judge(&k, &done(None), false, t + S), None);
+        let trip = l
+            .judge(&k, &done(None), false, t + 2 * S)
+            .expect("third trips");
         assert_eq!(trip.fruitless_kills, 3);
         assert_eq!(l.gate(&k, t + 30 * S), Gate::Limited { until: t + 62 * S });
         // Other cgroups are not affected.
         assert_eq!(l.gate(Path::new("/other"), t + 30 * S), Gate::Open);
         // After the window it may kill again, with a fresh count.
         assert_eq!(l.gate(&k, t + 62 * S), Gate::Open);
-        assert_eq!(l.judge(&k, false, t + 63 * S), None);
+        assert_eq!(l.judge(&k, &done(None), false, t + 63 * S), None);
+    }
+
+    #[test]
+    fn kills_that_spare_the_grower_are_fruitless_when_it_stalls_again() {
+        // An avoid rule keeps the hog (pid 50) alive: each innocent killed
+        // brings the cgroup under its limit for a moment, then the hog
+        // fills it and the next verdict names it again.
+        let (mut l, k, t) = ledger();
+        for i in 0..2 {
+            assert_eq!(l.judge(&k, &done(Some(50)), true, t + i * S), None);
+            let j = l.verdict(&k, t + i * S + S / 2, 50).expect("judged");
+            assert!(!j.fruitful, "kill {i}");
+            assert_eq!(j.trip, None);
+        }
+        assert_eq!(l.judge(&k, &done(Some(50)), true, t + 2 * S), None);
+        let j = l.verdict(&k, t + 3 * S, 50).expect("judged");
+        assert_eq!(j.trip.map(|t| t.fruitless_kills), Some(3));
+        assert!(matches!(l.gate(&k, t + 4 * S), Gate::Limited { .. }));
+        assert_eq!(l.verdict(&k, t + 4 * S, 50), None, "nothing left to judge");
     }
 
     #[test]
     fn a_kill_that_ends_the_stall_resets_the_count() {
         let (mut l, k, t) = ledger();
-        // A supervisor respawns the hog: every kill ends the stall.
+        // A supervisor respawns the hog in the same cgroup: every kill took
+        // the grower, and the next stall is a new hog's.
         for i in 0..300 {
-            assert_eq!(l.judge(&k, true, t + i * S / 10), None);
+            let now = t + i * S / 10;
+            if let Some(j) = l.verdict(&k, now, 1000 + i) {
+                assert!(j.fruitful, "respawn {i}");
+            }
+            assert_eq!(l.gate(&k, now), Gate::Open, "respawn {i}");
+            l.killed(&k, vec![1000 + i], now, None);
+            let d = l.ended(&k, 1000 + i).expect("its only victim");
+            assert_eq!(l.judge(&k, &d, true, now), None);
         }
-        l.judge(&k, false, t);
-        l.judge(&k, false, t);
-        l.judge(&k, true, t);
-        assert_eq!(l.judge(&k, false, t), None);
-        assert_eq!(l.judge(&k, false, t), None);
-        assert!(l.judge(&k, false, t).is_some());
+        // Two fruitless, one that ends it, two more: no trip.
+        l.judge(&k, &done(None), false, t);
+        l.judge(&k, &done(None), false, t);
+        l.judge(&k, &done(Some(7)), true, t);
+        let j = l.verdict(&k, t, 8).expect("judged");
+        assert!(j.fruitful, "another task stalls now");
+        assert_eq!(l.judge(&k, &done(None), false, t), None);
+        assert_eq!(l.judge(&k, &done(None), false, t), None);
+        assert!(l.judge(&k, &done(None), false, t).is_some());
     }
 
     #[test]
     fn fruitless_kills_spread_wider_than_the_window_do_not_trip() {
         let (mut l, k, t) = ledger();
         for i in 0..10 {
-            assert_eq!(l.judge(&k, false, t + i * 31 * S), None, "kill {i}");
+            let at = t + i * 31 * S;
+            assert_eq!(l.judge(&k, &done(None), false, at), None, "kill {i}");
         }
     }
 
@@ -308,14 +413,12 @@ mod tests {
         let (mut l, _, t) = ledger();
         for i in 0..1000 {
             let k = PathBuf::from(format!("/sys/fs/cgroup/loop/hog-{i}.scope"));
-            l.killed(&k, vec![i], t);
-            assert!(l.ended(&k, i).is_some());
-            l.judge(&k, true, t);
+            l.killed(&k, vec![i], t, None);
+            let d = l.ended(&k, i).expect("its only victim");
+            l.judge(&k, &d, true, t);
+            // Removed once its hog is dead, as the daemon sees it.
+            l.forget(&k);
         }
         assert!(l.is_empty(), "{} scopes kept", l.len());
-        let k = PathBuf::from("/gone");
-        l.killed(&k, vec![1], t);
-        l.forget(&k);
-        assert!(l.is_empty());
     }
 }

@@ -505,6 +505,13 @@ impl Responder {
             Ok(c) => c,
             Err(outcome) => return outcome,
         };
+        if let Some(j) = self.ledger.verdict(&c.key, Instant::now(), v.worst_tgid) {
+            info!(cgroup = %c.name, fruitful = j.fruitful, spared = j.spared,
+                stalled_pid = v.worst_tgid, "kill outcome");
+            if let Some(t) = j.trip {
+                return Outcome::LimitReached(limit_reached(&c.name, t));
+            }
+        }
         match self.ledger.gate(&c.key, Instant::now()) {
             Gate::Open => {}
             Gate::Exiting { pid } => {
@@ -914,7 +921,9 @@ impl Responder {
             batch = report.batch, stalled_task = %String::from_utf8_lossy(v.comm()),
             stalled_pid = v.worst_pid, "killed");
         let watched: Vec<u32> = s.victims.iter().map(|p| p.pid).collect();
-        self.ledger.killed(&c.key, watched, Instant::now());
+        let spared =
+            (v.worst_tgid != 0 && !report.victims.contains(&v.worst_tgid)).then_some(v.worst_tgid);
+        self.ledger.killed(&c.key, watched, Instant::now(), spared);
         Outcome::Killed(Box::new(Killed {
             report,
             victims: s.victims,
@@ -932,7 +941,9 @@ impl Responder {
 
     /// A victim exited, or the caller stopped waiting for it. When it was the
     /// last of its kill, the kill is judged: did it bring the scope back
-    /// under its limit? Returns the breaker's trip, when it opens.
+    /// under its limit? If not, it was fruitless; if so, the next verdict
+    /// there tells (see [`Ledger::verdict`]). Returns the breaker's trip,
+    /// when it opens.
     pub fn victim_ended(&mut self, end: &VictimEnd) -> Option<LimitReport> {
         if !self.ledger.waiting_for(&end.key, end.pid) {
             return None;
@@ -945,8 +956,8 @@ impl Responder {
         if !end.exited {
             self.still_exiting(&name, end.pid, end.waited);
         }
-        let victims = self.ledger.ended(&end.key, end.pid)?;
-        let (fruitful, current, high) = if end.key == Path::new(HOST_NAME) {
+        let done = self.ledger.ended(&end.key, end.pid)?;
+        let (under, current, high) = if end.key == Path::new(HOST_NAME) {
             match self.host_memory() {
                 Some((total, available, threshold)) => {
                     (available >= threshold, total - available, u64::MAX)
@@ -960,9 +971,14 @@ impl Responder {
                 Err(_) => (true, 0, u64::MAX),
             }
         };
-        info!(cgroup = %name, victims = %pid_list(&victims), fruitful, current, high,
-            "kill outcome");
-        let trip = self.ledger.judge(&end.key, fruitful, Instant::now())?;
+        if under {
+            info!(cgroup = %name, victims = %pid_list(&done.victims), back_under_limit = true,
+                current, high, "victims gone");
+        } else {
+            info!(cgroup = %name, victims = %pid_list(&done.victims), back_under_limit = false,
+                fruitful = false, current, high, "kill outcome");
+        }
+        let trip = self.ledger.judge(&end.key, &done, under, Instant::now())?;
         Some(limit_reached(&name, trip))
     }
 }
@@ -1475,6 +1491,39 @@ mod tests {
     }
 
     #[test]
+    fn kills_that_spare_the_grower_stop_at_the_limit_though_each_relieves_for_a_moment() {
+        // A policy mistake steers guard away from the task the kernel sees
+        // stall (here a pid outside the table, as an avoided or protected
+        // hog would be): each kill brings the cgroup under its limit until
+        // the grower fills it again, and the next verdict names it again.
+        let mut f = fixture(5, 64 * MIB + 1, 64 * MIB);
+        let mut r = responder(&f, "max_fruitless_kills = 3");
+        let mut v = f.verdict();
+        v.worst_tgid = 4_000_000;
+        let mut outcomes = Vec::new();
+        for _ in 0..4 {
+            f.memory(64 * MIB + 1, 64 * MIB);
+            match r.handle(&v) {
+                Outcome::Killed(k) => {
+                    f.memory(60 * MIB, 64 * MIB);
+                    for end in ended(&k, true) {
+                        assert_eq!(r.victim_ended(&end), None, "judged by the next verdict");
+                    }
+                    outcomes.push("killed".to_owned());
+                }
+                Outcome::LimitReached(l) => {
+                    assert_eq!(l.fruitless_kills, 3);
+                    outcomes.push("limit".to_owned());
+                }
+                other => outcomes.push(format!("{other:?}")),
+            }
+        }
+        assert_eq!(outcomes, ["killed", "killed", "killed", "limit"]);
+        assert!(matches!(r.handle(&v), Outcome::KillLimited));
+        assert_eq!(f.killed().len(), 3, "two members live on");
+    }
+
+    #[test]
     fn kills_that_end_the_stall_never_trip_the_limit() {
         let mut f = fixture(5, 64 * MIB + 1, 64 * MIB);
         let mut r = responder(&f, "max_fruitless_kills = 2");
@@ -1490,8 +1539,8 @@ mod tests {
         assert_eq!(f.killed().len(), 5);
         assert_eq!(
             r.books().0,
-            0,
-            "nothing kept once every kill ended its stall"
+            1,
+            "one entry for the cgroup (its last kill, until a verdict judges it), not one per kill"
         );
     }
 

@@ -233,12 +233,23 @@ pub fn small(first_kib: usize, total_kib: usize) -> ! {
     unsafe { libc::sigwait(&set, &mut sig) };
     take(first, bytes);
     say(&format!("full {}", std::process::id()));
+    // Then it works at a steady size, as a compiler does: a quarter of its
+    // memory given back and taken again, over and over, so it keeps
+    // charging the cgroup without growing.
+    const CHURN: usize = 256 << 10;
+    let chunks = bytes.div_ceil(CHURN);
     let mut round: u8 = 1;
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
+    for chunk in (0..chunks).cycle() {
+        std::thread::sleep(Duration::from_millis(50));
         round = round.wrapping_add(1);
-        touch(p, bytes, round);
+        let from = chunk * CHURN;
+        let len = CHURN.min(bytes - from);
+        // SAFETY: `from..from + len` lies inside the mapping made above.
+        unsafe { libc::madvise(p.add(from).cast(), len, libc::MADV_DONTNEED) };
+        // SAFETY: the same range, inside the mapping.
+        touch(unsafe { p.add(from) }, len, round);
     }
+    unreachable!("cycle() never ends")
 }
 
 /// Grows to `mib` MiB in 8 MiB steps (40 ms apart), touching each step as it comes, then

@@ -3,13 +3,17 @@
 //! build whose overage outgrew any one compiler.
 //!
 //! A parent starts 60 children in a cgroup with memory.max 256M, no swap,
-//! and a bystander. Each child takes 1.5 MiB in 64 KiB steps; then
-//! memory.high is lowered to 64M (as `systemctl set-property MemoryHigh=`
-//! does on a running unit), leaving the cgroup some 30-40 MiB over it,
-//! and each child takes its last 0.5 MiB the same way: all of them stall
-//! on memory.high at once, and the overage is spread thin from the first
-//! verdict on (were the limit there from the start, the first verdict
-//! would come at an overage of a few MiB, which one child covers).
+//! and a bystander. Each child takes its 2 MiB in 64 KiB steps; then
+//! memory.high is lowered to 96M (as `systemctl set-property MemoryHigh=`
+//! does on a running unit), leaving the cgroup some 30-40 MiB over it, and
+//! the children go to work at that steady size, each giving back and taking
+//! again a 256 KiB piece every 50 ms (a parallel build: its compilers
+//! allocate and free, none grows). Every one of them stalls on memory.high,
+//! and the overage is spread thin from the first verdict on: no child
+//! holds a quarter of it. (Were the limit there from the start, the first
+//! verdict would come at an overage of a few MiB, which one child covers;
+//! were the children still growing, no number of kills made on what they
+//! hold now could end it, and the circuit breaker stops a spree.)
 //!
 //! The guard must end the stall: the cgroup back under memory.high and
 //! staying there for 2 s with every surviving child holding its 2 MiB,
@@ -26,8 +30,9 @@ use super::{
 };
 
 const CHILDREN: usize = 60;
-const FIRST_KIB: &str = "1536";
+const FIRST_KIB: &str = "2048";
 const TOTAL_KIB: &str = "2048";
+const HIGH: &str = "96M";
 /// No child may hold this share of the overage at the go (the default
 /// min_share_percent is 25): 4 x 2 MiB.
 const THIN_OVERAGE: u64 = 8 << 20;
@@ -64,7 +69,7 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
             seen.ready.len()
         ));
     }
-    write(&cg.path("memory.high"), "64M")?;
+    write(&cg.path("memory.high"), HIGH)?;
     let high = cg.high();
     let current = cg.current();
     let overage = current.saturating_sub(high);
