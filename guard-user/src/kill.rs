@@ -72,6 +72,33 @@ impl Victim {
         })
     }
 
+    /// Signal 0 through the pidfd: checks that it could be signalled,
+    /// sends nothing (the daemon's warm-up, so the first real kill does not
+    /// pay for the first use of the path).
+    pub fn probe(&self) -> Result<(), KillError> {
+        // SAFETY: pidfd_send_signal(2) with signal 0 and a null siginfo
+        // sends nothing and reads no user memory; the fd is owned and open
+        // for the whole call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(KillError::Sys {
+                what: "pidfd_send_signal(0)",
+                pid: self.pid,
+                source: io::Error::last_os_error(),
+            })
+        }
+    }
+
     /// Frees the dying victim's private memory now instead of when its
     /// last thread has left the kernel (which, throttled, may take seconds).
     pub fn release_memory(&self) -> Result<(), KillError> {
@@ -147,6 +174,19 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         assert!(v.exited());
+    }
+
+    #[test]
+    fn a_probe_signals_nothing() {
+        let mut c = child();
+        let pid = c.id();
+        let start = procfs().start_time(pid).expect("start");
+        let v = Victim::pin(&mut procfs(), pid, start).expect("pin");
+        v.probe().expect("signal 0 is allowed");
+        assert!(c.try_wait().expect("try_wait").is_none(), "still alive");
+        c.kill().expect("cleanup");
+        c.wait().expect("reap");
+        assert!(v.probe().is_err(), "a reaped process cannot be signalled");
     }
 
     #[test]

@@ -369,11 +369,14 @@ impl Responder {
             aux.push(Aux::default());
             let _ = self.decide(&c, me, 0);
         }
-        // The kill itself, rehearsed on a child of the guard's own: pidfd_open,
-        // the start-time check, SIGKILL, process_mrelease of a dying process,
-        // its exit.
-        if let Err(e) = rehearse_kill(&mut self.procfs) {
-            debug!(error = %e, "could not rehearse the kill at start");
+        // The kill's own system calls, on itself, harmlessly: pidfd_open,
+        // the start-time check, a signal 0, process_mrelease (refused: it
+        // is not dying).
+        if let Ok(start) = self.procfs.start_time(me)
+            && let Ok(v) = Victim::pin(&mut self.procfs, me, start)
+        {
+            let _ = v.probe();
+            let _ = v.release_memory();
         }
     }
 
@@ -982,48 +985,6 @@ impl Responder {
     }
 }
 
-/// Kills a child of the guard made for the purpose, the way a victim is
-/// killed, so that the first real kill does not pay for the first use of
-/// every step of the path (under emulation, milliseconds each).
-fn rehearse_kill(procfs: &mut ProcFs) -> Result<u32, KillError> {
-    let sys = |what: &'static str| KillError::Sys {
-        what,
-        pid: 0,
-        source: std::io::Error::last_os_error(),
-    };
-    // SAFETY: the child calls nothing but pause(2), which is
-    // async-signal-safe, until the parent kills it, so whatever state other
-    // threads of the parent left behind is never touched in it.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        loop {
-            // SAFETY: pause(2) takes no arguments.
-            unsafe { libc::pause() };
-        }
-    }
-    if pid < 0 {
-        return Err(sys("fork"));
-    }
-    let pid = pid as u32;
-    let pinned = procfs
-        .start_time(pid)
-        .map_err(KillError::from)
-        .and_then(|start| Victim::pin(procfs, pid, start));
-    let result = match &pinned {
-        Ok(v) => v.kill().and_then(|()| v.release_memory()),
-        // SAFETY: kill(2) of the child just forked, which is not reaped yet,
-        // so its pid names it.
-        Err(_) => match unsafe { libc::kill(pid as i32, libc::SIGKILL) } {
-            0 => Ok(()),
-            _ => Err(sys("kill")),
-        },
-    };
-    let mut status = 0;
-    // SAFETY: waitpid(2) for our own child, with a valid out pointer.
-    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-    pinned.map(drop).and(result).map(|()| pid)
-}
-
 /// What [`Responder::signal`] did.
 #[derive(Default)]
 struct Signalled {
@@ -1328,15 +1289,6 @@ mod tests {
                 waited: Duration::ZERO,
             })
             .collect()
-    }
-
-    #[test]
-    fn the_kill_rehearsal_kills_and_reaps_its_own_child() {
-        let pid = rehearse_kill(&mut ProcFs::new("/proc")).expect("rehearsed");
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "the rehearsal's child {pid} is gone, reaped"
-        );
     }
 
     #[test]
