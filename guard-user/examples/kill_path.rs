@@ -20,8 +20,8 @@ use std::{
 use guard::{
     cgroup::Hierarchy,
     clock::monotonic_ns,
+    decision::{Outcome, Responder, VictimEnd},
     policy::Policy,
-    respond::{Outcome, Responder, VictimEnd},
 };
 use guard_common::Verdict;
 

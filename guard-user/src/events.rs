@@ -270,45 +270,13 @@ impl Event {
 
     /// One line for people (`guard trace --lines`, the events pane).
     pub fn describe(&self) -> String {
+        self.incident_line().unwrap_or_else(|| self.routine_line())
+    }
+
+    /// The line of a verdict, a kill, or a stall guard could not end.
+    fn incident_line(&self) -> Option<String> {
         let ms = |ns: u64| ns as f64 / 1e6;
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-        match self {
-            Event::Hello {
-                source,
-                guard_version,
-                kernel,
-                throttle_hooked,
-                dry_run,
-            } => format!(
-                "attached to {source} (guard {guard_version}, kernel {kernel}, throttle {}{})",
-                if *throttle_hooked {
-                    "hooked"
-                } else {
-                    "not hooked: tracepoints only"
-                },
-                if *dry_run { ", never kills" } else { "" }
-            ),
-            Event::Reclaim {
-                pid,
-                comm,
-                cgroup,
-                duration_ns,
-                reclaimed_pages,
-                ..
-            } => format!(
-                "reclaim {cgroup} {comm}[{pid}] {:.1} ms, {reclaimed_pages} pages",
-                ms(*duration_ns)
-            ),
-            Event::Throttle {
-                pid,
-                comm,
-                cgroup,
-                penalty_ns,
-                ..
-            } => format!(
-                "throttle {cgroup} {comm}[{pid}] penalty sleep {:.0} ms",
-                ms(*penalty_ns)
-            ),
+        let line = match self {
             Event::Verdict {
                 cgroup,
                 stall_ns,
@@ -334,21 +302,23 @@ impl Event {
                 dry_run,
                 also_killed,
                 ..
-            } => format!(
-                "{} {comm}[{pid}]{} in {cgroup}: {:.1} MiB, mode {mode}, {:.1} ms after the verdict",
-                if *dry_run {
+            } => {
+                let what = if *dry_run {
                     "WOULD KILL (dry run)"
                 } else {
                     "KILLED SIGKILL"
-                },
-                if *also_killed > 0 {
+                };
+                let more = if *also_killed > 0 {
                     format!(" and {also_killed} more")
                 } else {
                     String::new()
-                },
-                mib(*footprint_bytes),
-                *latency_us as f64 / 1e3
-            ),
+                };
+                format!(
+                    "{what} {comm}[{pid}]{more} in {cgroup}: {:.1} MiB, mode {mode}, {:.1} ms after the verdict",
+                    mib(*footprint_bytes),
+                    *latency_us as f64 / 1e3
+                )
+            }
             Event::Unresolved { cgroup, reason, .. } => {
                 format!("UNRESOLVED {cgroup}: nothing killed: {reason}")
             }
@@ -364,6 +334,43 @@ impl Event {
             Event::OomKill {
                 pid, comm, cgroup, ..
             } => format!("KERNEL OOM KILL {comm}[{pid}] in {cgroup} (oom:mark_victim)"),
+            _ => return None,
+        };
+        Some(line)
+    }
+
+    /// The line of everything else.
+    fn routine_line(&self) -> String {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        match self {
+            Event::Hello {
+                source,
+                guard_version,
+                kernel,
+                throttle_hooked,
+                dry_run,
+            } => hello_line(source, guard_version, kernel, *throttle_hooked, *dry_run),
+            Event::Reclaim {
+                pid,
+                comm,
+                cgroup,
+                duration_ns,
+                reclaimed_pages,
+                ..
+            } => format!(
+                "reclaim {cgroup} {comm}[{pid}] {:.1} ms, {reclaimed_pages} pages",
+                ms(*duration_ns)
+            ),
+            Event::Throttle {
+                pid,
+                comm,
+                cgroup,
+                penalty_ns,
+                ..
+            } => format!(
+                "throttle {cgroup} {comm}[{pid}] penalty sleep {:.0} ms",
+                ms(*penalty_ns)
+            ),
             Event::CgroupCreated { cgroup, .. } => format!("cgroup created {cgroup}"),
             Event::CgroupRemoved { cgroup, .. } => format!("cgroup removed {cgroup}"),
             Event::Sample {
@@ -372,20 +379,48 @@ impl Event {
                 memory_high,
                 memory_max,
                 ..
-            } => {
-                let lim =
-                    |l: &Option<u64>| l.map_or("max".to_owned(), |b| format!("{:.1}", mib(b)));
-                format!(
-                    "sample {cgroup}: {:.1} MiB (high {}, max {})",
-                    mib(*memory_current),
-                    lim(memory_high),
-                    lim(memory_max)
-                )
-            }
+            } => sample_line(cgroup, *memory_current, *memory_high, *memory_max),
             Event::Lost { what, count } => format!("LOST {count} {what} records"),
             Event::Error { message } => format!("error: {message}"),
+            Event::Verdict { .. }
+            | Event::Kill { .. }
+            | Event::Unresolved { .. }
+            | Event::KillLimit { .. }
+            | Event::OomKill { .. } => self.kind().to_owned(),
         }
     }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+fn hello_line(
+    source: &str,
+    guard_version: &str,
+    kernel: &str,
+    throttle_hooked: bool,
+    dry_run: bool,
+) -> String {
+    format!(
+        "attached to {source} (guard {guard_version}, kernel {kernel}, throttle {}{})",
+        if throttle_hooked {
+            "hooked"
+        } else {
+            "not hooked: tracepoints only"
+        },
+        if dry_run { ", never kills" } else { "" }
+    )
+}
+
+fn sample_line(cgroup: &str, current: u64, high: Option<u64>, max: Option<u64>) -> String {
+    let lim = |l: Option<u64>| l.map_or("max".to_owned(), |b| format!("{:.1}", mib(b)));
+    format!(
+        "sample {cgroup}: {:.1} MiB (high {}, max {})",
+        mib(current),
+        lim(high),
+        lim(max)
+    )
 }
 
 impl Record {
@@ -400,6 +435,102 @@ impl Record {
             ms_of_day % 1000,
             self.event.describe()
         )
+    }
+}
+
+/// How the host appears where a cgroup would: in logs, events and metrics.
+pub const HOST_NAME: &str = "(host)";
+
+/// What the post-kill hook and the event stream are told.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KillReport {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: String,
+    /// What the victims held together, bytes.
+    pub footprint: u64,
+    /// The kill mode applied ("process", "process-group", "cgroup").
+    pub mode: String,
+    pub killed_cgroup: Option<String>,
+    pub also_killed: u64,
+    pub stall_ns: u64,
+    /// From the kernel's verdict to the first SIGKILL.
+    pub latency_us: u64,
+    pub memory_current: u64,
+    /// `u64::MAX`: no limit.
+    pub memory_high: u64,
+    pub dry_run: bool,
+    /// Every process signalled (or, dry run, that would be), the largest
+    /// first.
+    pub victims: Vec<u32>,
+    /// How many victims the decision chose; more than one when the overage
+    /// was spread over many small processes.
+    pub batch: u32,
+}
+
+/// A stall guard could not end, as the stream tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnresolvedReport {
+    pub cgroup: String,
+    pub reason: String,
+    pub holder_pid: Option<u32>,
+    pub holder_comm: Option<String>,
+    pub stall_ns: u64,
+    pub memory_current: u64,
+    pub memory_high: u64,
+}
+
+/// The circuit breaker opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitReport {
+    pub cgroup: String,
+    pub fruitless_kills: u64,
+    pub window_ms: u64,
+}
+
+impl KillReport {
+    pub fn event(&self) -> Event {
+        Event::Kill {
+            cgroup: self.cgroup.clone(),
+            pid: self.pid,
+            comm: self.comm.clone(),
+            footprint_bytes: self.footprint,
+            reason: "memory_high_stall".to_owned(),
+            mode: self.mode.clone(),
+            killed_cgroup: self.killed_cgroup.clone(),
+            also_killed: self.also_killed,
+            stall_ns: self.stall_ns,
+            latency_us: self.latency_us,
+            memory_current: self.memory_current,
+            memory_high: (self.memory_high != u64::MAX).then_some(self.memory_high),
+            dry_run: self.dry_run,
+            victims: self.victims.clone(),
+            batch: self.batch,
+        }
+    }
+}
+
+impl UnresolvedReport {
+    pub fn event(&self) -> Event {
+        Event::Unresolved {
+            cgroup: self.cgroup.clone(),
+            reason: self.reason.clone(),
+            holder_pid: self.holder_pid,
+            holder_comm: self.holder_comm.clone(),
+            stall_ns: self.stall_ns,
+            memory_current: self.memory_current,
+            memory_high: (self.memory_high != u64::MAX).then_some(self.memory_high),
+        }
+    }
+}
+
+impl LimitReport {
+    pub fn event(&self) -> Event {
+        Event::KillLimit {
+            cgroup: self.cgroup.clone(),
+            fruitless_kills: self.fruitless_kills,
+            window_ms: self.window_ms,
+        }
     }
 }
 

@@ -1,24 +1,30 @@
-//! guard's user-space half, one module per stage of the data path:
-//! `probes` (kernel programs and maps) -> `daemon` (event loop) ->
-//! `respond` (confirm, choose, kill) using `cgroup`, `procfs`, `policy` and
-//! `kill`.
+//! guard's user-space half, laid out along its data path:
+//!
+//! - leaf types: `clock`, `events` (the stream's schema);
+//! - what the admin asked for: `config` (the policy file), `policy` (who
+//!   may be killed);
+//! - the machine's files as plain data: `cgroup`, `procfs`;
+//! - `kernel`: the eBPF programs loaded and their rings read as one stream
+//!   of messages;
+//! - `decision`: from a verdict to dead hogs (confirm, gather, judge, kill,
+//!   the books);
+//! - `daemon`: set-up, then one handler per message kind;
+//! - outputs and readers of the events: `observe` (kernel records as
+//!   events), `stream` (socket and event log), `metrics`, `source` and
+//!   the live view of `guard trace`, `report`.
 
 pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod decide;
+pub mod decision;
 pub mod events;
-pub mod kill;
-pub mod ledger;
+pub mod kernel;
 pub mod metrics;
-pub mod metrics_glue;
 pub mod observe;
 pub mod policy;
-pub mod probes;
 pub mod procfs;
 pub mod report;
-pub mod respond;
 pub mod source;
 pub mod stream;
 pub mod trace_tui;

@@ -284,6 +284,50 @@ fn init_logs(format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `guard report`: the incidents of event logs, and their chart.
+fn report_cmd(files: Vec<PathBuf>, svg: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // A log part rotated a moment ago is empty; with other parts beside it,
+    // it says nothing and is left out.
+    let files: Vec<PathBuf> = if files.len() > 1 {
+        files
+            .into_iter()
+            .filter(|f| std::fs::metadata(f).map_or(true, |m| m.len() > 0))
+            .collect()
+    } else {
+        files
+    };
+    let loaded = report::load(&files)?;
+    let mut rep = report::analyze(&loaded.records);
+    rep.skipped = loaded.skipped;
+    print!("{rep}");
+    if let Some(out) = svg {
+        match report::svg(&loaded.records, &rep, &out) {
+            Ok(()) => eprintln!("guard: drew {}", out.display()),
+            Err(report::ReportError::NoIncident) => {
+                eprintln!("guard: no incident in these records: nothing to draw")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `guard config check`: every error with its line and column.
+fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    match Config::parse(&text, &path.display().to_string()) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
@@ -334,50 +378,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 record(until(rx, source.duration), &output).await
             })
         }
-        Command::Report { files, svg } => {
-            // A log part rotated a moment ago is empty; with other parts
-            // beside it, it says nothing and is left out.
-            let files: Vec<PathBuf> = if files.len() > 1 {
-                files
-                    .into_iter()
-                    .filter(|f| std::fs::metadata(f).map_or(true, |m| m.len() > 0))
-                    .collect()
-            } else {
-                files
-            };
-            let loaded = report::load(&files)?;
-            let mut rep = report::analyze(&loaded.records);
-            rep.skipped = loaded.skipped;
-            print!("{rep}");
-            if let Some(out) = svg {
-                match report::svg(&loaded.records, &rep, &out) {
-                    Ok(()) => eprintln!("guard: drew {}", out.display()),
-                    Err(report::ReportError::NoIncident) => {
-                        eprintln!("guard: no incident in these records: nothing to draw")
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Report { files, svg } => report_cmd(files, svg),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_POLICY);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(ConfigCommand::Check { path }) => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            match Config::parse(&text, &path.display().to_string()) {
-                Ok(_) => {
-                    println!("{}: ok", path.display());
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        Command::Config(ConfigCommand::Check { path }) => check_config(&path),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "guard", &mut io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -17,7 +17,6 @@ use guard_common::{
 use crate::{
     cgroup::{self, Hierarchy},
     events::{Event, Record},
-    respond::{KillReport, LimitReport, UnresolvedReport},
 };
 
 /// At most this many cgroups are sampled per tick: the busiest ones.
@@ -80,7 +79,7 @@ impl Observer {
     /// "" (removed before it could be named).
     pub fn name(&self, id: u64) -> String {
         if id == guard_common::HOST_ID {
-            return crate::respond::HOST_NAME.to_owned();
+            return crate::events::HOST_NAME.to_owned();
         }
         if let Some(name) = self.names.get(&id) {
             return name.clone();
@@ -161,46 +160,6 @@ impl Observer {
                 worst_comm: comm_string(v.comm()),
             },
         )
-    }
-
-    pub fn kill(&self, k: &KillReport) -> Record {
-        Record::now(Event::Kill {
-            cgroup: k.cgroup.clone(),
-            pid: k.pid,
-            comm: k.comm.clone(),
-            footprint_bytes: k.footprint,
-            reason: "memory_high_stall".to_owned(),
-            mode: k.mode.clone(),
-            killed_cgroup: k.killed_cgroup.clone(),
-            also_killed: k.also_killed,
-            stall_ns: k.stall_ns,
-            latency_us: k.latency_us,
-            memory_current: k.memory_current,
-            memory_high: (k.memory_high != u64::MAX).then_some(k.memory_high),
-            dry_run: k.dry_run,
-            victims: k.victims.clone(),
-            batch: k.batch,
-        })
-    }
-
-    pub fn unresolved(&self, u: &UnresolvedReport) -> Record {
-        Record::now(Event::Unresolved {
-            cgroup: u.cgroup.clone(),
-            reason: u.reason.clone(),
-            holder_pid: u.holder_pid,
-            holder_comm: u.holder_comm.clone(),
-            stall_ns: u.stall_ns,
-            memory_current: u.memory_current,
-            memory_high: (u.memory_high != u64::MAX).then_some(u.memory_high),
-        })
-    }
-
-    pub fn kill_limit(&self, l: &LimitReport) -> Record {
-        Record::now(Event::KillLimit {
-            cgroup: l.cgroup.clone(),
-            fruitless_kills: l.fruitless_kills,
-            window_ms: l.window_ms,
-        })
     }
 
     /// Follows a cgroup creation or removal in the names.

@@ -6,9 +6,14 @@
 use std::{fmt, time::Duration};
 
 use crate::{
-    config::Config,
+    config::{Config, HostMode},
+    kernel::{HostLimits, Settings},
     procfs::{Comm, Exe},
 };
+
+/// Minimum time between two host verdicts: most ask "is MemAvailable low
+/// yet?" and hear "no"; the one that hears "yes" must not wait long.
+pub const HOST_VERDICT_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The policy in force: the policy file (or the embedded default) as
 /// checked by `config`.
@@ -79,6 +84,27 @@ pub struct Needs {
 }
 
 impl Policy {
+    /// What the kernel half is loaded with: the first scope's limits as
+    /// defaults, every cgroup watched, the host scope if it is on.
+    pub fn kernel_settings(&self) -> Settings {
+        let (budget, window) = self.default_limits();
+        let host = &self.config.host;
+        Settings {
+            budget,
+            window,
+            verdict_interval: self.config.verdict_interval,
+            min_progress_pages: self.config.min_progress_pages,
+            watch_all: true,
+            host: (host.mode != HostMode::Off).then_some(HostLimits {
+                budget: host.budget,
+                window: host.window,
+                retry_loops: host.retry_loops,
+                early: host.on_direct_reclaim,
+                interval: HOST_VERDICT_INTERVAL,
+            }),
+        }
+    }
+
     pub fn dry_run(&self) -> bool {
         self.config.dry_run
     }

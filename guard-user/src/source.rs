@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use guard_common::{CgroupEvent, TraceRecord, Verdict};
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
     net::UnixStream,
@@ -20,11 +19,10 @@ use tracing::warn;
 use crate::{
     cgroup::{self, Hierarchy, Layout},
     config::Config,
-    daemon::{async_ring, kernel_release, probe_settings},
     events::{Event, Record},
+    kernel::{self, DRAIN_BATCH, Feed, Message, Probes, Throttle},
     observe::Observer,
     policy::Policy,
-    probes::{Probes, Throttle},
 };
 
 /// Records buffered between the source and a slow sink; beyond that the
@@ -158,99 +156,93 @@ async fn standalone_source() -> anyhow::Result<mpsc::Receiver<Record>> {
     let policy = Policy {
         config: Config::default_policy(),
     };
-    let mut probes = Probes::load(probe_settings(&policy))?;
+    let mut probes = Probes::load(policy.kernel_settings())?;
     if let Throttle::Refused { reason } = &probes.throttle {
         eprintln!(
             "guard: fentry refused by this kernel ({reason}): penalty sleeps are not seen, \
              reclaim tracepoints only"
         );
     }
-    let mut verdicts = async_ring(probes.take_verdicts()?, "verdict")?;
-    let mut cgroups = async_ring(probes.take_cgroup_events()?, "cgroup event")?;
-    let mut trace = async_ring(probes.take_trace()?, "trace")?;
+    let feed = Feed::take(&mut probes)?;
     let mut switch = probes.take_trace_switch()?;
     switch.set(true)?;
-    let mut observer = Observer::new(find_hierarchy(), "/proc");
+    let observer = Observer::new(find_hierarchy(), "/proc");
     let (tx, rx) = mpsc::channel(DEPTH);
     let hello = Record::now(Event::Hello {
         source: "standalone".to_owned(),
         guard_version: env!("CARGO_PKG_VERSION").to_owned(),
-        kernel: kernel_release(),
+        kernel: kernel::release(),
         throttle_hooked: matches!(probes.throttle, Throttle::Hooked { .. }),
         dry_run: true,
     });
     let _ = tx.try_send(hello);
-    tokio::spawn(async move {
-        let mut dropped = 0u64;
-        // Never blocks the reading of the rings: a sink that cannot keep up
-        // loses records, counted and reported when there is room again.
-        let send = |r: Record, dropped: &mut u64| {
-            if *dropped > 0
-                && tx
-                    .try_send(Record::now(Event::Lost {
-                        what: "stream".to_owned(),
-                        count: *dropped,
-                    }))
-                    .is_ok()
-            {
-                *dropped = 0;
+    tokio::spawn(pump(feed, probes, observer, Lossy { tx, dropped: 0 }));
+    Ok(rx)
+}
+
+/// A sender that never blocks the reading of the rings: a sink that cannot
+/// keep up loses records, counted and reported when there is room again.
+struct Lossy {
+    tx: mpsc::Sender<Record>,
+    dropped: u64,
+}
+
+impl Lossy {
+    fn send(&mut self, r: Record) {
+        if self.dropped > 0
+            && self
+                .tx
+                .try_send(Record::now(Event::Lost {
+                    what: "stream".to_owned(),
+                    count: self.dropped,
+                }))
+                .is_ok()
+        {
+            self.dropped = 0;
+        }
+        if self.tx.try_send(r).is_err() {
+            self.dropped += 1;
+        }
+    }
+}
+
+/// Turns the kernel's messages, and a sample every second, into records
+/// until the reader goes away; then the probes are dropped, which detaches
+/// every program.
+async fn pump(mut feed: Feed, mut probes: Probes, mut observer: Observer, mut out: Lossy) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    let mut batch = Vec::with_capacity(DRAIN_BATCH);
+    loop {
+        tokio::select! {
+            _ = out.tx.closed() => break,
+            r = feed.recv(&mut batch) => {
+                if r.is_err() {
+                    break;
+                }
+                for m in &batch {
+                    let record = match m {
+                        Message::Verdict(v) => Some(observer.verdict(v)),
+                        Message::Cgroup(e) => observer.cgroup_event(e),
+                        Message::Trace(r) => observer.trace(r),
+                        Message::Garbled(_) => None,
+                    };
+                    if let Some(r) = record {
+                        out.send(r);
+                    }
+                }
             }
-            if tx.try_send(r).is_err() {
-                *dropped += 1;
-            }
-        };
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        loop {
-            tokio::select! {
-                _ = tx.closed() => break,
-                ready = trace.readable_mut() => {
-                    let Ok(mut ready) = ready else { break };
-                    while let Some(item) = ready.get_inner_mut().next() {
-                        let r = TraceRecord::from_bytes(&item);
-                        drop(item);
-                        if let Some(r) = r.and_then(|r| observer.trace(&r)) {
-                            send(r, &mut dropped);
-                        }
-                    }
-                    ready.clear_ready();
+            _ = tick.tick() => {
+                let stalls = probes.cgroup_stalls().unwrap_or_default();
+                for r in observer.samples(&stalls, &[]) {
+                    out.send(r);
                 }
-                ready = verdicts.readable_mut() => {
-                    let Ok(mut ready) = ready else { break };
-                    while let Some(item) = ready.get_inner_mut().next() {
-                        let v = Verdict::from_bytes(&item);
-                        drop(item);
-                        if let Some(v) = v {
-                            send(observer.verdict(&v), &mut dropped);
-                        }
-                    }
-                    ready.clear_ready();
-                }
-                ready = cgroups.readable_mut() => {
-                    let Ok(mut ready) = ready else { break };
-                    while let Some(item) = ready.get_inner_mut().next() {
-                        let e = CgroupEvent::from_bytes(&item);
-                        drop(item);
-                        if let Some(r) = e.and_then(|e| observer.cgroup_event(&e)) {
-                            send(r, &mut dropped);
-                        }
-                    }
-                    ready.clear_ready();
-                }
-                _ = tick.tick() => {
-                    let stalls = probes.cgroup_stalls().unwrap_or_default();
-                    for r in observer.samples(&stalls, &[]) {
-                        send(r, &mut dropped);
-                    }
-                    if let Ok(s) = probes.stats() {
-                        for r in observer.lost(&s) {
-                            send(r, &mut dropped);
-                        }
+                if let Ok(s) = probes.stats() {
+                    for r in observer.lost(&s) {
+                        out.send(r);
                     }
                 }
             }
         }
-        // Dropping the probes detaches every program.
-        drop(probes);
-    });
-    Ok(rx)
+    }
+    drop(probes);
 }

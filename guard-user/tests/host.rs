@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use guard::probes::{Probes, Settings};
+use guard::kernel::{Probes, Settings};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use guard::{kill::Victim, procfs::ProcFs, respond::wait_exit};
+use guard::{
+    decision::{kill::Victim, wait_exit},
+    procfs::ProcFs,
+};
 
 /// The two tests count descriptors: one at a time.
 static ALONE: Mutex<()> = Mutex::new(());

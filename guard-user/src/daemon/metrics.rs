@@ -1,6 +1,7 @@
-//! Wires the Prometheus exporter (`metrics`) into the daemon: the scrape
-//! handler asks the daemon's loop to refresh the gauges, so the kernel maps
-//! are only read by their one owner and only when someone scrapes.
+//! Wires the Prometheus exporter (`crate::metrics`) into the daemon: the
+//! scrape handler asks the daemon's loop to refresh the gauges, so the
+//! kernel maps are only read by their one owner and only when someone
+//! scrapes.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -8,11 +9,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
-    daemon::Outputs,
     events::Event,
+    kernel::Probes,
     metrics::{self, CgroupGauge, Metrics},
     observe::Observer,
-    probes::Probes,
 };
 
 pub type RefreshRequests = mpsc::Receiver<oneshot::Sender<()>>;
@@ -20,7 +20,7 @@ pub type RefreshRequests = mpsc::Receiver<oneshot::Sender<()>>;
 /// Binds `addr`, turns on the kernel's BPF run-time statistics, and serves
 /// /metrics in the background. A bind failure ends the start-up: the admin
 /// asked for metrics at that address.
-pub async fn start(addr: SocketAddr, out: &mut Outputs) -> anyhow::Result<RefreshRequests> {
+pub async fn start(addr: SocketAddr) -> anyhow::Result<(Arc<Metrics>, RefreshRequests)> {
     let listener = metrics::bind(addr).await?;
     let stats = match metrics::enable_bpf_stats() {
         Ok(fd) => Some(fd),
@@ -30,25 +30,22 @@ pub async fn start(addr: SocketAddr, out: &mut Outputs) -> anyhow::Result<Refres
         }
     };
     let m = Arc::new(Metrics::new());
-    out.metrics = Some(m.clone());
     let (tx, rx) = mpsc::channel(4);
+    let served = m.clone();
     tokio::spawn(async move {
         // Kernel statistics stay on while the exporter runs.
         let _stats = stats;
-        if let Err(e) = metrics::serve(listener, m, tx).await {
+        if let Err(e) = metrics::serve(listener, served, tx).await {
             warn!(error = %format!("{e:#}"), "the metrics server stopped");
         }
     });
     info!(%addr, "serving Prometheus metrics at /metrics");
-    Ok(rx)
+    Ok((m, rx))
 }
 
 /// Refreshes the gauges read at scrape time: the cgroups' memory and the
 /// kernel's stall totals, and the programs' run statistics.
-pub fn refresh(probes: &mut Probes, observer: &Observer, out: &Outputs) {
-    let Some(m) = &out.metrics else {
-        return;
-    };
+pub fn refresh(m: &Metrics, probes: &mut Probes, observer: &Observer) {
     let stalls = probes.cgroup_stalls().unwrap_or_default();
     let gauges: Vec<CgroupGauge> = observer
         .samples(&stalls, &[])

@@ -287,118 +287,164 @@ pub fn decide(
         cands,
         answers: vec![None; cands.len()],
     };
-    let overage = stall.overage;
-    let size = |i: usize| cands[i].footprint.unwrap_or(0);
-    // Every process by footprint, those guard may not kill included;
-    // unreadable ones (unknown size) last.
+    let by_size = by_size(stall, cands);
+    if killable_sum(stall.overage, cands, &by_size, grouped, &mut j) < stall.overage {
+        return Decision::Unresolved(no_capacity(stall, cands, &by_size, &mut j));
+    }
+    // The kill units; in process mode every process is one, and whether it
+    // may be killed is asked only when a rule reaches it.
+    let (list, units) = units(cands, &by_size, grouped, stall.worst_tgid, &mut j);
+    let u = Units {
+        list: &list,
+        units: &units,
+    };
+    if let Some(d) = driver(stall, cands, &by_size, &u, &mut j) {
+        return d;
+    }
+    in_order(stall, &u, &mut j)
+}
+
+/// Whether `bytes` is at least the policy's share of the overage.
+fn share(stall: &Stall, bytes: u64) -> bool {
+    u128::from(bytes) * 100 >= u128::from(stall.overage) * u128::from(stall.min_share_percent)
+}
+
+/// Every process by footprint, those guard may not kill included;
+/// unreadable ones (unknown size) last.
+fn by_size(stall: &Stall, cands: &[Candidate]) -> Vec<usize> {
     let mut by_size: Vec<usize> = (0..cands.len()).collect();
     by_size.sort_by_key(|&i| {
         (
             cands[i].footprint.is_none(),
-            Reverse(size(i)),
+            Reverse(size_of(cands, i)),
             cands[i].pid != stall.worst_tgid,
             cands[i].pid,
         )
     });
+    by_size
+}
 
-    // Rule 1: could killing every killable process end it? Walk down by
-    // size until the killable ones cover the overage (usually the first).
-    let mut killable_sum = 0u64;
-    for &i in &by_size {
-        if killable_sum >= overage && !grouped {
+/// Rule 1: could killing every killable process end it? Walks down by size
+/// until the killable ones cover the overage (usually the first).
+fn killable_sum<J: FnMut(usize) -> Judgement>(
+    overage: u64,
+    cands: &[Candidate],
+    by_size: &[usize],
+    grouped: bool,
+    j: &mut Judged<'_, J>,
+) -> u64 {
+    let mut sum = 0u64;
+    for &i in by_size {
+        if sum >= overage && !grouped {
             break;
         }
         if j.killable(i) {
-            killable_sum = killable_sum.saturating_add(size(i));
+            sum = sum.saturating_add(size_of(cands, i));
         }
     }
-    if killable_sum < overage {
-        return Decision::Unresolved(no_capacity(stall, cands, &by_size, &mut j));
-    }
+    sum
+}
 
-    // Rule 1, the driver. The kernel throttles a task for the pages it
-    // charges itself, so the task it saw stall most (when it holds a real
-    // share) is the one growing; a task that charges nothing is not
-    // throttled at all.
-    let share = |bytes: u64| {
-        u128::from(bytes) * 100 >= u128::from(overage) * u128::from(stall.min_share_percent)
-    };
+/// The kill units, and the candidates they list.
+struct Units<'a> {
+    list: &'a [usize],
+    units: &'a [Unit],
+}
+
+impl Units<'_> {
+    fn pick(&self, u: &Unit) -> Pick {
+        Pick {
+            unit: u.key,
+            members: self.list[u.members.clone()].to_vec(),
+            whole: u.whole,
+            footprint: u.footprint,
+        }
+    }
+}
+
+/// Rule 1, the driver. The kernel throttles a task for the pages it charges
+/// itself, so the task it saw stall most (when it holds a real share) is
+/// the one growing; a task that charges nothing is not throttled at all.
+/// Decides when the driver, or the largest holder, may not be killed.
+fn driver<J: FnMut(usize) -> Judgement>(
+    stall: &Stall,
+    cands: &[Candidate],
+    by_size: &[usize],
+    u: &Units<'_>,
+    j: &mut Judged<'_, J>,
+) -> Option<Decision> {
+    let overage = stall.overage;
     let worst = cands
         .iter()
         .position(|c| c.pid == stall.worst_tgid && c.pid != 0)
-        .filter(|&i| share(size(i)));
-    // The kill units; in process mode every process is one, and whether it
-    // may be killed is asked only when a rule reaches it.
-    let (list, units) = units(cands, &by_size, grouped, stall.worst_tgid, &mut j);
+        .filter(|&i| share(stall, size_of(cands, i)));
     if let Some(w) = worst
         && !j.killable(w)
     {
         // Units come largest first: the first killable one is the largest.
-        let largest = units
+        let largest = u
+            .units
             .iter()
-            .find(|u| unit_ok(u, &list, &mut j))
-            .map_or(0, |u| u.footprint);
-        if size(w) >= largest {
-            return Decision::Unresolved(Unresolved::Driver {
+            .find(|x| unit_ok(x, u.list, j))
+            .map_or(0, |x| x.footprint);
+        if size_of(cands, w) >= largest {
+            return Some(Decision::Unresolved(Unresolved::Driver {
                 holder: j.holder(w),
                 overage,
-            });
+            }));
         }
     }
     // The largest holder may not be killed: unless the growing task is
     // known and may be, it is the presumed cause, and every other kill
     // would only make room for it.
-    if let Some(&top) = by_size.first()
-        && cands[top].footprint.is_some()
-        && !j.killable(top)
-    {
-        let grower = worst.and_then(|w| {
-            units
-                .iter()
-                .find(|u| list[u.members.clone()].contains(&w) && unit_ok(u, &list, &mut j))
-        });
-        return match grower {
-            Some(u) => Decision::Kill(vec![Pick {
-                unit: u.key,
-                members: list[u.members.clone()].to_vec(),
-                whole: u.whole,
-                footprint: u.footprint,
-            }]),
-            None => Decision::Unresolved(Unresolved::Driver {
-                holder: j.holder(top),
-                overage,
-            }),
-        };
+    let &top = by_size.first()?;
+    if cands[top].footprint.is_none() || j.killable(top) {
+        return None;
     }
+    let grower = worst.and_then(|w| {
+        u.units
+            .iter()
+            .find(|x| u.list[x.members.clone()].contains(&w) && unit_ok(x, u.list, j))
+    });
+    Some(match grower {
+        Some(x) => Decision::Kill(vec![u.pick(x)]),
+        None => Decision::Unresolved(Unresolved::Driver {
+            holder: j.holder(top),
+            overage,
+        }),
+    })
+}
 
-    // Rules 2 and 3, in the policy's order.
-    let mut order: Vec<&Unit> = units.iter().collect();
-    order.sort_by_key(|u| (Reverse(u.rank), Reverse(u.footprint), !u.worst, u.key));
-    let pick = |u: &Unit| Pick {
-        unit: u.key,
-        members: list[u.members.clone()].to_vec(),
-        whole: u.whole,
-        footprint: u.footprint,
-    };
-    for u in &order {
-        if share(u.footprint) && unit_ok(u, &list, &mut j) {
-            return Decision::Kill(vec![pick(u)]);
+/// Rules 2 and 3, in the policy's order: the first unit that holds the
+/// share alone, or else the fewest units that together cover the overage.
+fn in_order<J: FnMut(usize) -> Judgement>(
+    stall: &Stall,
+    u: &Units<'_>,
+    j: &mut Judged<'_, J>,
+) -> Decision {
+    let mut order: Vec<&Unit> = u.units.iter().collect();
+    order.sort_by_key(|x| (Reverse(x.rank), Reverse(x.footprint), !x.worst, x.key));
+    for x in &order {
+        if share(stall, x.footprint) && unit_ok(x, u.list, j) {
+            return Decision::Kill(vec![u.pick(x)]);
         }
     }
     let mut picks = Vec::new();
     let mut covered = 0u64;
-    for u in order {
-        if covered >= overage {
+    for x in order {
+        if covered >= stall.overage {
             break;
         }
-        if !unit_ok(u, &list, &mut j) {
+        if !unit_ok(x, u.list, j) {
             continue;
         }
         if picks.len() == MAX_BATCH {
-            return Decision::Unresolved(Unresolved::TooSpread { overage });
+            return Decision::Unresolved(Unresolved::TooSpread {
+                overage: stall.overage,
+            });
         }
-        covered = covered.saturating_add(u.footprint);
-        picks.push(pick(u));
+        covered = covered.saturating_add(x.footprint);
+        picks.push(u.pick(x));
     }
     Decision::Kill(picks)
 }

@@ -176,6 +176,90 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The eBPF object with its globals set: the policy's limits and the
+/// tracepoint field offsets of the running kernel.
+fn load_object(settings: &Settings) -> Result<Ebpf, ProbeError> {
+    let offset = offset_in("vmscan", RECLAIM_END, "nr_reclaimed")?;
+    let cg_root = offset_in("cgroup", "cgroup_mkdir", "root")?;
+    let cg_id = offset_in("cgroup", "cgroup_mkdir", "id")?;
+    let cg_path = offset_in("cgroup", "cgroup_mkdir", "path")?;
+    let oom_pid = offset_in("oom", "mark_victim", "pid")?;
+    let direct_reclaimed = offset_in("vmscan", DIRECT_END, "nr_reclaimed")?;
+    let retry_loops_at = offset_in("oom", "reclaim_retry_zone", "no_progress_loops")?;
+    let host_retry = settings.host.map_or(0, |h| h.retry_loops);
+    let host_early = u64::from(settings.host.is_some_and(|h| h.early));
+    let host_interval = settings.host.map_or(0, |h| nanos(h.interval));
+    let budget = nanos(settings.budget);
+    let window = nanos(settings.window);
+    let interval = nanos(settings.verdict_interval);
+    let jiffy = ns_per_jiffy();
+    let watch_all = u64::from(settings.watch_all);
+    EbpfLoader::new()
+        .override_global(globals::BUDGET_NS, &budget, true)
+        .override_global(globals::WINDOW_NS, &window, true)
+        .override_global(globals::VERDICT_INTERVAL_NS, &interval, true)
+        .override_global(
+            globals::MIN_PROGRESS_PAGES,
+            &settings.min_progress_pages,
+            true,
+        )
+        .override_global(globals::NR_RECLAIMED_OFFSET, &offset, true)
+        .override_global(globals::NS_PER_JIFFY, &jiffy, true)
+        .override_global(globals::WATCH_ALL, &watch_all, true)
+        .override_global(globals::CGROUP_ROOT_OFFSET, &cg_root, true)
+        .override_global(globals::CGROUP_ID_OFFSET, &cg_id, true)
+        .override_global(globals::CGROUP_PATH_OFFSET, &cg_path, true)
+        .override_global(globals::OOM_PID_OFFSET, &oom_pid, true)
+        .override_global(globals::DIRECT_NR_RECLAIMED_OFFSET, &direct_reclaimed, true)
+        .override_global(globals::RETRY_LOOPS_OFFSET, &retry_loops_at, true)
+        .override_global(globals::HOST_RETRY_LOOPS, &host_retry, true)
+        .override_global(globals::HOST_EARLY, &host_early, true)
+        .override_global(globals::HOST_INTERVAL_NS, &host_interval, true)
+        .load(OBJECT)
+        .map_err(ProbeError::from)
+}
+
+/// Attaches the tracepoints, the host scope's only when it is on; every
+/// one must attach.
+fn attach_tracepoints(ebpf: &mut Ebpf, host: bool) -> Result<(), ProbeError> {
+    let host_programs = [
+        (programs::DIRECT_RECLAIM_BEGIN, "vmscan", DIRECT_BEGIN),
+        (programs::DIRECT_RECLAIM_END, "vmscan", DIRECT_END),
+        (programs::RECLAIM_RETRY_ZONE, "oom", "reclaim_retry_zone"),
+        (programs::KSWAPD_WAKE, "vmscan", "mm_vmscan_kswapd_wake"),
+    ];
+    let host_programs = if host { &host_programs[..] } else { &[] };
+    for &(prog, category, event) in [
+        (programs::RECLAIM_BEGIN, "vmscan", RECLAIM_BEGIN),
+        (programs::RECLAIM_END, "vmscan", RECLAIM_END),
+        (programs::CGROUP_MKDIR, "cgroup", "cgroup_mkdir"),
+        (programs::CGROUP_RMDIR, "cgroup", "cgroup_rmdir"),
+        (programs::OOM_MARK_VICTIM, "oom", "mark_victim"),
+    ]
+    .iter()
+    .chain(host_programs)
+    {
+        let tp: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or(ProbeError::Missing(prog))?
+            .try_into()
+            .map_err(|source| ProbeError::Attach {
+                what: prog.to_owned(),
+                source,
+            })?;
+        let attach = |tp: &mut TracePoint| -> Result<(), ProgramError> {
+            tp.load()?;
+            tp.attach(category, event)?;
+            Ok(())
+        };
+        attach(tp).map_err(|source| ProbeError::Attach {
+            what: format!("tracepoint {category}:{event}"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 impl Probes {
     /// Loads every program; the tracepoints must attach, the fentry
     /// programs may be refused (then `throttle` says why).
@@ -186,83 +270,8 @@ impl Probes {
                 "mounted tracefs, which the tracepoints need"
             );
         }
-        let offset = offset_in("vmscan", RECLAIM_END, "nr_reclaimed")?;
-        let cg_root = offset_in("cgroup", "cgroup_mkdir", "root")?;
-        let cg_id = offset_in("cgroup", "cgroup_mkdir", "id")?;
-        let cg_path = offset_in("cgroup", "cgroup_mkdir", "path")?;
-        let oom_pid = offset_in("oom", "mark_victim", "pid")?;
-        let direct_reclaimed = offset_in("vmscan", DIRECT_END, "nr_reclaimed")?;
-        let retry_loops_at = offset_in("oom", "reclaim_retry_zone", "no_progress_loops")?;
-        let host_retry = settings.host.map_or(0, |h| h.retry_loops);
-        let host_early = u64::from(settings.host.is_some_and(|h| h.early));
-        let host_interval = settings.host.map_or(0, |h| nanos(h.interval));
-        let budget = nanos(settings.budget);
-        let window = nanos(settings.window);
-        let interval = nanos(settings.verdict_interval);
-        let jiffy = ns_per_jiffy();
-        let watch_all = u64::from(settings.watch_all);
-        let mut ebpf = EbpfLoader::new()
-            .override_global(globals::BUDGET_NS, &budget, true)
-            .override_global(globals::WINDOW_NS, &window, true)
-            .override_global(globals::VERDICT_INTERVAL_NS, &interval, true)
-            .override_global(
-                globals::MIN_PROGRESS_PAGES,
-                &settings.min_progress_pages,
-                true,
-            )
-            .override_global(globals::NR_RECLAIMED_OFFSET, &offset, true)
-            .override_global(globals::NS_PER_JIFFY, &jiffy, true)
-            .override_global(globals::WATCH_ALL, &watch_all, true)
-            .override_global(globals::CGROUP_ROOT_OFFSET, &cg_root, true)
-            .override_global(globals::CGROUP_ID_OFFSET, &cg_id, true)
-            .override_global(globals::CGROUP_PATH_OFFSET, &cg_path, true)
-            .override_global(globals::OOM_PID_OFFSET, &oom_pid, true)
-            .override_global(globals::DIRECT_NR_RECLAIMED_OFFSET, &direct_reclaimed, true)
-            .override_global(globals::RETRY_LOOPS_OFFSET, &retry_loops_at, true)
-            .override_global(globals::HOST_RETRY_LOOPS, &host_retry, true)
-            .override_global(globals::HOST_EARLY, &host_early, true)
-            .override_global(globals::HOST_INTERVAL_NS, &host_interval, true)
-            .load(OBJECT)?;
-
-        let host_programs = [
-            (programs::DIRECT_RECLAIM_BEGIN, "vmscan", DIRECT_BEGIN),
-            (programs::DIRECT_RECLAIM_END, "vmscan", DIRECT_END),
-            (programs::RECLAIM_RETRY_ZONE, "oom", "reclaim_retry_zone"),
-            (programs::KSWAPD_WAKE, "vmscan", "mm_vmscan_kswapd_wake"),
-        ];
-        let host_programs = match settings.host {
-            Some(_) => &host_programs[..],
-            None => &[],
-        };
-        for &(prog, category, event) in [
-            (programs::RECLAIM_BEGIN, "vmscan", RECLAIM_BEGIN),
-            (programs::RECLAIM_END, "vmscan", RECLAIM_END),
-            (programs::CGROUP_MKDIR, "cgroup", "cgroup_mkdir"),
-            (programs::CGROUP_RMDIR, "cgroup", "cgroup_rmdir"),
-            (programs::OOM_MARK_VICTIM, "oom", "mark_victim"),
-        ]
-        .iter()
-        .chain(host_programs)
-        {
-            let tp: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or(ProbeError::Missing(prog))?
-                .try_into()
-                .map_err(|source| ProbeError::Attach {
-                    what: prog.to_owned(),
-                    source,
-                })?;
-            let attach = |tp: &mut TracePoint| -> Result<(), ProgramError> {
-                tp.load()?;
-                tp.attach(category, event)?;
-                Ok(())
-            };
-            attach(tp).map_err(|source| ProbeError::Attach {
-                what: format!("tracepoint {category}:{event}"),
-                source,
-            })?;
-        }
-
+        let mut ebpf = load_object(&settings)?;
+        attach_tracepoints(&mut ebpf, settings.host.is_some())?;
         let throttle = match attach_throttle(&mut ebpf) {
             Ok(handler) => Throttle::Hooked { handler },
             Err(reason) => Throttle::Refused { reason },

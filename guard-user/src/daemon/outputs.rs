@@ -1,0 +1,217 @@
+//! Where records go: the socket's listeners, the daemon's own log, the
+//! metrics. Which records are kept on disk, and how often the cgroups are
+//! sampled, follows from whether an incident is fresh or someone listens.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+use crate::{
+    events::{Event, Record},
+    metrics::Metrics,
+    stream,
+};
+
+/// How long after a verdict, kill or kernel OOM kill the daemon keeps
+/// sampling the cgroups (and logging the samples): long enough to see the
+/// memory come back.
+const INCIDENT_TAIL: Duration = Duration::from_secs(15);
+/// Sample period during an incident, and while only listeners want rows.
+const INCIDENT_SAMPLE: Duration = Duration::from_millis(250);
+const LISTENER_SAMPLE: Duration = Duration::from_millis(500);
+
+/// Where records go: the socket's listeners, the daemon's log, the metrics.
+pub struct Outputs {
+    pub bus: stream::Bus,
+    pub log: Option<stream::EventLog>,
+    /// Set after a log write failed, so it is said once, not per record.
+    log_failed: bool,
+    pub metrics: Option<Arc<Metrics>>,
+    incident_until: Option<Instant>,
+}
+
+impl Outputs {
+    pub fn new(bus: stream::Bus, log: Option<stream::EventLog>) -> Self {
+        Self {
+            bus,
+            log,
+            log_failed: false,
+            metrics: None,
+            incident_until: None,
+        }
+    }
+
+    pub fn emit(&mut self, record: &Record) {
+        if matches!(
+            record.event,
+            Event::Verdict { .. }
+                | Event::Kill { .. }
+                | Event::OomKill { .. }
+                | Event::Unresolved { .. }
+                | Event::KillLimit { .. }
+        ) {
+            self.incident_until = Some(Instant::now() + INCIDENT_TAIL);
+        }
+        if let Some(m) = &self.metrics {
+            m.observe(record);
+        }
+        self.bus.send(record);
+        // Raw passes only flow while someone listens, and go to them alone;
+        // samples are kept on disk around incidents.
+        let keep = !record.event.is_raw()
+            && (!matches!(record.event, Event::Sample { .. }) || self.in_incident());
+        if keep && let Some(log) = &mut self.log {
+            match log.write(record) {
+                Ok(()) => self.log_failed = false,
+                Err(e) if !self.log_failed => {
+                    warn!(error = %e, "writing the event log failed; records go to listeners only");
+                    self.log_failed = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    pub fn in_incident(&self) -> bool {
+        self.incident_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// How often to sample now, if at all.
+    pub(super) fn sample_period(&self) -> Option<Duration> {
+        if self.in_incident() {
+            Some(INCIDENT_SAMPLE)
+        } else if self.bus.listened() {
+            Some(LISTENER_SAMPLE)
+        } else {
+            None
+        }
+    }
+}
+
+/// Aborts a background task when the daemon's loop ends.
+pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves the event stream on the socket the options name. Observability
+/// must never stop the guard from guarding: a socket that cannot be set up
+/// is said loudly, and the guard runs on.
+pub(super) fn serve_stream(
+    socket: Option<&Path>,
+    bus: &stream::Bus,
+    hello: Record,
+) -> Option<AbortOnDrop> {
+    let path = socket?;
+    let access = stream::Access::from_system();
+    if access.group.is_none() {
+        warn!(
+            group = stream::GROUP,
+            "no group `guard` on this machine: only root may read the event stream \
+             (groupadd --system guard)"
+        );
+    }
+    match stream::bind(path, access) {
+        Ok(listener) => {
+            info!(socket = %path.display(), "serving the event stream");
+            Some(AbortOnDrop(tokio::spawn(stream::serve(
+                listener,
+                bus.clone(),
+                hello,
+                access,
+            ))))
+        }
+        Err(e) => {
+            warn!(error = %e, "no event stream socket: guard trace and guard record \
+                cannot attach (the daemon's own log is kept regardless)");
+            None
+        }
+    }
+}
+
+/// Opens the daemon's own event log; like the socket, a failure is said
+/// and the guard runs on.
+pub(super) fn open_log(dir: Option<&Path>, max_bytes: u64) -> Option<stream::EventLog> {
+    match stream::EventLog::open(dir?, max_bytes, stream::LOG_KEEP) {
+        Ok(log) => {
+            info!(path = %log.path().display(), max_bytes, "keeping an event log");
+            Some(log)
+        }
+        Err(e) => {
+            warn!(error = %e, "no event log: incidents are not kept on disk");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    #[test]
+    fn the_daemon_log_keeps_events_and_samples_around_incidents_but_no_raw_passes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = stream::EventLog::open(dir.path(), 1 << 20, 1).expect("log");
+        let path = log.path().to_owned();
+        let mut out = Outputs::new(stream::Bus::new(), Some(log));
+        let sample = || {
+            Record::now(Event::Sample {
+                cgroup_id: 1,
+                cgroup: "/a".into(),
+                memory_current: 1,
+                memory_high: None,
+                memory_max: None,
+                stall_total_ns: 0,
+                passes: 0,
+                no_progress_passes: 0,
+                reclaimed_pages: 0,
+                psi_some_avg10: None,
+                psi_full_avg10: None,
+                worst_pid: 0,
+                worst_comm: String::new(),
+            })
+        };
+        let pass = Record::now(Event::Reclaim {
+            pid: 1,
+            tid: 1,
+            comm: "x".into(),
+            cgroup_id: 1,
+            cgroup: "/a".into(),
+            duration_ns: 1,
+            reclaimed_pages: 0,
+        });
+        assert_eq!(out.sample_period(), None, "idle and unwatched: no timer");
+        out.emit(&pass);
+        out.emit(&sample());
+        let verdict = Record::now(Event::Verdict {
+            cgroup_id: 1,
+            cgroup: "/a".into(),
+            stall_ns: 1,
+            window_ns: 1,
+            budget_ns: 1,
+            streak: 1,
+            episode_start_ns: 0,
+            worst_pid: 1,
+            worst_comm: "x".into(),
+        });
+        out.emit(&verdict);
+        assert_eq!(out.sample_period(), Some(INCIDENT_SAMPLE));
+        out.emit(&sample());
+        out.emit(&pass);
+        let kinds: Vec<String> = fs::read_to_string(&path)
+            .expect("log")
+            .lines()
+            .map(|l| Record::from_line(l).expect("valid").event.kind().to_owned())
+            .collect();
+        assert_eq!(kinds, vec!["verdict", "sample"]);
+    }
+}
