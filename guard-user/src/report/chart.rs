@@ -2,10 +2,11 @@
 
 use plotters::style::RGBColor;
 
-use super::evidence::{SampleView, sample_of, stall_evidence};
+use super::MIB;
+use super::evidence::{SampleView, samples_of, stall_evidence};
+use super::model::{Incident, Report};
 use super::svg::{DRY_RUN_COLOUR, KILL_COLOUR, OOM_COLOUR};
-use super::text::{cgroup_name, clock_time, date};
-use super::{MIB, Report};
+use super::text::{cgroup_name, date_time};
 use crate::events::{Event, Record};
 
 /// What the chart shows, in chart units: seconds since the first incident
@@ -17,11 +18,14 @@ pub(super) struct Chart {
     pub(super) memory_top: f64,
     /// Limits too far above the data to draw without flattening it.
     pub(super) off_chart: Vec<String>,
-    pub(super) stall: Vec<(String, Vec<(f64, f64)>)>,
+    pub(super) stall: Vec<StallSeries>,
     pub(super) stall_from: &'static str,
     pub(super) stall_top: f64,
     pub(super) markers: Vec<Marker>,
 }
+
+/// A cgroup's stall over time, in ms per second.
+pub(super) type StallSeries = (String, Vec<(f64, f64)>);
 
 pub(super) struct MemorySeries {
     pub(super) cgroup: String,
@@ -38,28 +42,91 @@ pub(super) struct Marker {
 
 pub(super) fn chart(sorted: &[&Record], report: &Report) -> Chart {
     let incidents = &report.incidents;
-    let t0 = incidents
-        .iter()
-        .map(|i| i.start.mono_ns)
-        .min()
-        .unwrap_or_default();
-    let rel = |t: u64| (i128::from(t) - i128::from(t0)) as f64 / 1e9;
-    let mut last = incidents
-        .iter()
-        .map(|i| rel(i.end.mono_ns))
-        .fold(0.0, f64::max);
-    for r in incidents.iter().flat_map(|i| {
-        i.kills
-            .iter()
-            .filter_map(|k| k.recovery)
-            .chain(i.oom_kills.iter().filter_map(|o| o.recovery))
-    }) {
-        last = last.max(rel(r.lowest_at.mono_ns));
+    let axis = Axis::new(incidents);
+    let (memory, sampled_stall) = sampled_series(sorted, incidents, &axis);
+    // Per-pass events, where recorded, say when the stall happened to the
+    // millisecond; the samples' counters only per interval, and only for
+    // the cgroup the stall was charged to. So events win when there are any.
+    let (stall, stall_from) =
+        if sampled_stall.is_empty() || any_stall_event(sorted, incidents, &axis) {
+            (
+                event_stall(sorted, incidents, &axis),
+                "from reclaim and penalty-sleep events",
+            )
+        } else {
+            (sampled_stall, "from the kernel's counters in samples")
+        };
+    let (memory_top, off_chart) = memory_top(&memory);
+    let stall_top = highest(stall.iter().flat_map(|(_, s)| s));
+    Chart {
+        title: title(incidents),
+        x: (axis.x0, axis.x1),
+        memory,
+        memory_top,
+        off_chart,
+        stall,
+        stall_from,
+        stall_top: with_headroom(stall_top),
+        markers: markers(incidents, &axis),
     }
-    let pad = (last * 0.2).max(1.0);
-    let (x0, x1) = (-pad, last + pad);
-    let shown = |t: u64| (x0..=x1).contains(&rel(t));
+}
 
+/// The time axis: seconds since the first incident began, padded around the
+/// incidents and the memory their kills gave back.
+struct Axis {
+    t0: u64,
+    x0: f64,
+    x1: f64,
+}
+
+impl Axis {
+    fn new(incidents: &[Incident]) -> Self {
+        let t0 = incidents
+            .iter()
+            .map(|i| i.start.mono_ns)
+            .min()
+            .unwrap_or_default();
+        let mut last = incidents
+            .iter()
+            .map(|i| seconds_since(t0, i.end.mono_ns))
+            .fold(0.0, f64::max);
+        for r in incidents.iter().flat_map(|i| {
+            i.kills
+                .iter()
+                .filter_map(|k| k.recovery)
+                .chain(i.oom_kills.iter().filter_map(|o| o.recovery))
+        }) {
+            last = last.max(seconds_since(t0, r.lowest_at.mono_ns));
+        }
+        let pad = (last * 0.2).max(1.0);
+        Self {
+            t0,
+            x0: -pad,
+            x1: last + pad,
+        }
+    }
+
+    /// Where the kernel-clock instant `t` falls on the axis.
+    fn at(&self, t: u64) -> f64 {
+        seconds_since(self.t0, t)
+    }
+
+    fn shows(&self, t: u64) -> bool {
+        (self.x0..=self.x1).contains(&self.at(t))
+    }
+}
+
+fn seconds_since(t0: u64, t: u64) -> f64 {
+    (i128::from(t) - i128::from(t0)) as f64 / 1e9
+}
+
+/// Memory of each cgroup the incidents were sampled through, and the stall
+/// its samples' counters show.
+fn sampled_series(
+    sorted: &[&Record],
+    incidents: &[Incident],
+    axis: &Axis,
+) -> (Vec<MemorySeries>, Vec<StallSeries>) {
     let mut sampled: Vec<&str> = incidents
         .iter()
         .filter_map(|i| i.sampled_cgroup.as_deref())
@@ -68,150 +135,185 @@ pub(super) fn chart(sorted: &[&Record], report: &Report) -> Chart {
     sampled.dedup();
     let mut memory = Vec::new();
     let mut stall = Vec::new();
-    for cg in &sampled {
-        let samples: Vec<SampleView> = sorted
-            .iter()
-            .filter_map(|r| sample_of(r, cg))
-            .filter(|s| shown(s.at))
+    for cg in sampled {
+        let samples: Vec<SampleView> = samples_of(sorted, cg)
+            .into_iter()
+            .filter(|s| axis.shows(s.at))
             .collect();
-        let mib = |b: u64| b as f64 / MIB;
-        // The guard read memory.current when it decided to kill: one more
-        // point, where samples are sparse (a short incident falls between
-        // two of them).
-        let mut current: Vec<(f64, f64)> = samples
-            .iter()
-            .map(|s| (rel(s.at), mib(s.current)))
-            .chain(
-                sorted
-                    .iter()
-                    .filter(|r| shown(r.mono_ns))
-                    .filter_map(|r| match &r.event {
-                        Event::Kill {
-                            cgroup,
-                            memory_current,
-                            ..
-                        } if cgroup == cg => Some((rel(r.mono_ns), mib(*memory_current))),
-                        _ => None,
-                    }),
-            )
-            .collect();
-        current.sort_by(|a, b| a.0.total_cmp(&b.0));
-        memory.push(MemorySeries {
-            cgroup: (*cg).to_owned(),
-            current,
-            high: samples
-                .iter()
-                .filter_map(|s| s.high.map(|h| (rel(s.at), mib(h))))
-                .collect(),
-            max: samples
-                .iter()
-                .filter_map(|s| s.max.map(|m| (rel(s.at), mib(m))))
-                .collect(),
-        });
-        // A step per interval between samples: the kernel's counter says how
-        // much stall accrued in it, not when within it.
-        let mut steps = Vec::new();
-        for pair in samples.windows(2) {
-            let (a, b) = (&pair[0], &pair[1]);
-            if b.at <= a.at || b.stall_total_ns < a.stall_total_ns {
-                continue;
-            }
-            let rate =
-                (b.stall_total_ns - a.stall_total_ns) as f64 / 1e6 / ((b.at - a.at) as f64 / 1e9);
-            steps.push((rel(a.at), rate));
-            steps.push((rel(b.at), rate));
-        }
+        memory.push(memory_series(sorted, cg, &samples, axis));
+        let steps = counter_steps(&samples, axis);
         if !steps.is_empty() {
-            stall.push(((*cg).to_owned(), steps));
+            stall.push((cg.to_owned(), steps));
         }
     }
-    // Per-pass events, where recorded, say when the stall happened to the
-    // millisecond; the samples' counters only per interval, and only for
-    // the cgroup the stall was charged to. So events win when there are any.
-    let mut stall_from = "from the kernel's counters in samples";
-    let raw = sorted.iter().any(|r| {
-        shown(r.mono_ns)
+    (memory, stall)
+}
+
+fn memory_series(
+    sorted: &[&Record],
+    cg: &str,
+    samples: &[SampleView],
+    axis: &Axis,
+) -> MemorySeries {
+    let mib = |b: u64| b as f64 / MIB;
+    // The guard read memory.current when it decided to kill: one more
+    // point, where samples are sparse (a short incident falls between
+    // two of them).
+    let mut current: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| (axis.at(s.at), mib(s.current)))
+        .chain(
+            sorted
+                .iter()
+                .filter(|r| axis.shows(r.mono_ns))
+                .filter_map(|r| match &r.event {
+                    Event::Kill {
+                        cgroup,
+                        memory_current,
+                        ..
+                    } if cgroup == cg => Some((axis.at(r.mono_ns), mib(*memory_current))),
+                    _ => None,
+                }),
+        )
+        .collect();
+    current.sort_by(|a, b| a.0.total_cmp(&b.0));
+    MemorySeries {
+        cgroup: cg.to_owned(),
+        current,
+        high: samples
+            .iter()
+            .filter_map(|s| s.high.map(|h| (axis.at(s.at), mib(h))))
+            .collect(),
+        max: samples
+            .iter()
+            .filter_map(|s| s.max.map(|m| (axis.at(s.at), mib(m))))
+            .collect(),
+    }
+}
+
+/// A step per interval between samples: the kernel's counter says how much
+/// stall accrued in it, not when within it.
+fn counter_steps(samples: &[SampleView], axis: &Axis) -> Vec<(f64, f64)> {
+    let mut steps = Vec::new();
+    for pair in samples.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if b.at <= a.at || b.stall_total_ns < a.stall_total_ns {
+            continue;
+        }
+        let rate =
+            (b.stall_total_ns - a.stall_total_ns) as f64 / 1e6 / ((b.at - a.at) as f64 / 1e9);
+        steps.push((axis.at(a.at), rate));
+        steps.push((axis.at(b.at), rate));
+    }
+    steps
+}
+
+fn any_stall_event(sorted: &[&Record], incidents: &[Incident], axis: &Axis) -> bool {
+    sorted.iter().any(|r| {
+        axis.shows(r.mono_ns)
             && incidents
                 .iter()
                 .any(|i| stall_evidence(r, &i.cgroup).is_some())
-    });
-    if stall.is_empty() || raw {
-        stall.clear();
-        stall_from = "from reclaim and penalty-sleep events";
-        let deaths: Vec<(u32, u64)> = sorted
-            .iter()
-            .filter_map(|r| match &r.event {
-                Event::Kill {
-                    pid,
-                    dry_run: false,
-                    ..
-                }
-                | Event::OomKill { pid, .. } => Some((*pid, r.mono_ns)),
-                _ => None,
-            })
-            .collect();
-        let width = ((x1 - x0) / 60.0).max(0.1);
-        for i in incidents {
-            let mut bins = vec![0.0f64; ((x1 - x0) / width).ceil() as usize + 1];
-            for r in sorted.iter().filter(|r| shown(r.mono_ns)) {
-                // A penalty sleep begins at its record; a reclaim pass is
-                // recorded when it ends. Spread each over the bins it spans,
-                // so a 200 ms sleep does not read as 2 s per second.
-                let span = match &r.event {
-                    // A penalty sleep is killable: it ends when its task dies.
-                    Event::Throttle { pid, .. } => stall_evidence(r, &i.cgroup).map(|ns| {
-                        let end = r.mono_ns.saturating_add(ns);
-                        let died = deaths
-                            .iter()
-                            .filter(|(p, t)| p == pid && *t >= r.mono_ns)
-                            .map(|&(_, t)| t)
-                            .min();
-                        (r.mono_ns, died.map_or(end, |t| t.min(end)))
-                    }),
-                    _ => stall_evidence(r, &i.cgroup)
-                        .map(|ns| (r.mono_ns.saturating_sub(ns), r.mono_ns)),
-                };
-                if let Some((from, to)) = span {
-                    spread(&mut bins, (rel(from) - x0) / width, (rel(to) - x0) / width);
-                }
-            }
-            if bins.iter().any(|&b| b > 0.0) {
-                let steps = bins
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(k, &rate)| {
-                        let from = x0 + k as f64 * width;
-                        [(from, rate), (from + width, rate)]
-                    })
-                    .collect();
-                stall.push((i.cgroup.clone(), steps));
+    })
+}
+
+/// Each incident's stall from its reclaim passes and penalty sleeps, in
+/// bins of a sixtieth of the axis.
+fn event_stall(sorted: &[&Record], incidents: &[Incident], axis: &Axis) -> Vec<StallSeries> {
+    let deaths = deaths(sorted);
+    let (x0, x1) = (axis.x0, axis.x1);
+    let width = ((x1 - x0) / 60.0).max(0.1);
+    let mut stall = Vec::new();
+    for i in incidents {
+        let mut bins = vec![0.0f64; ((x1 - x0) / width).ceil() as usize + 1];
+        for r in sorted.iter().filter(|r| axis.shows(r.mono_ns)) {
+            if let Some((from, to)) = stalled_span(r, &i.cgroup, &deaths) {
+                spread(
+                    &mut bins,
+                    (axis.at(from) - x0) / width,
+                    (axis.at(to) - x0) / width,
+                );
             }
         }
+        if bins.iter().any(|&b| b > 0.0) {
+            let steps = bins
+                .iter()
+                .enumerate()
+                .flat_map(|(k, &rate)| {
+                    let from = x0 + k as f64 * width;
+                    [(from, rate), (from + width, rate)]
+                })
+                .collect();
+            stall.push((i.cgroup.clone(), steps));
+        }
     }
+    stall
+}
 
-    let data_top = memory
+/// Who was killed and when (pid, kernel-clock ns): dry-run kills kill nobody.
+fn deaths(sorted: &[&Record]) -> Vec<(u32, u64)> {
+    sorted
         .iter()
-        .flat_map(|s| s.current.iter().chain(&s.high))
-        .map(|&(_, y)| y)
-        .fold(0.0, f64::max);
+        .filter_map(|r| match &r.event {
+            Event::Kill {
+                pid,
+                dry_run: false,
+                ..
+            }
+            | Event::OomKill { pid, .. } => Some((*pid, r.mono_ns)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// When a task of `cgroup` or below stalled, if `r` says it did.
+///
+/// A penalty sleep begins at its record; a reclaim pass is recorded when it
+/// ends. The caller spreads the span over the bins it covers, so a 200 ms
+/// sleep does not read as 2 s per second.
+fn stalled_span(r: &Record, cgroup: &str, deaths: &[(u32, u64)]) -> Option<(u64, u64)> {
+    match &r.event {
+        // A penalty sleep is killable: it ends when its task dies.
+        Event::Throttle { pid, .. } => stall_evidence(r, cgroup).map(|ns| {
+            let end = r.mono_ns.saturating_add(ns);
+            let died = deaths
+                .iter()
+                .filter(|(p, t)| p == pid && *t >= r.mono_ns)
+                .map(|&(_, t)| t)
+                .min();
+            (r.mono_ns, died.map_or(end, |t| t.min(end)))
+        }),
+        _ => stall_evidence(r, cgroup).map(|ns| (r.mono_ns.saturating_sub(ns), r.mono_ns)),
+    }
+}
+
+/// The memory panel's top, and a note for each memory.max left off it.
+fn memory_top(memory: &[MemorySeries]) -> (f64, Vec<String>) {
+    let data_top = highest(memory.iter().flat_map(|s| s.current.iter().chain(&s.high)));
     let mut memory_top = data_top;
     let mut off_chart = Vec::new();
-    for s in &memory {
-        let max = s.max.iter().map(|&(_, y)| y).fold(0.0, f64::max);
+    for s in memory {
+        let max = highest(&s.max);
         if max > 3.0 * data_top.max(1.0) {
             off_chart.push(format!("memory.max {max:.0} MiB is above the chart"));
         } else {
             memory_top = memory_top.max(max);
         }
     }
-    // Headroom for the legend and the marker labels above the data.
-    let memory_top = (memory_top * 1.4).max(1.0);
-    let stall_top = stall
-        .iter()
-        .flat_map(|(_, s)| s.iter().map(|&(_, y)| y))
-        .fold(0.0, f64::max);
-    let stall_top = (stall_top * 1.4).max(1.0);
+    (with_headroom(memory_top), off_chart)
+}
 
+/// The largest y of `points`, 0 for none.
+fn highest<'p>(points: impl IntoIterator<Item = &'p (f64, f64)>) -> f64 {
+    points.into_iter().map(|&(_, y)| y).fold(0.0, f64::max)
+}
+
+/// Headroom for the legend and the marker labels above the data.
+fn with_headroom(top: f64) -> f64 {
+    (top * 1.4).max(1.0)
+}
+
+fn markers(incidents: &[Incident], axis: &Axis) -> Vec<Marker> {
     let mut markers = Vec::new();
     for i in incidents {
         for k in &i.kills {
@@ -221,20 +323,24 @@ pub(super) fn chart(sorted: &[&Record], report: &Report) -> Chart {
                 ("SIGKILL", KILL_COLOUR)
             };
             markers.push(Marker {
-                at: rel(k.at.mono_ns),
+                at: axis.at(k.at.mono_ns),
                 label: format!("{verb} {}[{}]", k.comm, k.pid),
                 colour,
             });
         }
         for o in &i.oom_kills {
             markers.push(Marker {
-                at: rel(o.at.mono_ns),
+                at: axis.at(o.at.mono_ns),
                 label: format!("kernel OOM kill {}[{}]", o.comm, o.pid),
                 colour: OOM_COLOUR,
             });
         }
     }
+    markers
+}
 
+/// The incidents' cgroups, in order of first appearance, and when the first began.
+fn title(incidents: &[Incident]) -> String {
     let mut cgroups: Vec<&str> = Vec::new();
     for name in incidents.iter().map(|i| cgroup_name(&i.cgroup)) {
         if !cgroups.contains(&name) {
@@ -243,33 +349,17 @@ pub(super) fn chart(sorted: &[&Record], report: &Report) -> Chart {
     }
     let when = incidents
         .first()
-        .map(|i| {
-            format!(
-                "{} {} UTC",
-                date(i.start.unix_ms),
-                clock_time(i.start.unix_ms)
-            )
-        })
+        .map(|i| format!("{} UTC", date_time(i.start.unix_ms)))
         .unwrap_or_default();
-    Chart {
-        title: format!(
-            "guard {}: {}, {when}",
-            if incidents.len() == 1 {
-                "incident"
-            } else {
-                "incidents"
-            },
-            cgroups.join(", ")
-        ),
-        x: (x0, x1),
-        memory,
-        memory_top,
-        off_chart,
-        stall,
-        stall_from,
-        stall_top,
-        markers,
-    }
+    format!(
+        "guard {}: {}, {when}",
+        if incidents.len() == 1 {
+            "incident"
+        } else {
+            "incidents"
+        },
+        cgroups.join(", ")
+    )
 }
 
 /// Adds one stalled interval, given in bin units `[from, to)`, to the bins

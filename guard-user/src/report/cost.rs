@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::SEC;
-use super::evidence::{SampleView, within};
+use super::evidence::{SampleView, samples_of, within};
 use super::incidents::EVIDENCE_GAP_NS;
 use super::model::{Clock, Recovery, StallSource, StalledTask};
 use crate::events::{Event, Record};
@@ -141,7 +141,40 @@ pub(super) fn stall_total(
     }
 }
 
-pub(super) fn recovery(
+/// Where the memory back after one incident's kills is measured.
+pub(super) struct Recoveries<'a> {
+    pub(super) sorted: &'a [&'a Record],
+    /// The incident's sampled cgroup, and its samples.
+    pub(super) sampled: Option<&'a str>,
+    pub(super) samples: &'a [SampleView<'a>],
+    pub(super) clock: &'a Clock<'a>,
+}
+
+impl Recoveries<'_> {
+    /// From the samples of the cgroup the kill relieved; the kill record's
+    /// memory.current (what the guard read when it decided) stands in for a
+    /// missing sample before.
+    pub(super) fn after_kill(
+        &self,
+        cgroup: &str,
+        killed_at: u64,
+        memory_current: u64,
+    ) -> Option<Recovery> {
+        if self.sampled == Some(cgroup) {
+            recovery(self.samples, killed_at, Some(memory_current), self.clock)
+        } else {
+            let own = samples_of(self.sorted, cgroup);
+            recovery(&own, killed_at, Some(memory_current), self.clock)
+        }
+    }
+
+    /// From the samples of the incident's cgroup or its sampled ancestor.
+    pub(super) fn after_oom_kill(&self, killed_at: u64) -> Option<Recovery> {
+        recovery(self.samples, killed_at, None, self.clock)
+    }
+}
+
+fn recovery(
     samples: &[SampleView],
     killed_at: u64,
     fallback_before: Option<u64>,

@@ -36,7 +36,12 @@ pub(super) fn stall_evidence(r: &Record, cgroup: &str) -> Option<u64> {
     }
 }
 
-pub(super) fn sample_of<'r>(r: &'r Record, cgroup: &str) -> Option<SampleView<'r>> {
+/// The samples of exactly `cgroup`, in the order of `sorted`.
+pub(super) fn samples_of<'r>(sorted: &[&'r Record], cgroup: &str) -> Vec<SampleView<'r>> {
+    sorted.iter().filter_map(|r| sample_of(r, cgroup)).collect()
+}
+
+fn sample_of<'r>(r: &'r Record, cgroup: &str) -> Option<SampleView<'r>> {
     match &r.event {
         Event::Sample {
             cgroup: c,

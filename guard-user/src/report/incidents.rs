@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use super::SEC;
 use super::clusters::Cluster;
-use super::cost::{recovery, stall_total, stalled_tasks};
-use super::evidence::{SampleView, sample_of, sampled_cgroup, stall_evidence, within};
+use super::cost::{Recoveries, stall_total, stalled_tasks};
+use super::evidence::{SampleView, sampled_cgroup, samples_of, stall_evidence, within};
 use super::model::{Clock, Ending, Incident, KillFact, Line, OomFact, Recovery, stamp};
 use super::text::{mib, ms, secs};
 use crate::events::{Event, Record};
@@ -19,6 +19,11 @@ pub(super) const EVIDENCE_GAP_NS: u64 = 5 * SEC;
 /// which is meant to be read, not scrolled.
 const VERDICT_LINES: usize = 5;
 
+/// Timeline lines at kernel-clock instants, before they are given wall time.
+type Lines = Vec<(u64, String)>;
+
+/// The incident of `clusters[idx]`: when it began and ended, what it cost,
+/// and its story.
 pub(super) fn incident(
     sorted: &[&Record],
     clusters: &[Cluster],
@@ -49,7 +54,7 @@ pub(super) fn incident(
     let sampled = sampled_cgroup(sorted, cg);
     let samples: Vec<SampleView> = sampled
         .as_deref()
-        .map(|s| sorted.iter().filter_map(|r| sample_of(r, s)).collect())
+        .map(|s| samples_of(sorted, s))
         .unwrap_or_default();
     let during: Vec<&Record> = sorted
         .iter()
@@ -59,13 +64,66 @@ pub(super) fn incident(
     let tasks = stalled_tasks(&during, cg, &verdicts, &samples, (start, end));
     let (stall_ns, stall_from) = stall_total(&samples, start, end, &verdicts, &tasks);
 
-    let mut lines: Vec<(u64, String)> = Vec::new();
+    let mut lines = Lines::new();
+    began_lines(&mut lines, cg, start, began, &during);
+    above_high_line(&mut lines, &samples, (start, end));
+    verdict_lines(&mut lines, &verdicts);
+    let lost = lost_records(&mut lines, &during);
+    let recoveries = Recoveries {
+        sorted,
+        sampled: sampled.as_deref(),
+        samples: &samples,
+        clock,
+    };
+    let (kills, oom_kills) = kills(&mut lines, &anchors, &recoveries);
+    if ended_by == Ending::NotRelieved {
+        lines.push(not_relieved_line(c, end));
+    }
+
+    Incident {
+        cgroup: c.cgroup.clone(),
+        start: clock.at(start),
+        end: clock.at(end),
+        ended_by,
+        verdicts: verdicts.len(),
+        stall_ns,
+        stall_from,
+        tasks,
+        kills,
+        oom_kills,
+        lost,
+        sampled_cgroup: sampled,
+        timeline: timeline(lines, clock),
+    }
+}
+
+/// The lines in time order, each at its wall time.
+fn timeline(mut lines: Lines, clock: &Clock) -> Vec<Line> {
+    lines.sort_by_key(|(t, _)| *t);
+    lines
+        .into_iter()
+        .map(|(t, text)| Line {
+            at: clock.at(t),
+            text,
+        })
+        .collect()
+}
+
+/// The stall's first sign, and the first penalty sleep in `cgroup` unless
+/// that was the sign.
+fn began_lines(
+    lines: &mut Lines,
+    cgroup: &str,
+    start: u64,
+    began: Option<BeganLine>,
+    during: &[&Record],
+) {
     let began_with = began.as_ref().and_then(|b| b.evidence);
     if let Some(began) = began {
         lines.push((start, began.text));
     }
     let first_throttle = during.iter().find(|r| {
-        matches!(&r.event, Event::Throttle { cgroup, .. } if within(cgroup, cg))
+        matches!(&r.event, Event::Throttle { cgroup: c, .. } if within(c, cgroup))
             && !began_with.is_some_and(|e| std::ptr::eq(e, **r))
     });
     if let Some(r) = first_throttle
@@ -84,6 +142,11 @@ pub(super) fn incident(
             ),
         ));
     }
+}
+
+/// The first sample, from shortly before the stall to its end, that found
+/// memory.current above memory.high.
+fn above_high_line(lines: &mut Lines, samples: &[SampleView], (start, end): (u64, u64)) {
     let above_high = samples
         .iter()
         .filter(|s| s.at.saturating_add(EVIDENCE_GAP_NS) >= start && s.at <= end)
@@ -98,6 +161,10 @@ pub(super) fn incident(
             ),
         ));
     }
+}
+
+/// The first verdicts and the last, with how many were left out between.
+fn verdict_lines(lines: &mut Lines, verdicts: &[&Record]) {
     for (k, v) in verdicts.iter().enumerate() {
         let shown =
             verdicts.len() <= VERDICT_LINES || k < VERDICT_LINES - 2 || k + 1 == verdicts.len();
@@ -113,18 +180,45 @@ pub(super) fn incident(
             ));
         }
     }
+}
+
+/// Lost-record counts by what was lost, each loss also a line.
+fn lost_records(lines: &mut Lines, during: &[&Record]) -> BTreeMap<String, u64> {
     let mut lost: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &during {
+    for r in during {
         if let Event::Lost { what, count } = &r.event {
             let n = lost.entry(what.clone()).or_default();
             *n = n.saturating_add(*count);
             lines.push((r.mono_ns, r.event.describe()));
         }
     }
+    lost
+}
 
+/// Where an incident nothing relieved ends: its last verdict, or the stall
+/// evidence after it.
+fn not_relieved_line(c: &Cluster, end: u64) -> (u64, String) {
+    let what = if end > c.last_ns {
+        "last stall evidence"
+    } else {
+        "last verdict"
+    };
+    (
+        end,
+        format!("{what}; no kill relieved the stall within these records"),
+    )
+}
+
+/// The guard's kills (dry run or not) and the kernel's OOM kills among the
+/// anchors, each told with the memory it gave back.
+fn kills(
+    lines: &mut Lines,
+    anchors: &[&Record],
+    recoveries: &Recoveries,
+) -> (Vec<KillFact>, Vec<OomFact>) {
     let mut kills = Vec::new();
     let mut oom_kills = Vec::new();
-    for r in &anchors {
+    for r in anchors {
         match &r.event {
             Event::Kill {
                 cgroup,
@@ -141,16 +235,10 @@ pub(super) fn incident(
                 lines.push((r.mono_ns, r.event.describe()));
                 let recovery = if *dry_run {
                     None
-                } else if sampled.as_deref() == Some(cgroup.as_str()) {
-                    // The kill record's memory.current (what the guard read
-                    // when it decided) stands in for a missing sample before.
-                    recovery(&samples, r.mono_ns, Some(*memory_current), clock)
                 } else {
-                    let own: Vec<SampleView> =
-                        sorted.iter().filter_map(|r| sample_of(r, cgroup)).collect();
-                    recovery(&own, r.mono_ns, Some(*memory_current), clock)
+                    recoveries.after_kill(cgroup, r.mono_ns, *memory_current)
                 };
-                recovery_line(&mut lines, r.mono_ns, *dry_run, recovery.as_ref());
+                recovery_line(lines, r.mono_ns, *dry_run, recovery.as_ref());
                 kills.push(KillFact {
                     at: stamp(r),
                     pid: *pid,
@@ -181,8 +269,8 @@ pub(super) fn incident(
                         r.event.describe()
                     ),
                 ));
-                let recovery = recovery(&samples, r.mono_ns, None, clock);
-                recovery_line(&mut lines, r.mono_ns, false, recovery.as_ref());
+                let recovery = recoveries.after_oom_kill(r.mono_ns);
+                recovery_line(lines, r.mono_ns, false, recovery.as_ref());
                 oom_kills.push(OomFact {
                     at: stamp(r),
                     pid: *pid,
@@ -196,40 +284,7 @@ pub(super) fn incident(
             _ => {}
         }
     }
-    if ended_by == Ending::NotRelieved {
-        let what = if end > c.last_ns {
-            "last stall evidence"
-        } else {
-            "last verdict"
-        };
-        lines.push((
-            end,
-            format!("{what}; no kill relieved the stall within these records"),
-        ));
-    }
-    lines.sort_by_key(|(t, _)| *t);
-
-    Incident {
-        cgroup: c.cgroup.clone(),
-        start: clock.at(start),
-        end: clock.at(end),
-        ended_by,
-        verdicts: verdicts.len(),
-        stall_ns,
-        stall_from,
-        tasks,
-        kills,
-        oom_kills,
-        lost,
-        sampled_cgroup: sampled,
-        timeline: lines
-            .into_iter()
-            .map(|(t, text)| Line {
-                at: clock.at(t),
-                text,
-            })
-            .collect(),
-    }
+    (kills, oom_kills)
 }
 
 /// When the stall began: the earliest of the verdicts' episode start and
@@ -275,37 +330,39 @@ fn start_of<'r>(
                     .to_owned(),
             }),
         ),
-        (_, Some(r)) => {
-            let text = match &r.event {
-                Event::Throttle {
-                    pid,
-                    comm,
-                    penalty_ns,
-                    ..
-                } => format!(
-                    "stall began: {comm}[{pid}] put to a memory.high penalty sleep of {}",
-                    ms(*penalty_ns)
-                ),
-                Event::Reclaim {
-                    pid,
-                    comm,
-                    duration_ns,
-                    ..
-                } => format!(
-                    "stall began: a reclaim pass by {comm}[{pid}] freed nothing ({})",
-                    ms(*duration_ns)
-                ),
-                _ => String::new(),
-            };
-            (
-                start,
-                Some(BeganLine {
-                    evidence: Some(r),
-                    text,
-                }),
-            )
-        }
+        (_, Some(r)) => (
+            start,
+            Some(BeganLine {
+                evidence: Some(r),
+                text: began_with(r),
+            }),
+        ),
         _ => (start, None),
+    }
+}
+
+/// The timeline's line for a stall whose first sign was `r`.
+fn began_with(r: &Record) -> String {
+    match &r.event {
+        Event::Throttle {
+            pid,
+            comm,
+            penalty_ns,
+            ..
+        } => format!(
+            "stall began: {comm}[{pid}] put to a memory.high penalty sleep of {}",
+            ms(*penalty_ns)
+        ),
+        Event::Reclaim {
+            pid,
+            comm,
+            duration_ns,
+            ..
+        } => format!(
+            "stall began: a reclaim pass by {comm}[{pid}] freed nothing ({})",
+            ms(*duration_ns)
+        ),
+        _ => String::new(),
     }
 }
 
@@ -362,7 +419,7 @@ fn end_of(
     (end, Ending::NotRelieved)
 }
 
-fn recovery_line(lines: &mut Vec<(u64, String)>, at: u64, dry_run: bool, r: Option<&Recovery>) {
+fn recovery_line(lines: &mut Lines, at: u64, dry_run: bool, r: Option<&Recovery>) {
     match r {
         _ if dry_run => {}
         Some(r) => lines.push((

@@ -97,8 +97,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, ReportError> {
 
 /// Finds the incidents in `records` (in any order) and what they cost.
 pub fn analyze(records: &[Record]) -> Report {
-    let mut sorted: Vec<&Record> = records.iter().collect();
-    sorted.sort_by_key(|r| r.mono_ns);
+    let sorted = by_clock(records);
     let clock = Clock(&sorted);
     let clusters = clusters::clusters(&sorted);
     let incidents = (0..clusters.len())
@@ -109,6 +108,13 @@ pub fn analyze(records: &[Record]) -> Report {
         coverage: coverage(&sorted),
         skipped: Vec::new(),
     }
+}
+
+/// The records in the kernel clock's order.
+fn by_clock(records: &[Record]) -> Vec<&Record> {
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by_key(|r| r.mono_ns);
+    sorted
 }
 
 fn coverage(sorted: &[&Record]) -> Coverage {
@@ -135,8 +141,7 @@ pub fn svg(records: &[Record], report: &Report, out: &Path) -> Result<(), Report
     if report.incidents.is_empty() {
         return Err(ReportError::NoIncident);
     }
-    let mut sorted: Vec<&Record> = records.iter().collect();
-    sorted.sort_by_key(|r| r.mono_ns);
+    let sorted = by_clock(records);
     let chart = chart::chart(&sorted, report);
     let file = out.display().to_string();
     let mut text = String::new();

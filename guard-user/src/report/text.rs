@@ -1,9 +1,12 @@
 //! The report as text: one story per incident, then the totals.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use super::MIB;
-use super::model::{Ending, Incident, Recovery, Report, StallSource, StalledTask, Stamp};
+use super::model::{
+    Coverage, Ending, Incident, KillFact, Recovery, Report, StallSource, StalledTask, Stamp,
+};
 
 pub(super) fn ms(ns: u64) -> String {
     format!("{:.1} ms", ns as f64 / 1e6)
@@ -24,7 +27,7 @@ fn relative(at: Stamp, start: Stamp) -> String {
 }
 
 /// `HH:MM:SS.mmm`, UTC, as `guard trace --lines` prints it.
-pub(super) fn clock_time(unix_ms: u64) -> String {
+fn clock_time(unix_ms: u64) -> String {
     let ms_of_day = unix_ms % 86_400_000;
     format!(
         "{:02}:{:02}:{:02}.{:03}",
@@ -35,8 +38,13 @@ pub(super) fn clock_time(unix_ms: u64) -> String {
     )
 }
 
+/// `YYYY-MM-DD HH:MM:SS.mmm`, UTC.
+pub(super) fn date_time(unix_ms: u64) -> String {
+    format!("{} {}", date(unix_ms), clock_time(unix_ms))
+}
+
 /// `YYYY-MM-DD`, UTC.
-pub(super) fn date(unix_ms: u64) -> String {
+fn date(unix_ms: u64) -> String {
     let mut days = unix_ms / 86_400_000;
     let mut year = 1970u64;
     let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
@@ -116,6 +124,17 @@ impl StalledTask {
 
 impl fmt::Display for Incident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_timeline(f)?;
+        self.write_stall(f)?;
+        self.write_kills(f)?;
+        self.write_lost(f)
+    }
+}
+
+impl Incident {
+    /// The headline, then the timeline, each line at its time of day and
+    /// its offset from the start.
+    fn write_timeline(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ending = match self.ended_by {
             Ending::Kill => "ended by the guard's kill",
             Ending::OomKill => "ended by the kernel's OOM killer",
@@ -123,10 +142,9 @@ impl fmt::Display for Incident {
         };
         writeln!(
             f,
-            "{}, {} {} UTC, lasted {}, {ending}",
+            "{}, {} UTC, lasted {}, {ending}",
             cgroup_name(&self.cgroup),
-            date(self.start.unix_ms),
-            clock_time(self.start.unix_ms),
+            date_time(self.start.unix_ms),
             secs(self.duration_ns()),
         )?;
         for line in &self.timeline {
@@ -138,6 +156,11 @@ impl fmt::Display for Incident {
                 line.text
             )?;
         }
+        Ok(())
+    }
+
+    /// How long the stall lasted, by what measure, and who stalled.
+    fn write_stall(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = match self.stall_from {
             StallSource::Samples => "the kernel's counters in samples",
             StallSource::Verdicts => "the largest verdict: at least this much",
@@ -160,32 +183,15 @@ impl fmt::Display for Incident {
         for t in tasks {
             writeln!(f, "                {}", t.describe())?;
         }
+        Ok(())
+    }
+
+    fn write_kills(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.kills.is_empty() {
             writeln!(f, "  killed:       nothing by the guard")?;
         }
         for k in &self.kills {
-            writeln!(
-                f,
-                "  {}{}[{}], {} footprint, mode {}{}, {} after the verdict",
-                if k.dry_run {
-                    "would kill:   "
-                } else {
-                    "killed:       "
-                },
-                k.comm,
-                k.pid,
-                mib(k.footprint_bytes),
-                k.mode,
-                if k.also_killed > 0 {
-                    format!(" (+{} more)", k.also_killed)
-                } else {
-                    String::new()
-                },
-                ms(k.latency_us.saturating_mul(1000)),
-            )?;
-            if !k.dry_run {
-                write_recovery(f, k.recovery.as_ref())?;
-            }
+            write_kill(f, k)?;
         }
         for o in &self.oom_kills {
             writeln!(
@@ -199,21 +205,46 @@ impl fmt::Display for Incident {
             )?;
             write_recovery(f, o.recovery.as_ref())?;
         }
+        Ok(())
+    }
+
+    fn write_lost(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.lost.is_empty() {
             writeln!(f, "  lost:         none")
         } else {
-            let lost: Vec<String> = self
-                .lost
-                .iter()
-                .map(|(what, n)| format!("{n} {what}"))
-                .collect();
             writeln!(
                 f,
                 "  lost:         {} records during the incident: the story above has gaps",
-                lost.join(", ")
+                counts(&self.lost)
             )
         }
     }
+}
+
+fn write_kill(f: &mut fmt::Formatter<'_>, k: &KillFact) -> fmt::Result {
+    writeln!(
+        f,
+        "  {}{}[{}], {} footprint, mode {}{}, {} after the verdict",
+        if k.dry_run {
+            "would kill:   "
+        } else {
+            "killed:       "
+        },
+        k.comm,
+        k.pid,
+        mib(k.footprint_bytes),
+        k.mode,
+        if k.also_killed > 0 {
+            format!(" (+{} more)", k.also_killed)
+        } else {
+            String::new()
+        },
+        ms(k.latency_us.saturating_mul(1000)),
+    )?;
+    if k.dry_run {
+        return Ok(());
+    }
+    write_recovery(f, k.recovery.as_ref())
 }
 
 fn write_recovery(f: &mut fmt::Formatter<'_>, r: Option<&Recovery>) -> fmt::Result {
@@ -238,11 +269,9 @@ impl fmt::Display for Report {
         let c = &self.coverage;
         let span = match (c.first, c.last) {
             (Some(a), Some(b)) => format!(
-                "{} {} to {} {} UTC ({})",
-                date(a.unix_ms),
-                clock_time(a.unix_ms),
-                date(b.unix_ms),
-                clock_time(b.unix_ms),
+                "{} to {} UTC ({})",
+                date_time(a.unix_ms),
+                date_time(b.unix_ms),
                 secs(b.mono_ns.saturating_sub(a.mono_ns))
             ),
             _ => "nothing".to_owned(),
@@ -256,94 +285,9 @@ impl fmt::Display for Report {
             writeln!(f)?;
         }
         if n == 0 {
-            let kinds: Vec<String> = c
-                .by_kind
-                .iter()
-                .map(|(kind, count)| format!("{count} {kind}"))
-                .collect();
-            writeln!(
-                f,
-                "No incident: these records hold no verdict, no kill and no kernel OOM kill."
-            )?;
-            writeln!(
-                f,
-                "They cover {span}: {} ({}).",
-                plural(c.records as u64, "record", "records"),
-                kinds.join(", ")
-            )?;
+            write_no_incident(f, c, &span)?;
         } else {
-            let all_kills = self.incidents.iter().flat_map(|i| &i.kills);
-            let killed = all_kills.clone().filter(|k| !k.dry_run).count() as u64;
-            let dry = all_kills.clone().filter(|k| k.dry_run).count() as u64;
-            let ooms: u64 = self
-                .incidents
-                .iter()
-                .map(|i| i.oom_kills.len() as u64)
-                .sum();
-            let stall = self
-                .incidents
-                .iter()
-                .map(|i| i.stall_ns)
-                .fold(0, u64::saturating_add);
-            let recoveries: Vec<Option<Recovery>> = all_kills
-                .filter(|k| !k.dry_run)
-                .map(|k| k.recovery)
-                .chain(
-                    self.incidents
-                        .iter()
-                        .flat_map(|i| &i.oom_kills)
-                        .map(|o| o.recovery),
-                )
-                .collect();
-            let known: Vec<&Recovery> = recoveries.iter().flatten().collect();
-            let back_bytes = known
-                .iter()
-                .map(|r| r.freed_bytes())
-                .fold(0, u64::saturating_add);
-            let back = if known.is_empty() {
-                "memory back unknown".to_owned()
-            } else if known.len() < recoveries.len() {
-                format!(
-                    "{} came back after {} of {} kills (no samples around the others)",
-                    mib(back_bytes),
-                    known.len(),
-                    recoveries.len()
-                )
-            } else {
-                format!("{} came back", mib(back_bytes))
-            };
-            let lost = self
-                .incidents
-                .iter()
-                .flat_map(|i| i.lost.values().copied())
-                .fold(0, u64::saturating_add);
-            let mut cgroups: Vec<&str> = self.incidents.iter().map(|i| i.cgroup.as_str()).collect();
-            cgroups.sort_unstable();
-            cgroups.dedup();
-            writeln!(
-                f,
-                "Totals: {} in {}, {} stalled",
-                plural(n as u64, "incident", "incidents"),
-                plural(cgroups.len() as u64, "cgroup", "cgroups"),
-                secs(stall),
-            )?;
-            writeln!(
-                f,
-                "        {} by the guard{}, {}, {back}, {} lost during incidents",
-                plural(killed, "process killed", "processes killed"),
-                if dry > 0 {
-                    format!(" ({dry} more in dry run)")
-                } else {
-                    String::new()
-                },
-                plural(ooms, "kernel OOM kill", "kernel OOM kills"),
-                plural(lost, "record", "records"),
-            )?;
-            writeln!(
-                f,
-                "Records: {span}, {}.",
-                plural(c.records as u64, "record", "records")
-            )?;
+            self.write_totals(f, &span)?;
         }
         if let Some((at, why)) = self.skipped.first() {
             writeln!(
@@ -353,6 +297,116 @@ impl fmt::Display for Report {
             )?;
         }
         Ok(())
+    }
+}
+
+/// What the records cover, when there is no incident to tell.
+fn write_no_incident(f: &mut fmt::Formatter<'_>, c: &Coverage, span: &str) -> fmt::Result {
+    writeln!(
+        f,
+        "No incident: these records hold no verdict, no kill and no kernel OOM kill."
+    )?;
+    writeln!(
+        f,
+        "They cover {span}: {} ({}).",
+        plural(c.records as u64, "record", "records"),
+        counts(&c.by_kind)
+    )
+}
+
+/// "3 trace, 1 verdict": each count before what it counts.
+fn counts<K: fmt::Display, N: fmt::Display>(by_what: &BTreeMap<K, N>) -> String {
+    let counts: Vec<String> = by_what
+        .iter()
+        .map(|(what, n)| format!("{n} {what}"))
+        .collect();
+    counts.join(", ")
+}
+
+impl Report {
+    /// The incidents summed up, then what the records span.
+    fn write_totals(&self, f: &mut fmt::Formatter<'_>, span: &str) -> fmt::Result {
+        let all_kills = self.incidents.iter().flat_map(|i| &i.kills);
+        let killed = all_kills.clone().filter(|k| !k.dry_run).count() as u64;
+        let dry = all_kills.filter(|k| k.dry_run).count() as u64;
+        let ooms: u64 = self
+            .incidents
+            .iter()
+            .map(|i| i.oom_kills.len() as u64)
+            .sum();
+        let stall = self
+            .incidents
+            .iter()
+            .map(|i| i.stall_ns)
+            .fold(0, u64::saturating_add);
+        let lost = self
+            .incidents
+            .iter()
+            .flat_map(|i| i.lost.values().copied())
+            .fold(0, u64::saturating_add);
+        let mut cgroups: Vec<&str> = self.incidents.iter().map(|i| i.cgroup.as_str()).collect();
+        cgroups.sort_unstable();
+        cgroups.dedup();
+        writeln!(
+            f,
+            "Totals: {} in {}, {} stalled",
+            plural(self.incidents.len() as u64, "incident", "incidents"),
+            plural(cgroups.len() as u64, "cgroup", "cgroups"),
+            secs(stall),
+        )?;
+        writeln!(
+            f,
+            "        {} by the guard{}, {}, {}, {} lost during incidents",
+            plural(killed, "process killed", "processes killed"),
+            if dry > 0 {
+                format!(" ({dry} more in dry run)")
+            } else {
+                String::new()
+            },
+            plural(ooms, "kernel OOM kill", "kernel OOM kills"),
+            self.memory_back(),
+            plural(lost, "record", "records"),
+        )?;
+        writeln!(
+            f,
+            "Records: {span}, {}.",
+            plural(self.coverage.records as u64, "record", "records")
+        )
+    }
+
+    /// How much memory the kills (not the dry-run ones) gave back, as far as
+    /// samples tell.
+    fn memory_back(&self) -> String {
+        let recoveries: Vec<Option<Recovery>> = self
+            .incidents
+            .iter()
+            .flat_map(|i| &i.kills)
+            .filter(|k| !k.dry_run)
+            .map(|k| k.recovery)
+            .chain(
+                self.incidents
+                    .iter()
+                    .flat_map(|i| &i.oom_kills)
+                    .map(|o| o.recovery),
+            )
+            .collect();
+        let known: Vec<&Recovery> = recoveries.iter().flatten().collect();
+        let back_bytes = known
+            .iter()
+            .map(|r| r.freed_bytes())
+            .fold(0, u64::saturating_add);
+        if known.is_empty() {
+            "memory back unknown".to_owned()
+        } else if known.len() < recoveries.len() {
+            format!(
+                "{} came back after {} of {} kills (no samples around the others)",
+                mib(back_bytes),
+                known.len(),
+                recoveries.len()
+            )
+        } else {
+            format!("{} came back", mib(back_bytes))
+        }
     }
 }
 
