@@ -5,7 +5,7 @@
 //! into a ratatui [`Frame`], but never touches a terminal, a clock or a
 //! socket, so every behaviour a person sees can be tested by rendering
 //! into a `TestBackend` ([`render_to_string`]). The terminal itself is
-//! `trace_tui`'s job.
+//! `tui`'s job.
 //!
 //! Layout, top to bottom: a two-line header (who is talking, counters), a
 //! table with one row per sampled cgroup, a pane of recent events (newest
