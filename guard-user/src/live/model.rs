@@ -136,6 +136,19 @@ impl CgroupRow {
     fn has_incidents(&self) -> bool {
         self.verdicts + self.kills + self.oom_kills + self.unresolved + self.kill_limits > 0
     }
+
+    /// Takes a new sample in, the previous one kept for the rates.
+    fn sampled(&mut self, cgroup_id: u64, point: SamplePoint) {
+        // Totals of a recreated cgroup with the same path start over:
+        // differences against the old one mean nothing.
+        if self.cgroup_id != cgroup_id {
+            self.prev = None;
+            self.last = None;
+            self.cgroup_id = cgroup_id;
+        }
+        self.gone = false;
+        self.prev = self.last.replace(point);
+    }
 }
 
 /// How an events-pane line is coloured.
@@ -242,10 +255,8 @@ impl View {
                 cgroup, cgroup_id, ..
             } => {
                 self.counts.verdicts += 1;
-                if let Some(row) = self.row_mut(cgroup, Some(*cgroup_id)) {
-                    row.verdicts += 1;
-                }
-                self.log(rec, Some(cgroup), Tone::Warn);
+                let id = Some(*cgroup_id);
+                self.incident(rec, cgroup, id, Tone::Warn, |row| &mut row.verdicts);
             }
             Event::Kill {
                 cgroup, dry_run, ..
@@ -255,89 +266,26 @@ impl View {
                 } else {
                     self.counts.kills += 1;
                 }
-                if let Some(row) = self.row_mut(cgroup, None) {
-                    row.kills += 1;
-                }
-                self.log(rec, Some(cgroup), Tone::Alarm);
+                self.incident(rec, cgroup, None, Tone::Alarm, |row| &mut row.kills);
             }
             Event::Unresolved { cgroup, .. } => {
                 self.counts.unresolved += 1;
-                if let Some(row) = self.row_mut(cgroup, None) {
-                    row.unresolved += 1;
-                }
-                self.log(rec, Some(cgroup), Tone::Warn);
+                self.incident(rec, cgroup, None, Tone::Warn, |row| &mut row.unresolved);
             }
             Event::KillLimit { cgroup, .. } => {
                 self.counts.kill_limits += 1;
-                if let Some(row) = self.row_mut(cgroup, None) {
-                    row.kill_limits += 1;
-                }
-                self.log(rec, Some(cgroup), Tone::Alarm);
+                self.incident(rec, cgroup, None, Tone::Alarm, |row| &mut row.kill_limits);
             }
             Event::OomKill { cgroup, .. } => {
                 self.counts.oom_kills += 1;
-                if let Some(row) = self.row_mut(cgroup, None) {
-                    row.oom_kills += 1;
-                }
-                self.log(rec, Some(cgroup), Tone::Alarm);
+                self.incident(rec, cgroup, None, Tone::Alarm, |row| &mut row.oom_kills);
             }
             Event::CgroupCreated { cgroup, .. } => self.log(rec, Some(cgroup), Tone::Quiet),
             Event::CgroupRemoved { cgroup, cgroup_id } => {
-                if let Some(key) = row_key(cgroup, Some(*cgroup_id)) {
-                    // A removed cgroup with nothing to remember would only
-                    // clutter the table (systemd creates and removes scopes
-                    // all the time); one that was killed in stays, marked.
-                    let forget = self.live.rows.get_mut(&key).is_some_and(|row| {
-                        row.gone = true;
-                        !row.has_incidents()
-                    });
-                    if forget {
-                        self.live.rows.remove(&key);
-                    }
-                }
+                self.cgroup_removed(cgroup, *cgroup_id);
                 self.log(rec, Some(cgroup), Tone::Quiet);
             }
-            Event::Sample {
-                cgroup,
-                cgroup_id,
-                memory_current,
-                memory_high,
-                memory_max,
-                stall_total_ns,
-                passes,
-                no_progress_passes,
-                reclaimed_pages,
-                psi_some_avg10,
-                psi_full_avg10,
-                worst_pid,
-                worst_comm,
-            } => {
-                let point = SamplePoint {
-                    mono_ns: rec.mono_ns,
-                    memory_current: *memory_current,
-                    memory_high: *memory_high,
-                    memory_max: *memory_max,
-                    stall_total_ns: *stall_total_ns,
-                    passes: *passes,
-                    no_progress_passes: *no_progress_passes,
-                    reclaimed_pages: *reclaimed_pages,
-                    psi_some_avg10: *psi_some_avg10,
-                    psi_full_avg10: *psi_full_avg10,
-                    worst_pid: *worst_pid,
-                    worst_comm: worst_comm.clone(),
-                };
-                if let Some(row) = self.row_mut(cgroup, Some(*cgroup_id)) {
-                    // Totals of a recreated cgroup with the same path start
-                    // over: differences against the old one mean nothing.
-                    if row.cgroup_id != *cgroup_id {
-                        row.prev = None;
-                        row.last = None;
-                        row.cgroup_id = *cgroup_id;
-                    }
-                    row.gone = false;
-                    row.prev = row.last.replace(point);
-                }
-            }
+            Event::Sample { .. } => self.sample(rec),
             Event::Lost { count, .. } => {
                 self.counts.lost += count;
                 self.log(rec, None, Tone::Lost);
@@ -359,8 +307,83 @@ impl View {
         self.frozen.is_some()
     }
 
+    /// What the screen shows: the live state, or what it was when paused.
+    pub(super) fn shown(&self) -> &Shown {
+        self.frozen.as_ref().unwrap_or(&self.live)
+    }
+
     pub(super) fn passes_filter(&self, cgroup: &str) -> bool {
         self.filter.is_empty() || cgroup.contains(&self.filter)
+    }
+
+    /// Marks an incident on the cgroup's row (`tally` picks the mark) and
+    /// lists it.
+    fn incident(
+        &mut self,
+        rec: &Record,
+        cgroup: &str,
+        cgroup_id: Option<u64>,
+        tone: Tone,
+        tally: fn(&mut CgroupRow) -> &mut u64,
+    ) {
+        if let Some(row) = self.row_mut(cgroup, cgroup_id) {
+            *tally(row) += 1;
+        }
+        self.log(rec, Some(cgroup), tone);
+    }
+
+    fn cgroup_removed(&mut self, cgroup: &str, cgroup_id: u64) {
+        let Some(key) = row_key(cgroup, Some(cgroup_id)) else {
+            return;
+        };
+        // A removed cgroup with nothing to remember would only clutter the
+        // table (systemd creates and removes scopes all the time); one that
+        // was killed in stays, marked.
+        let forget = self.live.rows.get_mut(&key).is_some_and(|row| {
+            row.gone = true;
+            !row.has_incidents()
+        });
+        if forget {
+            self.live.rows.remove(&key);
+        }
+    }
+
+    fn sample(&mut self, rec: &Record) {
+        let Event::Sample {
+            cgroup,
+            cgroup_id,
+            memory_current,
+            memory_high,
+            memory_max,
+            stall_total_ns,
+            passes,
+            no_progress_passes,
+            reclaimed_pages,
+            psi_some_avg10,
+            psi_full_avg10,
+            worst_pid,
+            worst_comm,
+        } = &rec.event
+        else {
+            return;
+        };
+        let point = SamplePoint {
+            mono_ns: rec.mono_ns,
+            memory_current: *memory_current,
+            memory_high: *memory_high,
+            memory_max: *memory_max,
+            stall_total_ns: *stall_total_ns,
+            passes: *passes,
+            no_progress_passes: *no_progress_passes,
+            reclaimed_pages: *reclaimed_pages,
+            psi_some_avg10: *psi_some_avg10,
+            psi_full_avg10: *psi_full_avg10,
+            worst_pid: *worst_pid,
+            worst_comm: worst_comm.clone(),
+        };
+        if let Some(row) = self.row_mut(cgroup, Some(*cgroup_id)) {
+            row.sampled(*cgroup_id, point);
+        }
     }
 
     fn row_mut(&mut self, cgroup: &str, cgroup_id: Option<u64>) -> Option<&mut CgroupRow> {

@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 
 use super::View;
-use super::model::{EventLine, Shown, Tone};
+use super::model::{EventLine, Shown, Source, Tone};
 
 const FILTER_PROMPT: &str = "filter: ";
 
@@ -28,7 +28,7 @@ impl View {
     /// Draws the whole view into the frame.
     pub fn render(&self, frame: &mut Frame) {
         let area = frame.area();
-        let shown = self.frozen.as_ref().unwrap_or(&self.live);
+        let shown = self.shown();
         let rows = self.visible_rows(shown);
         // The table takes what its rows need, up to half the screen; the
         // events pane gets the rest, since that is where incidents show.
@@ -58,6 +58,11 @@ impl View {
     }
 
     fn header(&self) -> Paragraph<'static> {
+        Paragraph::new(vec![self.status_line(), self.counts_line()])
+    }
+
+    /// The first header line: the view's state and who is talking.
+    fn status_line(&self) -> Line<'static> {
         let mut first = Vec::new();
         if self.source_closed {
             first.push(Span::styled(
@@ -75,40 +80,23 @@ impl View {
         }
         match &self.source {
             None => first.push(Span::raw("waiting for the source to say hello")),
-            Some(src) => {
-                let who = if src.dry_run {
-                    format!("{}, never kills", src.source)
-                } else {
-                    format!("{}, kills", src.source)
-                };
-                first.push(Span::styled(who, Style::new().add_modifier(Modifier::BOLD)));
-                first.push(Span::raw(" │ throttle "));
-                first.push(if src.throttle_hooked {
-                    Span::raw("hooked")
-                } else {
-                    Span::styled(
-                        "not hooked (tracepoints only)",
-                        Style::new().fg(Color::Yellow),
-                    )
-                });
-                // Least needed last, where a narrow terminal cuts.
-                first.push(Span::raw(format!(
-                    " │ kernel {} │ guard {}",
-                    src.kernel, src.guard_version
-                )));
-            }
+            Some(src) => first.extend(source_spans(src)),
         }
+        Line::from(first)
+    }
 
+    /// The second header line: the counters.
+    fn counts_line(&self) -> Line<'static> {
         let c = &self.counts;
         let count_style = |n: u64, alarm: Style| if n > 0 { alarm } else { Style::new() };
-        let red = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
+        let red = Tone::Alarm.style();
         // Incidents and losses first: on a narrow terminal the line is cut
         // at the right, and those must stay in view.
         let sep = || Span::raw("  ");
         let mut second = vec![
             Span::styled(
                 format!("verdicts {}", c.verdicts),
-                count_style(c.verdicts, Style::new().fg(Color::Yellow)),
+                count_style(c.verdicts, Tone::Warn.style()),
             ),
             sep(),
             Span::styled(format!("kills {}", c.kills), count_style(c.kills, red)),
@@ -121,7 +109,7 @@ impl View {
             second.push(sep());
             second.push(Span::styled(
                 format!("unresolved {}", c.unresolved),
-                Style::new().fg(Color::Yellow),
+                Tone::Warn.style(),
             ));
         }
         if c.kill_limits > 0 {
@@ -150,7 +138,7 @@ impl View {
             "  passes {} ({}/s)  throttles {}",
             c.passes, self.pass_rate.last_full_second, c.throttles
         )));
-        Paragraph::new(vec![Line::from(first), Line::from(second)])
+        Line::from(second)
     }
 
     fn render_events(&self, frame: &mut Frame, area: Rect, shown: &Shown) {
@@ -185,7 +173,7 @@ impl View {
         if lines.is_empty() {
             lines.push(Line::styled(
                 "no events yet: verdicts, kills, OOM kills and lost records show here",
-                Style::new().fg(Color::DarkGray),
+                Tone::Quiet.style(),
             ));
         }
         frame.render_widget(
@@ -203,7 +191,7 @@ impl View {
                 Span::raw(edit.clone()),
                 Span::styled(
                     "   Enter apply, Esc cancel, empty shows all",
-                    Style::new().fg(Color::DarkGray),
+                    Tone::Quiet.style(),
                 ),
             ]),
             None => {
@@ -225,12 +213,36 @@ impl View {
     }
 }
 
+/// Who is talking, whether it kills, and on what. Least needed last, where
+/// a narrow terminal cuts.
+fn source_spans(src: &Source) -> [Span<'static>; 4] {
+    let who = if src.dry_run {
+        format!("{}, never kills", src.source)
+    } else {
+        format!("{}, kills", src.source)
+    };
+    let throttle = if src.throttle_hooked {
+        Span::raw("hooked")
+    } else {
+        Span::styled("not hooked (tracepoints only)", Tone::Warn.style())
+    };
+    [
+        Span::styled(who, Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(" │ throttle "),
+        throttle,
+        Span::raw(format!(
+            " │ kernel {} │ guard {}",
+            src.kernel, src.guard_version
+        )),
+    ]
+}
+
 fn event_line(event: &EventLine) -> Line<'_> {
     // The text starts with the ASCII `HH:MM:SS.mmm ` stamp; dim it so the
     // eye lands on what happened.
     let (time, what) = event.text.split_at(event.text.len().min(13));
     Line::from(vec![
-        Span::styled(time, Style::new().fg(Color::DarkGray)),
+        Span::styled(time, Tone::Quiet.style()),
         Span::styled(what, event.tone.style()),
     ])
 }

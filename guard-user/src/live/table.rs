@@ -3,11 +3,11 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
-use ratatui::style::{Color, Modifier, Style};
+use ratatui::style::{Modifier, Style};
 use ratatui::widgets::{Block, Borders, Cell, Row, Table};
 
 use super::View;
-use super::model::{CgroupRow, Shown};
+use super::model::{CgroupRow, SamplePoint, Shown, Tone};
 
 /// The column the cgroup rows are ordered by (`s` cycles).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -196,89 +196,89 @@ impl Column {
         }
     }
 
+    /// The cell of this column for one row; `-` where there is nothing to
+    /// say yet.
     fn cell(self, name: &str, name_width: usize, row: &CgroupRow) -> Cell<'static> {
-        let dash = || Cell::from("-");
         let last = row.last.as_ref();
-        match self {
-            Column::Cgroup if row.gone => {
-                Cell::from(keep_tail(&format!("{name} (gone)"), name_width))
-            }
-            Column::Cgroup => Cell::from(keep_tail(name, name_width)),
-            Column::Memory => match last {
-                None => dash(),
-                Some(s) => {
-                    let text = match (s.memory_high, row.percent_of_high()) {
-                        (Some(high), Some(pct)) => {
-                            format!("{}/{} {pct:.0}%", mib(s.memory_current), mib(high))
-                        }
-                        _ => format!("{}/max", mib(s.memory_current)),
-                    };
-                    let over = row.percent_of_high().is_some_and(|p| p >= 100.0);
-                    Cell::from(text).style(if over {
-                        Style::new().fg(Color::Yellow)
-                    } else {
-                        Style::new()
-                    })
-                }
-            },
-            Column::Max => match last {
-                None => dash(),
-                Some(s) => Cell::from(s.memory_max.map_or("max".to_owned(), mib)),
-            },
-            Column::Stall => match row.stall_ms_per_s() {
-                None => dash(),
-                Some(ms) => Cell::from(format!("{ms:.0} ms/s")).style(if ms >= 1.0 {
-                    Style::new().fg(Color::Yellow)
-                } else {
-                    Style::new()
-                }),
-            },
-            Column::PagesPerPass => match row.reclaim_efficiency() {
-                None => dash(),
-                Some((pages, _)) => Cell::from(format!("{pages:.1}")),
-            },
-            Column::NoProgress => match row.reclaim_efficiency() {
-                None => dash(),
-                Some((_, stuck)) => Cell::from(format!("{:.0}%", stuck * 100.0)),
-            },
-            Column::Psi => match last {
-                None => dash(),
-                Some(s) => {
-                    let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
-                    Cell::from(format!(
-                        "{}/{}",
-                        pct(s.psi_some_avg10),
-                        pct(s.psi_full_avg10)
-                    ))
-                }
-            },
-            Column::Worst => match last {
-                Some(s) if s.worst_pid != 0 => {
-                    Cell::from(format!("{}[{}]", s.worst_comm, s.worst_pid))
-                }
-                _ => dash(),
-            },
-            Column::Incidents => {
-                let mut parts = Vec::new();
-                for (n, tag) in [
-                    (row.verdicts, "V"),
-                    (row.kills, "K"),
-                    (row.oom_kills, "OOM"),
-                    (row.unresolved, "U"),
-                    (row.kill_limits, "L"),
-                ] {
-                    if n > 0 {
-                        parts.push(format!("{tag}{n}"));
-                    }
-                }
-                let style = if row.kills + row.oom_kills + row.kill_limits > 0 {
-                    Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
-                } else {
-                    Style::new().fg(Color::Yellow)
-                };
-                Cell::from(parts.join(" ")).style(style)
-            }
+        let cell = match self {
+            Column::Cgroup => Some(name_cell(name, name_width, row.gone)),
+            Column::Memory => last.map(|s| memory_cell(s, row.percent_of_high())),
+            Column::Max => last.map(|s| Cell::from(s.memory_max.map_or("max".to_owned(), mib))),
+            Column::Stall => row.stall_ms_per_s().map(stall_cell),
+            Column::PagesPerPass => row
+                .reclaim_efficiency()
+                .map(|(pages, _)| Cell::from(format!("{pages:.1}"))),
+            Column::NoProgress => row
+                .reclaim_efficiency()
+                .map(|(_, stuck)| Cell::from(format!("{:.0}%", stuck * 100.0))),
+            Column::Psi => last.map(psi_cell),
+            Column::Worst => last
+                .filter(|s| s.worst_pid != 0)
+                .map(|s| Cell::from(format!("{}[{}]", s.worst_comm, s.worst_pid))),
+            Column::Incidents => Some(incidents_cell(row)),
+        };
+        cell.unwrap_or_else(|| Cell::from("-"))
+    }
+}
+
+fn name_cell(name: &str, width: usize, gone: bool) -> Cell<'static> {
+    if gone {
+        Cell::from(keep_tail(&format!("{name} (gone)"), width))
+    } else {
+        Cell::from(keep_tail(name, width))
+    }
+}
+
+fn memory_cell(s: &SamplePoint, percent_of_high: Option<f64>) -> Cell<'static> {
+    let text = match (s.memory_high, percent_of_high) {
+        (Some(high), Some(pct)) => format!("{}/{} {pct:.0}%", mib(s.memory_current), mib(high)),
+        _ => format!("{}/max", mib(s.memory_current)),
+    };
+    let over = percent_of_high.is_some_and(|p| p >= 100.0);
+    Cell::from(text).style(warn_if(over))
+}
+
+fn stall_cell(ms: f64) -> Cell<'static> {
+    Cell::from(format!("{ms:.0} ms/s")).style(warn_if(ms >= 1.0))
+}
+
+fn psi_cell(s: &SamplePoint) -> Cell<'static> {
+    let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    Cell::from(format!(
+        "{}/{}",
+        pct(s.psi_some_avg10),
+        pct(s.psi_full_avg10)
+    ))
+}
+
+/// `V1 K1 OOM1 U1 L1`: counts of what happened to the cgroup, red once
+/// something was killed in it or kills were stopped.
+fn incidents_cell(row: &CgroupRow) -> Cell<'static> {
+    let mut parts = Vec::new();
+    for (n, tag) in [
+        (row.verdicts, "V"),
+        (row.kills, "K"),
+        (row.oom_kills, "OOM"),
+        (row.unresolved, "U"),
+        (row.kill_limits, "L"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{tag}{n}"));
         }
+    }
+    let style = if row.kills + row.oom_kills + row.kill_limits > 0 {
+        Tone::Alarm.style()
+    } else {
+        Tone::Warn.style()
+    };
+    Cell::from(parts.join(" ")).style(style)
+}
+
+fn warn_if(warn: bool) -> Style {
+    if warn {
+        Tone::Warn.style()
+    } else {
+        Style::new()
     }
 }
 
