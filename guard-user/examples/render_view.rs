@@ -6,7 +6,7 @@
 //! With UNTIL_TYPE (e.g. `kill`), the screen as it was right after the
 //! first record of that type.
 
-use guard::{events::Record, trace_view};
+use guard::{events::Record, live};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
     let width = args.next().map(|w| w.parse()).transpose()?.unwrap_or(100);
     let height = args.next().map(|h| h.parse()).transpose()?.unwrap_or(30);
     let until = args.next();
-    let mut view = trace_view::View::new();
+    let mut view = live::View::new();
     for line in std::fs::read_to_string(&path)?.lines() {
         let record = Record::from_line(line)?;
         view.push(&record);
@@ -24,6 +24,6 @@ fn main() -> anyhow::Result<()> {
             break;
         }
     }
-    print!("{}", trace_view::render_to_string(&view, width, height));
+    print!("{}", live::render_to_string(&view, width, height));
     Ok(())
 }

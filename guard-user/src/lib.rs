@@ -11,7 +11,7 @@
 //! - `daemon`: set-up, then one handler per message kind;
 //! - outputs and readers of the events: `observe` (kernel records as
 //!   events), `stream` (socket and event log), `metrics`, `source` and
-//!   the live view of `guard trace`, `report`.
+//!   `live` (the view of `guard trace`), `report`.
 
 pub mod cgroup;
 pub mod clock;
@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod decision;
 pub mod events;
 pub mod kernel;
+pub mod live;
 pub mod metrics;
 pub mod observe;
 pub mod policy;
@@ -27,5 +28,3 @@ pub mod procfs;
 pub mod report;
 pub mod source;
 pub mod stream;
-pub mod trace_tui;
-pub mod trace_view;

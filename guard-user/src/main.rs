@@ -367,7 +367,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 if lines || json {
                     print_records(rx, json).await
                 } else {
-                    guard::trace_tui::run(rx).await.map(|()| ExitCode::SUCCESS)
+                    guard::live::run(rx).await.map(|()| ExitCode::SUCCESS)
                 }
             })
         }

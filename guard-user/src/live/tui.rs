@@ -24,8 +24,8 @@ use ratatui::crossterm::{cursor, execute};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use super::{Action, View};
 use crate::events::Record;
-use crate::trace_view::{Action, View};
 
 /// At most ten redraws a second while records stream in: faster is
 /// unreadable and costs the CPU a stalled machine needs.
