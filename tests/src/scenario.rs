@@ -1,15 +1,15 @@
 //! The scenarios. Each returns a JSON object: `scenario`, `pass`,
 //! `failures` (what a person would call wrong) and measured values.
 //!
-//! This file holds the seed incident (control, seed, nested) and the pieces
-//! every scenario uses: cgroups with limits, the guard with its log,
-//! workloads started inside a cgroup. The other scenarios are in
-//! `scenario/`.
+//! This file holds the pieces every scenario uses: cgroups with limits, the
+//! guard with its log, workloads started inside a cgroup. The scenarios are
+//! in `scenario/`.
 
 mod benign;
 mod breaker;
 mod cgroup_kill;
 mod host;
+mod incident;
 mod many_small;
 mod odd;
 mod pid_reuse;
@@ -40,25 +40,6 @@ use serde_json::{Value, json};
 
 use crate::{monotonic_ns, trace};
 
-/// Where the incident happens: the limited cgroup, and the cgroups the hog
-/// and the bystander run in (the same one, or two children of it), as
-/// paths below the cgroup2 root.
-struct Layout {
-    limited: &'static str,
-    hog: &'static str,
-    bystander: &'static str,
-    guard: bool,
-    /// Start the guard before the cgroups exist, so that it must follow them.
-    guard_first: bool,
-}
-
-const SEED: Layout = Layout {
-    limited: "/seed",
-    hog: "/seed",
-    bystander: "/seed",
-    guard: true,
-    guard_first: false,
-};
 pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// guard-scenario's copy at sshd's installed path (xtask puts it in the
 /// initramfs, root-owned, mode 0755): a process run from it is the real
@@ -71,9 +52,6 @@ const NOTIFY: &str = "/run/guard-notify";
 /// first-no-progress-to-SIGKILL time may exceed it by under TCG.
 pub(crate) const BUDGET_MS: f64 = 250.0;
 pub(crate) const MARGIN_MS: f64 = 250.0;
-/// Bystander ticks scheduled this long after the kill count as "after".
-const SETTLE_MS: u64 = 250;
-const BYSTANDER_AFTER_MAX_MS: f64 = 100.0;
 
 pub(crate) struct Report {
     failures: Vec<String>,
@@ -97,26 +75,9 @@ pub fn run(name: &str) -> Value {
         values: serde_json::Map::new(),
     };
     let outcome = match name {
-        "seed" => incident(&mut report, &SEED),
-        "control" => incident(
-            &mut report,
-            &Layout {
-                guard: false,
-                ..SEED
-            },
-        ),
-        // memory.high on a parent (a slice), hog and bystander in two child
-        // scopes, all created after the guard started.
-        "nested" => incident(
-            &mut report,
-            &Layout {
-                limited: "/nest.slice",
-                hog: "/nest.slice/hog.scope",
-                bystander: "/nest.slice/bystander.scope",
-                guard: true,
-                guard_first: true,
-            },
-        ),
+        "seed" => incident::seed(&mut report),
+        "control" => incident::control(&mut report),
+        "nested" => incident::nested(&mut report),
         "workers" => workers::run(&mut report),
         "protected" => protected::run(&mut report),
         "benign" => benign::run(&mut report),
@@ -772,112 +733,6 @@ impl Bystander {
         r.check(status.success(), format!("bystander ended with {status}"));
         Ok(bystander_samples(&out))
     }
-}
-
-/// The seed incident: memory.high 64M, memory.max 128M, no swap; a bystander
-/// and a 100 MiB hog under the limited cgroup. With the guard the hog must
-/// die fast; without it (control) the livelock must show.
-fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
-    let with_guard = layout.guard;
-    trace::enable()?;
-    let mut guard = if with_guard && layout.guard_first {
-        Some(Guard::start(&[], &[])?)
-    } else {
-        None
-    };
-    let limited = Cgroup::create(layout.limited)?;
-    limited.limit("64M", "128M")?;
-    let hog_cg = Cgroup::create(layout.hog)?;
-    let bystander_cg = Cgroup::create(layout.bystander)?;
-    if with_guard && guard.is_none() {
-        guard = Some(Guard::start(&[], &[])?);
-    }
-    let bystander_ms: u64 = if with_guard { 8000 } else { 13000 };
-    let bystander = Bystander::start(&bystander_cg, bystander_ms)?;
-    sleep(Duration::from_secs(1));
-    let events0 = limited.read("memory.events");
-    let (full0, _) = pressure_full(&limited.read("memory.pressure"));
-    let hog_start = monotonic_ns();
-    let mut hog = hog_cg.spawn(&["hog", "100"], Stdio::null())?;
-    let hog_pid = hog.id();
-    r.set("hog_pid", hog_pid);
-
-    let hog_end;
-    if with_guard {
-        match wait_exit(&mut hog, Duration::from_secs(20)) {
-            Some((status, at)) => {
-                r.check(
-                    status.signal() == Some(libc::SIGKILL),
-                    format!("hog ended by {status}, not SIGKILL"),
-                );
-                r.set("hog_lived_ms", (at - hog_start) as f64 / 1e6);
-                hog_end = at;
-            }
-            None => {
-                r.check(false, "hog still alive 20 s after it started");
-                end(&mut hog);
-                hog_end = monotonic_ns();
-            }
-        }
-    } else {
-        let observe = Instant::now();
-        sleep(Duration::from_secs(10));
-        let secs = observe.elapsed().as_secs_f64();
-        let alive = matches!(hog.try_wait(), Ok(None));
-        r.check(
-            alive,
-            "control: the hog died without a guard; the livelock did not happen",
-        );
-        let events1 = limited.read("memory.events");
-        let (full1, avg10) = pressure_full(&limited.read("memory.pressure"));
-        let high = keyed(&events1, "high") - keyed(&events0, "high");
-        let oom_kills = keyed(&events1, "oom_kill") - keyed(&events0, "oom_kill");
-        let full_share = (full1 - full0) as f64 / (secs * 1e6);
-        r.set("high_events", high);
-        r.set("oom_kills", oom_kills);
-        r.set("pressure_full_share", full_share);
-        r.set("pressure_full_avg10", avg10);
-        r.set("memory_current", limited.current());
-        r.check(
-            oom_kills == 0,
-            format!("control: {oom_kills} kernel OOM kills"),
-        );
-        r.check(high > 0, "control: memory.events high did not rise");
-        r.check(
-            full_share >= 0.3,
-            format!(
-                "control: memory.pressure full was only {:.0}% of the time",
-                full_share * 100.0
-            ),
-        );
-        end(&mut hog);
-        hog_end = monotonic_ns();
-    }
-
-    let (samples, worst_us) = bystander.finish(r)?;
-    r.set("bystander_worst_ms", worst_us as f64 / 1000.0);
-    r.set(
-        "bystander_worst_during_ms",
-        worst_between(&samples, hog_start, hog_end),
-    );
-
-    let log = guard.as_mut().map(Guard::stop).unwrap_or_default();
-    let trace = trace::read();
-    r.set(
-        "no_progress_passes",
-        trace::count_no_progress(&trace) as u64,
-    );
-
-    if with_guard {
-        let after = worst_between(&samples, hog_end + SETTLE_MS * 1_000_000, u64::MAX);
-        r.set("bystander_worst_after_ms", after);
-        r.check(
-            after <= BYSTANDER_AFTER_MAX_MS,
-            format!("bystander still {after:.0} ms late after the kill"),
-        );
-        guard_checks(r, &log, &trace, hog_pid);
-    }
-    Ok(())
 }
 
 /// The guard killed the hog, once, within budget + margin of the hog's
