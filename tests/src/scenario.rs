@@ -1,24 +1,11 @@
 //! The scenarios. Each returns a JSON object: `scenario`, `pass`,
-//! `failures` (what a person would call wrong) and measured values.
+//! `failures` (what a person would call wrong), measured values and
+//! `summary`, the one line `cargo xtask test` shows for it.
 //!
-//! This file holds the pieces every scenario uses: cgroups with limits, the
-//! guard with its log, workloads started inside a cgroup. The scenarios are
-//! in `scenario/`.
-
-mod benign;
-mod breaker;
-mod cgroup_kill;
-mod host;
-mod incident;
-mod many_small;
-mod odd;
-mod pid_reuse;
-mod protected;
-mod respawn;
-mod sighup;
-mod stream;
-mod stuck_exit;
-mod workers;
+//! Each scenario is a file in `scenario/` that declares itself (a
+//! [`Scenario`]) and has a line in the list below. This file holds that
+//! list and the pieces every scenario uses: cgroups with limits, the guard
+//! with its log, workloads started inside a cgroup.
 
 use std::{
     ffi::CString,
@@ -69,29 +56,99 @@ impl Report {
     }
 }
 
+/// The scenarios, one module each in `scenario/`, in the order they run on
+/// each kernel. A module declares its scenarios as `SCENARIOS`.
+macro_rules! scenarios {
+    ($($module:ident)*) => {
+        $(mod $module;)*
+
+        /// Every scenario, in the order they run.
+        pub(crate) fn all() -> impl Iterator<Item = &'static Scenario> {
+            [$($module::SCENARIOS),*].into_iter().flatten()
+        }
+    };
+}
+
+scenarios! {
+    incident
+    workers
+    protected
+    benign
+    cgroup_kill
+    sighup
+    pid_reuse
+    stream
+    host
+    odd
+    many_small
+    respawn
+    breaker
+    stuck_exit
+}
+
+/// A scenario as its file declares it: its name, the VM it needs, how it
+/// runs, and how its result reads in one line. xtask boots each as
+/// `guard-scenario list` describes it.
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    /// Guest RAM, MiB.
+    pub(crate) memory_mib: u32,
+    /// A scratch disk, /dev/nvme0n1 (a fresh sparse image of xtask's): a
+    /// real filesystem, the initramfs being RAM, or a slow device.
+    pub(crate) disk: bool,
+    /// Extra qemu `-drive` options of that disk, such as throttling.
+    pub(crate) drive_options: &'static str,
+    /// How long one boot may take before qemu is killed.
+    pub(crate) timeout_secs: u64,
+    pub(crate) run: fn(&mut Report) -> Result<(), String>,
+    /// The line of the results table, read from the finished result.
+    pub(crate) summary: fn(&Value) -> String,
+}
+
+impl Scenario {
+    /// A scenario in the usual VM: 1 GiB of RAM, no disk, 240 s.
+    pub(crate) const fn new(
+        name: &'static str,
+        run: fn(&mut Report) -> Result<(), String>,
+        summary: fn(&Value) -> String,
+    ) -> Self {
+        Self {
+            name,
+            memory_mib: 1024,
+            disk: false,
+            drive_options: "",
+            timeout_secs: 240,
+            run,
+            summary,
+        }
+    }
+}
+
+/// Every scenario as xtask needs it to boot one (`guard-scenario list`).
+pub fn list() -> Value {
+    all()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "memory_mib": s.memory_mib,
+                "disk": s.disk,
+                "drive_options": s.drive_options,
+                "timeout_secs": s.timeout_secs,
+            })
+        })
+        .collect()
+}
+
+/// Runs the scenario `name`; its result, with its summary line.
 pub fn run(name: &str) -> Value {
     let mut report = Report {
         failures: Vec::new(),
         values: serde_json::Map::new(),
     };
-    let outcome = match name {
-        "seed" => incident::seed(&mut report),
-        "control" => incident::control(&mut report),
-        "nested" => incident::nested(&mut report),
-        "workers" => workers::run(&mut report),
-        "protected" => protected::run(&mut report),
-        "benign" => benign::run(&mut report),
-        "cgroup-kill" => cgroup_kill::run(&mut report),
-        "sighup" => sighup::run(&mut report),
-        "pid-reuse" => pid_reuse::run(&mut report),
-        "stream" => stream::run(&mut report),
-        "host" => host::run(&mut report),
-        "odd" => odd::run(&mut report),
-        "many-small" => many_small::run(&mut report),
-        "respawn" => respawn::run(&mut report),
-        "breaker" => breaker::run(&mut report),
-        "stuck-exit" => stuck_exit::run(&mut report),
-        other => Err(format!("unknown scenario {other}")),
+    let scenario = all().find(|s| s.name == name);
+    let outcome = match scenario {
+        Some(s) => (s.run)(&mut report),
+        None => Err(format!("unknown scenario {name}")),
     };
     if let Err(e) = outcome {
         report.failures.push(format!("scenario could not run: {e}"));
@@ -103,6 +160,9 @@ pub fn run(name: &str) -> Value {
     });
     if let Value::Object(o) = &mut out {
         o.extend(report.values);
+    }
+    if let Some(s) = scenario {
+        out["summary"] = (s.summary)(&out).into();
     }
     out
 }
@@ -837,6 +897,95 @@ pub(crate) fn detect_to_kill_as(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scenario(name: &str) -> &'static Scenario {
+        all()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no scenario {name}"))
+    }
+
+    #[test]
+    fn every_name_is_declared_once() {
+        let names: Vec<&str> = all().map(|s| s.name).collect();
+        for n in &names {
+            assert_eq!(names.iter().filter(|m| *m == n).count(), 1, "{n}");
+        }
+    }
+
+    #[test]
+    fn only_stuck_exit_gets_a_throttled_disk() {
+        for e in list().as_array().expect("an array") {
+            let options = e["drive_options"].as_str().expect("drive_options");
+            assert!(
+                options.is_empty() || e["disk"] == true,
+                "{} has drive options but no disk",
+                e["name"]
+            );
+            let throttled = options.contains("throttling");
+            assert_eq!(throttled, e["name"] == "stuck-exit", "{}", e["name"]);
+        }
+        let stuck = scenario("stuck-exit");
+        assert!(stuck.disk);
+        assert_eq!(stuck.drive_options, "throttling.bps-total=1048576");
+    }
+
+    #[test]
+    fn an_unknown_scenario_fails_without_a_summary() {
+        let r = run("no-such-scenario");
+        assert_eq!(r["pass"], false);
+        assert_eq!(
+            r["failures"],
+            json!(["scenario could not run: unknown scenario no-such-scenario"])
+        );
+        assert!(r.get("summary").is_none());
+    }
+
+    /// The lines read as `cargo xtask test` has always printed them.
+    #[test]
+    fn summaries_read_the_measured_values() {
+        let seed = json!({
+            "detect_to_kill_ms": 134.46, "verdict_to_kill_us": 9120,
+            "bystander_worst_during_ms": 126.2, "bystander_worst_after_ms": 11.9,
+            "throttle_hooks": true,
+        });
+        assert_eq!(
+            (scenario("seed").summary)(&seed),
+            "first no-progress->SIGKILL 134.5 ms; verdict->kill 9120 us; bystander worst 126 ms \
+             during, 11.9 ms after; hooks true"
+        );
+        let host = json!({
+            "mem_total_kib": 479600, "cached_kib_before": 179500, "hog_pid": 104,
+            "direct_reclaim_passes": 0, "direct_passes_without_progress": 0,
+            "verdict_to_kill_us": 25377, "available_at_kill_bytes": 48549069,
+            "kernel_oom_victims": [], "stand_in_alive": true,
+        });
+        assert_eq!(
+            (scenario("host").summary)(&host),
+            "468 MiB RAM, no swap, 175 MiB page cache: hog 104 SIGKILLed by the guard - ms after \
+             the first direct reclaim pass (0 passes before the kill, 0 without progress; \
+             verdict->kill 25377 us, MemAvailable 46.3 MiB at the kill); kernel OOM victims []; \
+             protected stand-in alive true"
+        );
+        // A result of a real run (6.12), as the VM printed it.
+        let stream: Value = serde_json::from_str(
+            r#"{"daemon_log_records": 24, "detect_to_kill_ms": 111.5320000000004,
+            "failures": [], "hog_pid": 158, "idle_wakeups": 0, "kill_latency_us": 6804,
+            "metrics_kills": 1.0, "metrics_reclaim_end_ns_per_run": 57412.392857142855,
+            "metrics_reclaim_end_runs": 56.0, "oom_hog_pid": 159, "oom_kill_cgroup": "/oom.slice",
+            "oom_kill_comm": "hog", "pass": true, "report_svg_bytes": 52030, "scenario": "stream",
+            "stream_verdict_to_kill_ms": 11.988851, "trace_reclaim_records": 56,
+            "trace_records": 83, "trace_sample_records": 18, "trace_throttle_records": 2}"#,
+        )
+        .expect("json");
+        assert_eq!(
+            (scenario("stream").summary)(&stream),
+            "idle daemon woke 0 times in 5 s; guard trace --json: verdict + kill of hog 158 \
+             (verdict->kill 12.0 ms in the stream), 56 reclaim / 2 throttle / 18 sample records; \
+             oom_kill of 159 (hog) in /oom.slice; daemon log 24 records, report names both \
+             victims, SVG 52030 bytes; /metrics: kills 1.0, memcg_reclaim_end 56.0 runs at 57412 \
+             ns each"
+        );
+    }
 
     #[test]
     fn pressure_and_events_parse() {

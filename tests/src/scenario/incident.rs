@@ -7,6 +7,38 @@
 //!   bystander in two child scopes, all created after the guard started.
 
 use super::*;
+use crate::summary::fmt_num;
+
+pub(super) const SCENARIOS: &[Scenario] = &[
+    Scenario::new("control", control, control_summary),
+    Scenario::new("seed", seed, summary),
+    Scenario::new("nested", nested, summary),
+];
+
+fn control_summary(r: &Value) -> String {
+    format!(
+        "hog alive after 10 s; pressure full {}% (avg10 {}); high events {}; oom_kill {}; bystander worst {} ms",
+        fmt_num(
+            &(r["pressure_full_share"].as_f64().map(|x| x * 100.0).into()),
+            0
+        ),
+        fmt_num(&r["pressure_full_avg10"], 0),
+        r["high_events"],
+        r["oom_kills"],
+        fmt_num(&r["bystander_worst_during_ms"], 0),
+    )
+}
+
+fn summary(r: &Value) -> String {
+    format!(
+        "first no-progress->SIGKILL {} ms; verdict->kill {} us; bystander worst {} ms during, {} ms after; hooks {}",
+        fmt_num(&r["detect_to_kill_ms"], 1),
+        fmt_num(&r["verdict_to_kill_us"], 0),
+        fmt_num(&r["bystander_worst_during_ms"], 0),
+        fmt_num(&r["bystander_worst_after_ms"], 1),
+        r["throttle_hooks"],
+    )
+}
 
 /// Where the incident happens: the limited cgroup, and the cgroups the hog
 /// and the bystander run in (the same one, or two children of it), as
