@@ -4,6 +4,7 @@
 //! `guard-scenario <scenario>`; this program builds the cgroups, starts the
 //! workloads (and the guard, unless it is the control run), measures from
 //! the kernel's own trace, and prints one `GUARD-RESULT {json}` line.
+//! `guard-scenario list` prints the scenarios as xtask boots them.
 //!
 //! The same binary is the workloads, started by the scenarios as
 //! `/proc/self/exe <workload> ARGS`.
@@ -12,6 +13,7 @@ mod bench;
 mod bench_plan;
 mod scenario;
 mod scrape;
+mod summary;
 mod trace;
 mod workload;
 
@@ -27,7 +29,7 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-const USAGE: &str = "usage: guard-scenario SCENARIO | hog MIB [NAME [OOM_SCORE_ADJ]] | \
+const USAGE: &str = "usage: guard-scenario SCENARIO | list | hog MIB [NAME [OOM_SCORE_ADJ]] | \
     bystander MS | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
     filecache PATH MIB READS | idle NAME | holder MIB [NAME] | odd-name MIB | leader-exit MIB [NAME] | \
     memfd MIB [NAME] | stuck MIB WRITE_MIB DEVICE [NAME] | small-parent N FIRST_KIB TOTAL_KIB | \
@@ -103,6 +105,7 @@ fn main() {
             );
         }
         Some("small") => workload::small(num(1, 1536) as usize, num(2, 2048) as usize),
+        Some("list") => println!("{}", scenario::list()),
         Some("bench") => {
             let result = bench::run();
             println!("GUARD-RESULT {result}");

@@ -1,24 +1,11 @@
 //! The scenarios. Each returns a JSON object: `scenario`, `pass`,
-//! `failures` (what a person would call wrong) and measured values.
+//! `failures` (what a person would call wrong), measured values and
+//! `summary`, the one line `cargo xtask test` shows for it.
 //!
-//! This file holds the seed incident (control, seed, nested) and the pieces
-//! every scenario uses: cgroups with limits, the guard with its log,
-//! workloads started inside a cgroup. The other scenarios are in
-//! `scenario/`.
-
-mod benign;
-mod breaker;
-mod cgroup_kill;
-mod host;
-mod many_small;
-mod odd;
-mod pid_reuse;
-mod protected;
-mod respawn;
-mod sighup;
-mod stream;
-mod stuck_exit;
-mod workers;
+//! Each scenario is a file in `scenario/` that declares itself (a
+//! [`Scenario`]) and has a line in the list below. This file holds that
+//! list and the pieces every scenario uses: cgroups with limits, the guard
+//! with its log, workloads started inside a cgroup.
 
 use std::{
     ffi::CString,
@@ -40,25 +27,6 @@ use serde_json::{Value, json};
 
 use crate::{monotonic_ns, trace};
 
-/// Where the incident happens: the limited cgroup, and the cgroups the hog
-/// and the bystander run in (the same one, or two children of it), as
-/// paths below the cgroup2 root.
-struct Layout {
-    limited: &'static str,
-    hog: &'static str,
-    bystander: &'static str,
-    guard: bool,
-    /// Start the guard before the cgroups exist, so that it must follow them.
-    guard_first: bool,
-}
-
-const SEED: Layout = Layout {
-    limited: "/seed",
-    hog: "/seed",
-    bystander: "/seed",
-    guard: true,
-    guard_first: false,
-};
 pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// guard-scenario's copy at sshd's installed path (xtask puts it in the
 /// initramfs, root-owned, mode 0755): a process run from it is the real
@@ -71,9 +39,6 @@ const NOTIFY: &str = "/run/guard-notify";
 /// first-no-progress-to-SIGKILL time may exceed it by under TCG.
 pub(crate) const BUDGET_MS: f64 = 250.0;
 pub(crate) const MARGIN_MS: f64 = 250.0;
-/// Bystander ticks scheduled this long after the kill count as "after".
-const SETTLE_MS: u64 = 250;
-const BYSTANDER_AFTER_MAX_MS: f64 = 100.0;
 
 pub(crate) struct Report {
     failures: Vec<String>,
@@ -91,46 +56,99 @@ impl Report {
     }
 }
 
+/// The scenarios, one module each in `scenario/`, in the order they run on
+/// each kernel. A module declares its scenarios as `SCENARIOS`.
+macro_rules! scenarios {
+    ($($module:ident)*) => {
+        $(mod $module;)*
+
+        /// Every scenario, in the order they run.
+        pub(crate) fn all() -> impl Iterator<Item = &'static Scenario> {
+            [$($module::SCENARIOS),*].into_iter().flatten()
+        }
+    };
+}
+
+scenarios! {
+    incident
+    workers
+    protected
+    benign
+    cgroup_kill
+    sighup
+    pid_reuse
+    stream
+    host
+    odd
+    many_small
+    respawn
+    breaker
+    stuck_exit
+}
+
+/// A scenario as its file declares it: its name, the VM it needs, how it
+/// runs, and how its result reads in one line. xtask boots each as
+/// `guard-scenario list` describes it.
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    /// Guest RAM, MiB.
+    pub(crate) memory_mib: u32,
+    /// A scratch disk, /dev/nvme0n1 (a fresh sparse image of xtask's): a
+    /// real filesystem, the initramfs being RAM, or a slow device.
+    pub(crate) disk: bool,
+    /// Extra qemu `-drive` options of that disk, such as throttling.
+    pub(crate) drive_options: &'static str,
+    /// How long one boot may take before qemu is killed.
+    pub(crate) timeout_secs: u64,
+    pub(crate) run: fn(&mut Report) -> Result<(), String>,
+    /// The line of the results table, read from the finished result.
+    pub(crate) summary: fn(&Value) -> String,
+}
+
+impl Scenario {
+    /// A scenario in the usual VM: 1 GiB of RAM, no disk, 240 s.
+    pub(crate) const fn new(
+        name: &'static str,
+        run: fn(&mut Report) -> Result<(), String>,
+        summary: fn(&Value) -> String,
+    ) -> Self {
+        Self {
+            name,
+            memory_mib: 1024,
+            disk: false,
+            drive_options: "",
+            timeout_secs: 240,
+            run,
+            summary,
+        }
+    }
+}
+
+/// Every scenario as xtask needs it to boot one (`guard-scenario list`).
+pub fn list() -> Value {
+    all()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "memory_mib": s.memory_mib,
+                "disk": s.disk,
+                "drive_options": s.drive_options,
+                "timeout_secs": s.timeout_secs,
+            })
+        })
+        .collect()
+}
+
+/// Runs the scenario `name`; its result, with its summary line.
 pub fn run(name: &str) -> Value {
     let mut report = Report {
         failures: Vec::new(),
         values: serde_json::Map::new(),
     };
-    let outcome = match name {
-        "seed" => incident(&mut report, &SEED),
-        "control" => incident(
-            &mut report,
-            &Layout {
-                guard: false,
-                ..SEED
-            },
-        ),
-        // memory.high on a parent (a slice), hog and bystander in two child
-        // scopes, all created after the guard started.
-        "nested" => incident(
-            &mut report,
-            &Layout {
-                limited: "/nest.slice",
-                hog: "/nest.slice/hog.scope",
-                bystander: "/nest.slice/bystander.scope",
-                guard: true,
-                guard_first: true,
-            },
-        ),
-        "workers" => workers::run(&mut report),
-        "protected" => protected::run(&mut report),
-        "benign" => benign::run(&mut report),
-        "cgroup-kill" => cgroup_kill::run(&mut report),
-        "sighup" => sighup::run(&mut report),
-        "pid-reuse" => pid_reuse::run(&mut report),
-        "stream" => stream::run(&mut report),
-        "host" => host::run(&mut report),
-        "odd" => odd::run(&mut report),
-        "many-small" => many_small::run(&mut report),
-        "respawn" => respawn::run(&mut report),
-        "breaker" => breaker::run(&mut report),
-        "stuck-exit" => stuck_exit::run(&mut report),
-        other => Err(format!("unknown scenario {other}")),
+    let scenario = all().find(|s| s.name == name);
+    let outcome = match scenario {
+        Some(s) => (s.run)(&mut report),
+        None => Err(format!("unknown scenario {name}")),
     };
     if let Err(e) = outcome {
         report.failures.push(format!("scenario could not run: {e}"));
@@ -142,6 +160,9 @@ pub fn run(name: &str) -> Value {
     });
     if let Value::Object(o) = &mut out {
         o.extend(report.values);
+    }
+    if let Some(s) = scenario {
+        out["summary"] = (s.summary)(&out).into();
     }
     out
 }
@@ -774,112 +795,6 @@ impl Bystander {
     }
 }
 
-/// The seed incident: memory.high 64M, memory.max 128M, no swap; a bystander
-/// and a 100 MiB hog under the limited cgroup. With the guard the hog must
-/// die fast; without it (control) the livelock must show.
-fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
-    let with_guard = layout.guard;
-    trace::enable()?;
-    let mut guard = if with_guard && layout.guard_first {
-        Some(Guard::start(&[], &[])?)
-    } else {
-        None
-    };
-    let limited = Cgroup::create(layout.limited)?;
-    limited.limit("64M", "128M")?;
-    let hog_cg = Cgroup::create(layout.hog)?;
-    let bystander_cg = Cgroup::create(layout.bystander)?;
-    if with_guard && guard.is_none() {
-        guard = Some(Guard::start(&[], &[])?);
-    }
-    let bystander_ms: u64 = if with_guard { 8000 } else { 13000 };
-    let bystander = Bystander::start(&bystander_cg, bystander_ms)?;
-    sleep(Duration::from_secs(1));
-    let events0 = limited.read("memory.events");
-    let (full0, _) = pressure_full(&limited.read("memory.pressure"));
-    let hog_start = monotonic_ns();
-    let mut hog = hog_cg.spawn(&["hog", "100"], Stdio::null())?;
-    let hog_pid = hog.id();
-    r.set("hog_pid", hog_pid);
-
-    let hog_end;
-    if with_guard {
-        match wait_exit(&mut hog, Duration::from_secs(20)) {
-            Some((status, at)) => {
-                r.check(
-                    status.signal() == Some(libc::SIGKILL),
-                    format!("hog ended by {status}, not SIGKILL"),
-                );
-                r.set("hog_lived_ms", (at - hog_start) as f64 / 1e6);
-                hog_end = at;
-            }
-            None => {
-                r.check(false, "hog still alive 20 s after it started");
-                end(&mut hog);
-                hog_end = monotonic_ns();
-            }
-        }
-    } else {
-        let observe = Instant::now();
-        sleep(Duration::from_secs(10));
-        let secs = observe.elapsed().as_secs_f64();
-        let alive = matches!(hog.try_wait(), Ok(None));
-        r.check(
-            alive,
-            "control: the hog died without a guard; the livelock did not happen",
-        );
-        let events1 = limited.read("memory.events");
-        let (full1, avg10) = pressure_full(&limited.read("memory.pressure"));
-        let high = keyed(&events1, "high") - keyed(&events0, "high");
-        let oom_kills = keyed(&events1, "oom_kill") - keyed(&events0, "oom_kill");
-        let full_share = (full1 - full0) as f64 / (secs * 1e6);
-        r.set("high_events", high);
-        r.set("oom_kills", oom_kills);
-        r.set("pressure_full_share", full_share);
-        r.set("pressure_full_avg10", avg10);
-        r.set("memory_current", limited.current());
-        r.check(
-            oom_kills == 0,
-            format!("control: {oom_kills} kernel OOM kills"),
-        );
-        r.check(high > 0, "control: memory.events high did not rise");
-        r.check(
-            full_share >= 0.3,
-            format!(
-                "control: memory.pressure full was only {:.0}% of the time",
-                full_share * 100.0
-            ),
-        );
-        end(&mut hog);
-        hog_end = monotonic_ns();
-    }
-
-    let (samples, worst_us) = bystander.finish(r)?;
-    r.set("bystander_worst_ms", worst_us as f64 / 1000.0);
-    r.set(
-        "bystander_worst_during_ms",
-        worst_between(&samples, hog_start, hog_end),
-    );
-
-    let log = guard.as_mut().map(Guard::stop).unwrap_or_default();
-    let trace = trace::read();
-    r.set(
-        "no_progress_passes",
-        trace::count_no_progress(&trace) as u64,
-    );
-
-    if with_guard {
-        let after = worst_between(&samples, hog_end + SETTLE_MS * 1_000_000, u64::MAX);
-        r.set("bystander_worst_after_ms", after);
-        r.check(
-            after <= BYSTANDER_AFTER_MAX_MS,
-            format!("bystander still {after:.0} ms late after the kill"),
-        );
-        guard_checks(r, &log, &trace, hog_pid);
-    }
-    Ok(())
-}
-
 /// The guard killed the hog, once, within budget + margin of the hog's
 /// first fruitless reclaim pass (measured from the kernel's trace).
 pub(crate) fn guard_checks(r: &mut Report, log: &str, trace_text: &str, hog_pid: u32) {
@@ -982,6 +897,95 @@ pub(crate) fn detect_to_kill_as(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scenario(name: &str) -> &'static Scenario {
+        all()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no scenario {name}"))
+    }
+
+    #[test]
+    fn every_name_is_declared_once() {
+        let names: Vec<&str> = all().map(|s| s.name).collect();
+        for n in &names {
+            assert_eq!(names.iter().filter(|m| *m == n).count(), 1, "{n}");
+        }
+    }
+
+    #[test]
+    fn only_stuck_exit_gets_a_throttled_disk() {
+        for e in list().as_array().expect("an array") {
+            let options = e["drive_options"].as_str().expect("drive_options");
+            assert!(
+                options.is_empty() || e["disk"] == true,
+                "{} has drive options but no disk",
+                e["name"]
+            );
+            let throttled = options.contains("throttling");
+            assert_eq!(throttled, e["name"] == "stuck-exit", "{}", e["name"]);
+        }
+        let stuck = scenario("stuck-exit");
+        assert!(stuck.disk);
+        assert_eq!(stuck.drive_options, "throttling.bps-total=1048576");
+    }
+
+    #[test]
+    fn an_unknown_scenario_fails_without_a_summary() {
+        let r = run("no-such-scenario");
+        assert_eq!(r["pass"], false);
+        assert_eq!(
+            r["failures"],
+            json!(["scenario could not run: unknown scenario no-such-scenario"])
+        );
+        assert!(r.get("summary").is_none());
+    }
+
+    /// The lines read as `cargo xtask test` has always printed them.
+    #[test]
+    fn summaries_read_the_measured_values() {
+        let seed = json!({
+            "detect_to_kill_ms": 134.46, "verdict_to_kill_us": 9120,
+            "bystander_worst_during_ms": 126.2, "bystander_worst_after_ms": 11.9,
+            "throttle_hooks": true,
+        });
+        assert_eq!(
+            (scenario("seed").summary)(&seed),
+            "first no-progress->SIGKILL 134.5 ms; verdict->kill 9120 us; bystander worst 126 ms \
+             during, 11.9 ms after; hooks true"
+        );
+        let host = json!({
+            "mem_total_kib": 479600, "cached_kib_before": 179500, "hog_pid": 104,
+            "direct_reclaim_passes": 0, "direct_passes_without_progress": 0,
+            "verdict_to_kill_us": 25377, "available_at_kill_bytes": 48549069,
+            "kernel_oom_victims": [], "stand_in_alive": true,
+        });
+        assert_eq!(
+            (scenario("host").summary)(&host),
+            "468 MiB RAM, no swap, 175 MiB page cache: hog 104 SIGKILLed by the guard - ms after \
+             the first direct reclaim pass (0 passes before the kill, 0 without progress; \
+             verdict->kill 25377 us, MemAvailable 46.3 MiB at the kill); kernel OOM victims []; \
+             protected stand-in alive true"
+        );
+        // A result of a real run (6.12), as the VM printed it.
+        let stream: Value = serde_json::from_str(
+            r#"{"daemon_log_records": 24, "detect_to_kill_ms": 111.5320000000004,
+            "failures": [], "hog_pid": 158, "idle_wakeups": 0, "kill_latency_us": 6804,
+            "metrics_kills": 1.0, "metrics_reclaim_end_ns_per_run": 57412.392857142855,
+            "metrics_reclaim_end_runs": 56.0, "oom_hog_pid": 159, "oom_kill_cgroup": "/oom.slice",
+            "oom_kill_comm": "hog", "pass": true, "report_svg_bytes": 52030, "scenario": "stream",
+            "stream_verdict_to_kill_ms": 11.988851, "trace_reclaim_records": 56,
+            "trace_records": 83, "trace_sample_records": 18, "trace_throttle_records": 2}"#,
+        )
+        .expect("json");
+        assert_eq!(
+            (scenario("stream").summary)(&stream),
+            "idle daemon woke 0 times in 5 s; guard trace --json: verdict + kill of hog 158 \
+             (verdict->kill 12.0 ms in the stream), 56 reclaim / 2 throttle / 18 sample records; \
+             oom_kill of 159 (hog) in /oom.slice; daemon log 24 records, report names both \
+             victims, SVG 52030 bytes; /metrics: kills 1.0, memcg_reclaim_end 56.0 runs at 57412 \
+             ns each"
+        );
+    }
 
     #[test]
     fn pressure_and_events_parse() {

@@ -4,61 +4,60 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::vm;
 
-/// Scenarios, in the order they run on each kernel.
-pub const SCENARIOS: [&str; 16] = [
-    "control",
-    "seed",
-    "nested",
-    "workers",
-    "protected",
-    "benign",
-    "cgroup-kill",
-    "sighup",
-    "pid-reuse",
-    "stream",
-    "host",
-    "odd",
-    "many-small",
-    "respawn",
-    "breaker",
-    "stuck-exit",
-];
-
-/// Guest RAM per scenario, MiB: `host` runs the machine itself out of
-/// memory, which is quicker and closer to a real box with a small VM.
-fn memory_mib(scenario: &str) -> u32 {
-    if scenario == "host" { 512 } else { 1024 }
+/// A scenario as `guard-scenario list` describes it: the VM it needs. Each
+/// declares itself in its own file under tests/src/scenario/.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scenario {
+    name: String,
+    /// Guest RAM, MiB.
+    memory_mib: u32,
+    /// Whether it gets a scratch disk (a sparse raw image, fresh per boot,
+    /// attached as NVMe).
+    disk: bool,
+    /// Extra `-drive` options of that disk, such as throttling.
+    drive_options: String,
+    /// How long one boot may take before qemu is killed.
+    timeout_secs: u64,
 }
 
-/// Scenarios that get a scratch disk (a sparse raw image, fresh per boot,
-/// attached as NVMe): they need a real filesystem, the initramfs being RAM,
-/// or (stuck-exit) a slow device to block on.
-const WITH_DISK: [&str; 3] = ["benign", "host", "stuck-exit"];
+/// Size of a scratch disk, a sparse image made fresh for each boot.
 const DISK_BYTES: u64 = 512 << 20;
 
-/// Extra `-drive` options of a scenario's scratch disk: stuck-exit's is
-/// throttled to 1 MiB/s, so that a 12 MiB O_DIRECT write keeps its writer in
-/// uninterruptible sleep for seconds.
-fn drive_options(scenario: &str) -> &'static str {
-    if scenario == "stuck-exit" {
-        "throttling.bps-total=1048576"
-    } else {
-        ""
+/// The scenarios, in the order they run on each kernel, as the host build
+/// of `guard-scenario` lists them.
+fn list(scenario_bin: &Path) -> Result<Vec<Scenario>> {
+    let out = Command::new(scenario_bin)
+        .arg("list")
+        .output()
+        .with_context(|| format!("running {} list", scenario_bin.display()))?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{} list failed ({}); it printed {:?} and on stderr {:?}",
+            scenario_bin.display(),
+            out.status,
+            printed.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-}
-
-/// How long one boot may take before qemu is killed: respawn runs a few
-/// hundred kill cycles.
-fn timeout(scenario: &str) -> Duration {
-    Duration::from_secs(if scenario == "respawn" { 600 } else { 240 })
+    serde_json::from_str(&printed).with_context(|| {
+        format!(
+            "{} list printed {:?}, not a list of scenarios",
+            scenario_bin.display(),
+            printed.trim()
+        )
+    })
 }
 
 const INIT: &str = r#"#!/bin/sh
@@ -88,6 +87,7 @@ fn parse_result(console: &str, log: &Path) -> Value {
         .lines()
         .find_map(|l| l.find(RESULT).map(|i| l[i + RESULT.len()..].trim().to_owned()))
         .and_then(|j| serde_json::from_str::<Value>(&j).ok())
+        .filter(Value::is_object)
         .unwrap_or_else(|| {
             serde_json::json!({"pass": false, "failures": [format!("no result line; console in {}", log.display())]})
         })
@@ -101,194 +101,30 @@ struct Row {
     secs: f64,
 }
 
-fn fmt_num(v: &Value, digits: usize) -> String {
-    v.as_f64()
-        .map(|x| format!("{x:.digits$}"))
-        .unwrap_or_else(|| "-".to_owned())
+/// A result must carry its scenario's summary line: a passing one without
+/// it fails, naming the scenario (a failed one already says why).
+fn require_summary(scenario: &str, result: &mut Value) {
+    if result["summary"].is_string() || result["pass"] != true {
+        return;
+    }
+    result["pass"] = false.into();
+    let missing = format!("{scenario}: the result has no \"summary\"");
+    match result["failures"].as_array_mut() {
+        Some(failures) => failures.push(missing.into()),
+        None => result["failures"] = serde_json::json!([missing]),
+    }
 }
 
-fn summary(scenario: &str, r: &Value) -> String {
-    let text = match scenario {
-        "systemd" => crate::systemd_vm::summary(r),
-        "seed" | "nested" => format!(
-            "first no-progress->SIGKILL {} ms; verdict->kill {} us; bystander worst {} ms during, {} ms after; hooks {}",
-            fmt_num(&r["detect_to_kill_ms"], 1),
-            fmt_num(&r["verdict_to_kill_us"], 0),
-            fmt_num(&r["bystander_worst_during_ms"], 0),
-            fmt_num(&r["bystander_worst_after_ms"], 1),
-            r["throttle_hooks"],
-        ),
-        "control" => format!(
-            "hog alive after 10 s; pressure full {}% (avg10 {}); high events {}; oom_kill {}; bystander worst {} ms",
-            fmt_num(
-                &(r["pressure_full_share"].as_f64().map(|x| x * 100.0).into()),
-                0
-            ),
-            fmt_num(&r["pressure_full_avg10"], 0),
-            r["high_events"],
-            r["oom_kills"],
-            fmt_num(&r["bystander_worst_during_ms"], 0),
-        ),
-        "workers" => format!(
-            "{} of 4 workers killed one at a time (exit->next kill {} ms), {} survive; first no-progress->SIGKILL {} ms; memory.current {} MiB at the end (high {} MiB); bystander worst {} ms",
-            r["kills"],
-            fmt_list(&r["exit_to_next_kill_ms"], ", "),
-            r["survivors"],
-            fmt_num(&r["detect_to_kill_ms"], 1),
-            mib(&r["memory_current_end"]),
-            mib(&r["memory_high"]),
-            fmt_num(&r["bystander_worst_ms"], 0),
-        ),
-        "protected" => format!(
-            "exe (/usr/sbin/sshd beside 3 innocents): {} killed, {}/3 innocents alive, \"stall unresolved\" {} ms after memory.high was crossed (holder_pid {}); adj (oom_score_adj -1000): {} killed, unresolved after {} ms; copy (/tmp/sshd): {} killed, first no-progress->SIGKILL {} ms; bystander worst {} / {} / {} ms",
-            show(&r["exe_kills"]),
-            show(&r["exe_innocents_alive"]),
-            fmt_num(&r["exe_over_high_to_unresolved_ms"], 0),
-            show(&r["exe_holder_pid"]),
-            show(&r["adj_kills"]),
-            fmt_num(&r["adj_over_high_to_unresolved_ms"], 0),
-            show(&r["copy_kills"]),
-            fmt_num(&r["copy_detect_to_kill_ms"], 1),
-            fmt_num(&r["exe_bystander_worst_ms"], 0),
-            fmt_num(&r["adj_bystander_worst_ms"], 0),
-            fmt_num(&r["copy_bystander_worst_ms"], 0),
-        ),
-        "benign" => format!(
-            "nothing killed; bursts (thp {}): up to {} KiB over high for {} ms each, {} high events, {}/{} reclaim passes without progress, pressure full {} ms; file cache ({}): {} high events, {}/{} passes without progress, {} ms; guard verdicts {}",
-            r["thp"].as_str().unwrap_or("-"),
-            r["burst_peak_over_high_kib"],
-            fmt_list(&r["burst_over_high_ms"], "/"),
-            r["burst_high_events"],
-            r["burst_no_progress_passes"],
-            r["burst_passes"],
-            fmt_num(&r["burst_pressure_full_ms"], 0),
-            r["scratch_fs"].as_str().unwrap_or("-"),
-            r["cache_high_events"],
-            r["cache_no_progress_passes"],
-            r["cache_passes"],
-            r["cache_ms"],
-            r["guard_verdicts"],
-        ),
-        "cgroup-kill" => format!(
-            "kill_mode {}, killed_cgroup {}; SIGKILLs to {}; first no-progress->SIGKILL {} ms; helper dead {} ms after the hog",
-            r["kill_mode"].as_str().unwrap_or("-"),
-            r["killed_cgroup"].as_str().unwrap_or("-"),
-            r["sigkill_targets"],
-            fmt_num(&r["detect_to_kill_ms"], 1),
-            fmt_num(&r["helper_after_hog_ms"], 1),
-        ),
-        "sighup" => format!(
-            "bad file kept the policy ({}); hog killed in mode {}; first no-progress->SIGKILL {} ms",
-            r["reload_error"].as_str().unwrap_or("-"),
-            r["kill_mode"].as_str().unwrap_or("-"),
-            fmt_num(&r["detect_to_kill_ms"], 1),
-        ),
-        "pid-reuse" => format!(
-            "held at pidfd_open: gone -> {}; reused -> {}",
-            r["gone_reason"].as_str().unwrap_or("-"),
-            r["reused_reason"].as_str().unwrap_or("-"),
-        ),
-        "stream" => format!(
-            "idle daemon woke {} times in 5 s; guard trace --json: verdict + kill of hog {} (verdict->kill {} ms in the stream), {} reclaim / {} throttle / {} sample records; oom_kill of {} ({}) in {}; daemon log {} records, report names both victims, SVG {} bytes; /metrics: kills {}, memcg_reclaim_end {} runs at {} ns each",
-            r["idle_wakeups"],
-            r["hog_pid"],
-            fmt_num(&r["stream_verdict_to_kill_ms"], 1),
-            r["trace_reclaim_records"],
-            r["trace_throttle_records"],
-            r["trace_sample_records"],
-            r["oom_hog_pid"],
-            r["oom_kill_comm"].as_str().unwrap_or("-"),
-            r["oom_kill_cgroup"].as_str().unwrap_or("-"),
-            r["daemon_log_records"],
-            r["report_svg_bytes"],
-            r["metrics_kills"],
-            r["metrics_reclaim_end_runs"],
-            fmt_num(&r["metrics_reclaim_end_ns_per_run"], 0),
-        ),
-        "host" => format!(
-            "{} MiB RAM, no swap, {} MiB page cache: hog {} SIGKILLed by the guard {} ms after the first direct reclaim pass ({} passes before the kill, {} without progress; verdict->kill {} us, MemAvailable {} MiB at the kill); kernel OOM victims {}; protected stand-in alive {}",
-            r["mem_total_kib"]
-                .as_u64()
-                .map_or("-".to_owned(), |k| (k / 1024).to_string()),
-            r["cached_kib_before"]
-                .as_u64()
-                .map_or("-".to_owned(), |k| (k / 1024).to_string()),
-            r["hog_pid"],
-            fmt_num(&r["first_direct_reclaim_to_kill_ms"], 1),
-            r["direct_reclaim_passes"],
-            r["direct_passes_without_progress"],
-            fmt_num(&r["verdict_to_kill_us"], 0),
-            mib(&r["available_at_kill_bytes"]),
-            r["kernel_oom_victims"],
-            r["stand_in_alive"],
-        ),
-        "odd" => format!(
-            "non-UTF-8 name: killed {}, first no-progress->SIGKILL {} ms, logged as {}; exited leader (thread holds {} MiB): killed {}, {} ms, logged as {}; memfd (RssShmem {} MiB): killed {}, {} ms, logged as {}",
-            show(&r["name_killed"]),
-            fmt_num(&r["name_detect_to_kill_ms"], 1),
-            show(&r["name_logged_comm"]),
-            kib_as_mib(&r["leader_thread_rss_anon_kib"]),
-            show(&r["leader_killed"]),
-            fmt_num(&r["leader_detect_to_kill_ms"], 1),
-            show(&r["leader_logged_comm"]),
-            kib_as_mib(&r["memfd_rss_shmem_kib"]),
-            show(&r["memfd_killed"]),
-            fmt_num(&r["memfd_detect_to_kill_ms"], 1),
-            show(&r["memfd_logged_comm"]),
-        ),
-        "many-small" => format!(
-            "60 children of 2 MiB, {} MiB over memory.high at the go; {} kills (batches {}), {} victims, {} survive; settled {} ms after the go; memory.current {} MiB at the end (high {} MiB); bystander worst {} ms",
-            mib(&r["overage_at_go"]),
-            show(&r["kills"]),
-            fmt_list(&r["batches"], "/"),
-            show(&r["victims_total"]),
-            show(&r["survivors"]),
-            fmt_num(&r["settled_after_ms"], 0),
-            mib(&r["memory_current_end"]),
-            mib(&r["memory_high"]),
-            fmt_num(&r["bystander_worst_ms"], 0),
-        ),
-        "respawn" => format!(
-            "{} cycles in {} s ({} ms median, {} ms max), {} kills logged, {} hogs SIGKILLed by the guard; guard fds {} after cycle 20 -> {} at the end, VmRSS {} -> {} KiB",
-            show(&r["cycles"]),
-            fmt_num(&r["seconds"], 0),
-            show(&r["cycle_median_ms"]),
-            show(&r["cycle_max_ms"]),
-            show(&r["kills"]),
-            show(&r["sigkills_from_guard"]),
-            show(&r["fds_at_sample"]),
-            show(&r["fds_end"]),
-            show(&r["rss_at_sample_kib"]),
-            show(&r["rss_end_kib"]),
-        ),
-        "breaker" => format!(
-            "{} kills {}; kill limit {} ms after the hog started ({} line(s), fruitless_kills {}), kill_limit event {}; hog alive {}; {}/6 innocents alive",
-            show(&r["kills"]),
-            show(&r["killed_pids"]),
-            fmt_num(&r["limit_after_ms"], 0),
-            show(&r["limit_lines"]),
-            show(&r["fruitless_kills"]),
-            show(&r["kill_limit_event"]),
-            show(&r["hog_alive"]),
-            show(&r["innocents_alive"]),
-        ),
-        "stuck-exit" => format!(
-            "second hog killed {} ms after the first victim (stalling from {} ms); first victim {} at 3 s, exited {} ms after its SIGKILL; guard logged it still exiting in state {} after {} ms",
-            fmt_num(&r["kill_gap_ms"], 0),
-            fmt_num(&r["second_stall_after_first_kill_ms"], 0),
-            show(&r["first_state_after_timeout"]),
-            fmt_num(&r["first_exit_after_kill_ms"], 0),
-            show(&r["logged_state"]),
-            show(&r["logged_waited_ms"]),
-        ),
-        _ => String::new(),
-    };
+/// The row's line: the scenario's own summary, and the boots again after
+/// guest kernel faults.
+fn summary(r: &Value) -> String {
+    let text = r["summary"].as_str().unwrap_or("-");
     match r["retried_after"].as_array() {
         Some(faults) => format!(
             "{text}; booted again after {} guest kernel fault(s)",
             faults.len()
         ),
-        None => text,
+        None => text.to_owned(),
     }
 }
 
@@ -308,46 +144,13 @@ fn scratch_disk(path: &Path) -> Result<PathBuf> {
     Ok(path.to_owned())
 }
 
-/// An array of numbers, each without decimals, or "-".
-fn fmt_list(v: &Value, sep: &str) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| fmt_num(x, 0))
-                .collect::<Vec<_>>()
-                .join(sep)
-        })
-        .unwrap_or_else(|| "-".to_owned())
-}
-
-/// A value as a person reads it: strings bare, null as "-".
-fn show(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// KiB as whole MiB, or "-".
-fn kib_as_mib(v: &Value) -> String {
-    v.as_u64()
-        .map_or_else(|| "-".to_owned(), |k| (k / 1024).to_string())
-}
-
-/// Bytes as MiB with one decimal, or "-".
-fn mib(v: &Value) -> String {
-    v.as_f64()
-        .map(|x| format!("{:.1}", x / 1048576.0))
-        .unwrap_or_else(|| "-".to_owned())
-}
-
 /// Runs the matrix; prints the table; true when every cell passed.
 pub fn run_matrix(
     bin: &Path,
     only_scenario: Option<&str>,
     only_kernel: Option<&str>,
 ) -> Result<bool> {
+    let scenarios = list(&bin.join("guard-scenario"))?;
     let kernels = vm::ensure_kernels()?;
     let work = crate::workspace_root().join("target").join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -366,34 +169,34 @@ pub fn run_matrix(
         .iter()
         .filter(|k| only_kernel.is_none_or(|o| o == k.label))
     {
-        for s in SCENARIOS
+        for scenario in scenarios
             .iter()
-            .filter(|s| only_scenario.is_none_or(|o| s.contains(o)))
+            .filter(|s| only_scenario.is_none_or(|o| s.name.contains(o)))
         {
+            let s = scenario.name.as_str();
             eprintln!("xtask: [{} {}] booting {} ...", k.label, s, k.release);
             let log = work.join(format!("{}-{}.log", k.label, s));
             let started = Instant::now();
             let mut retried = Vec::new();
             let result = loop {
-                let disk = WITH_DISK
-                    .contains(s)
+                let disk = scenario
+                    .disk
                     .then(|| scratch_disk(&work.join(format!("{}-{}.img", k.label, s))))
                     .transpose()?;
                 let append = format!("guard.scenario={s}");
-                let timeout = timeout(s);
+                let timeout = Duration::from_secs(scenario.timeout_secs);
+                let memory = scenario.memory_mib;
                 let console = match &disk {
                     Some(d) => vm::run_qemu_with_disk(
                         &k.vmlinuz,
                         &initrd,
-                        memory_mib(s),
+                        memory,
                         &append,
                         timeout,
                         &log,
-                        Some((d, drive_options(s))),
+                        Some((d, scenario.drive_options.as_str())),
                     ),
-                    None => {
-                        vm::run_qemu(&k.vmlinuz, &initrd, memory_mib(s), &append, timeout, &log)
-                    }
+                    None => vm::run_qemu(&k.vmlinuz, &initrd, memory, &append, timeout, &log),
                 };
                 if let Some(d) = &disk {
                     let _ = fs::remove_file(d);
@@ -427,6 +230,7 @@ pub fn run_matrix(
                 }
             };
             let mut result = result;
+            require_summary(s, &mut result);
             if !retried.is_empty() {
                 result["retried_after"] = serde_json::json!(retried);
             }
@@ -437,7 +241,7 @@ pub fn run_matrix(
                 k.label,
                 s,
                 if pass { "pass" } else { "FAIL" },
-                summary(s, &result)
+                summary(&result)
             );
             if !pass {
                 // Kept apart so a later passing run does not overwrite it.
@@ -461,9 +265,11 @@ pub fn run_matrix(
             .filter(|k| only_kernel.is_none_or(|o| o == k.label))
             .cloned()
             .collect();
-        for (label, scenario, result) in
+        for (label, scenario, mut result) in
             crate::systemd_vm::run_systemd_scenarios(&bin.join("guard"), &chosen)?
         {
+            // Its guest is a shell script, so its line is made here.
+            result["summary"] = crate::systemd_vm::summary(&result).into();
             let release = chosen
                 .iter()
                 .find(|k| k.label == label)
@@ -494,7 +300,7 @@ pub fn run_matrix(
             r.kernel,
             r.scenario,
             if r.pass { "pass" } else { "FAIL" },
-            summary(&r.scenario, &r.result)
+            summary(&r.result)
         );
     }
     let passed = rows.iter().filter(|r| r.pass).count();
@@ -506,35 +312,75 @@ pub fn run_matrix(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
-    fn every_scenario_has_a_summary_line() {
-        let empty = serde_json::json!({});
-        for s in SCENARIOS {
-            assert!(!summary(s, &empty).is_empty(), "{s} has no summary arm");
-        }
+    fn the_list_reads_as_guard_scenario_prints_it() {
+        let printed = r#"[{"disk":false,"drive_options":"","memory_mib":512,"name":"host","timeout_secs":240},
+            {"disk":true,"drive_options":"throttling.bps-total=1048576","memory_mib":1024,"name":"stuck-exit","timeout_secs":600}]"#;
+        let list: Vec<Scenario> = serde_json::from_str(printed).expect("a list");
+        assert_eq!(list.len(), 2);
+        assert_eq!((list[0].name.as_str(), list[0].memory_mib), ("host", 512));
+        assert!(list[1].disk);
+        assert_eq!(list[1].drive_options, "throttling.bps-total=1048576");
+        assert_eq!(list[1].timeout_secs, 600);
+        let renamed = printed.replace("timeout_secs", "timeout");
+        assert!(serde_json::from_str::<Vec<Scenario>>(&renamed).is_err());
     }
 
     #[test]
-    fn only_stuck_exit_gets_a_throttled_disk() {
-        for s in SCENARIOS {
-            let options = drive_options(s);
-            assert!(
-                options.is_empty() || WITH_DISK.contains(&s),
-                "{s} has drive options but no disk"
-            );
-        }
-        assert_eq!(drive_options("stuck-exit"), "throttling.bps-total=1048576");
-        assert_eq!(drive_options("benign"), "");
+    fn an_unreadable_list_names_the_binary_and_what_it_printed() {
+        // `echo list` prints "list": a program, but not guard-scenario.
+        let e = format!("{:#}", list(Path::new("/bin/echo")).unwrap_err());
+        assert!(
+            e.starts_with("/bin/echo list printed \"list\", not a list of scenarios"),
+            "{e}"
+        );
+        let e = format!("{:#}", list(Path::new("/bin/false")).unwrap_err());
+        assert!(e.starts_with("/bin/false list failed"), "{e}");
+        let e = format!(
+            "{:#}",
+            list(Path::new("/nonexistent/guard-scenario")).unwrap_err()
+        );
+        assert!(
+            e.contains("running /nonexistent/guard-scenario list"),
+            "{e}"
+        );
     }
 
     #[test]
-    fn values_read_as_a_person_reads_them() {
-        assert_eq!(show(&serde_json::json!(null)), "-");
-        assert_eq!(show(&serde_json::json!("D")), "D");
-        assert_eq!(show(&serde_json::json!(3)), "3");
-        assert_eq!(kib_as_mib(&serde_json::json!(71680)), "70");
-        assert_eq!(kib_as_mib(&serde_json::json!(null)), "-");
+    fn a_result_without_summary_fails_naming_the_scenario() {
+        let mut r = json!({"scenario": "odd", "pass": true, "failures": []});
+        require_summary("odd", &mut r);
+        assert_eq!(r["pass"], false);
+        assert_eq!(r["failures"], json!(["odd: the result has no \"summary\""]));
+        assert_eq!(summary(&r), "-");
+
+        let mut ok = json!({"pass": true, "failures": [], "summary": "3 kills"});
+        require_summary("odd", &mut ok);
+        assert_eq!(ok["pass"], true);
+
+        // A boot that printed no result has already failed and says why.
+        let mut lost = parse_result("GUARD-RESULT 42\n", Path::new("/l"));
+        require_summary("odd", &mut lost);
+        assert_eq!(lost["failures"].as_array().map(Vec::len), Some(1));
+        assert!(
+            lost["failures"][0]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("no result line")
+        );
+    }
+
+    #[test]
+    fn the_line_is_the_scenarios_own_and_counts_the_reboots() {
+        let r = json!({"summary": "hog alive after 10 s", "retried_after": ["fault"]});
+        assert_eq!(
+            summary(&r),
+            "hog alive after 10 s; booted again after 1 guest kernel fault(s)"
+        );
+        assert_eq!(summary(&json!({"summary": "3 kills"})), "3 kills");
     }
 }

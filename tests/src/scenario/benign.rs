@@ -26,6 +26,31 @@
 //! killed" means something.
 
 use super::*;
+use crate::summary::{fmt_num, fmt_list};
+
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario {
+    disk: true,
+    ..Scenario::new("benign", run, summary)
+}];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "nothing killed; bursts (thp {}): up to {} KiB over high for {} ms each, {} high events, {}/{} reclaim passes without progress, pressure full {} ms; file cache ({}): {} high events, {}/{} passes without progress, {} ms; guard verdicts {}",
+        r["thp"].as_str().unwrap_or("-"),
+        r["burst_peak_over_high_kib"],
+        fmt_list(&r["burst_over_high_ms"], "/"),
+        r["burst_high_events"],
+        r["burst_no_progress_passes"],
+        r["burst_passes"],
+        fmt_num(&r["burst_pressure_full_ms"], 0),
+        r["scratch_fs"].as_str().unwrap_or("-"),
+        r["cache_high_events"],
+        r["cache_no_progress_passes"],
+        r["cache_passes"],
+        r["cache_ms"],
+        r["guard_verdicts"],
+    )
+}
 
 pub(super) const DISK: &str = "/dev/nvme0n1";
 pub(super) const MOUNT: &str = "/tmp/scratch";

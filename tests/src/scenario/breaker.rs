@@ -10,6 +10,23 @@
 //! it, three of the six innocents alive, the bystander untouched.
 
 use super::*;
+use crate::summary::{fmt_num, show};
+
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("breaker", run, summary)];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "{} kills {}; kill limit {} ms after the hog started ({} line(s), fruitless_kills {}), kill_limit event {}; hog alive {}; {}/6 innocents alive",
+        show(&r["kills"]),
+        show(&r["killed_pids"]),
+        fmt_num(&r["limit_after_ms"], 0),
+        show(&r["limit_lines"]),
+        show(&r["fruitless_kills"]),
+        show(&r["kill_limit_event"]),
+        show(&r["hog_alive"]),
+        show(&r["innocents_alive"]),
+    )
+}
 
 const POLICY_PATH: &str = "/etc/guard/breaker.toml";
 const EVENTS_DIR: &str = "/tmp/guard-events";

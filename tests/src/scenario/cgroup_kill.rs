@@ -6,6 +6,20 @@
 //! /kill.slice itself.
 
 use super::*;
+use crate::summary::fmt_num;
+
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("cgroup-kill", run, summary)];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "kill_mode {}, killed_cgroup {}; SIGKILLs to {}; first no-progress->SIGKILL {} ms; helper dead {} ms after the hog",
+        r["kill_mode"].as_str().unwrap_or("-"),
+        r["killed_cgroup"].as_str().unwrap_or("-"),
+        r["sigkill_targets"],
+        fmt_num(&r["detect_to_kill_ms"], 1),
+        fmt_num(&r["helper_after_hog_ms"], 1),
+    )
+}
 
 const POLICY_PATH: &str = "/etc/guard/cgroup-kill.toml";
 const POLICY: &str = r#"# written by the cgroup-kill scenario

@@ -9,6 +9,31 @@
 //! sent by the guard, and the stand-in alive.
 
 use super::*;
+use crate::summary::{fmt_num, kib_as_mib, mib};
+
+/// Runs the machine itself out of memory, which is quicker and closer to a
+/// real box with a small VM; its page cache is on the scratch disk.
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario {
+    memory_mib: 512,
+    disk: true,
+    ..Scenario::new("host", run, summary)
+}];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "{} MiB RAM, no swap, {} MiB page cache: hog {} SIGKILLed by the guard {} ms after the first direct reclaim pass ({} passes before the kill, {} without progress; verdict->kill {} us, MemAvailable {} MiB at the kill); kernel OOM victims {}; protected stand-in alive {}",
+        kib_as_mib(&r["mem_total_kib"]),
+        kib_as_mib(&r["cached_kib_before"]),
+        r["hog_pid"],
+        fmt_num(&r["first_direct_reclaim_to_kill_ms"], 1),
+        r["direct_reclaim_passes"],
+        r["direct_passes_without_progress"],
+        fmt_num(&r["verdict_to_kill_us"], 0),
+        mib(&r["available_at_kill_bytes"]),
+        r["kernel_oom_victims"],
+        r["stand_in_alive"],
+    )
+}
 
 const POLICY_PATH: &str = "/etc/guard/host.toml";
 const POLICY: &str = r#"# written by the host scenario

@@ -28,6 +28,24 @@ use super::{
     workers::{Seen, end_family},
     *,
 };
+use crate::summary::{fmt_num, fmt_list, show, mib};
+
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("many-small", run, summary)];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "60 children of 2 MiB, {} MiB over memory.high at the go; {} kills (batches {}), {} victims, {} survive; settled {} ms after the go; memory.current {} MiB at the end (high {} MiB); bystander worst {} ms",
+        mib(&r["overage_at_go"]),
+        show(&r["kills"]),
+        fmt_list(&r["batches"], "/"),
+        show(&r["victims_total"]),
+        show(&r["survivors"]),
+        fmt_num(&r["settled_after_ms"], 0),
+        mib(&r["memory_current_end"]),
+        mib(&r["memory_high"]),
+        fmt_num(&r["bystander_worst_ms"], 0),
+    )
+}
 
 const CHILDREN: usize = 60;
 const FIRST_KIB: &str = "2048";

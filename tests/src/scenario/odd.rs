@@ -21,6 +21,26 @@ use std::collections::BTreeSet;
 
 use super::*;
 use crate::workload::ODD_NAME;
+use crate::summary::{fmt_num, show, kib_as_mib};
+
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("odd", run, summary)];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "non-UTF-8 name: killed {}, first no-progress->SIGKILL {} ms, logged as {}; exited leader (thread holds {} MiB): killed {}, {} ms, logged as {}; memfd (RssShmem {} MiB): killed {}, {} ms, logged as {}",
+        show(&r["name_killed"]),
+        fmt_num(&r["name_detect_to_kill_ms"], 1),
+        show(&r["name_logged_comm"]),
+        kib_as_mib(&r["leader_thread_rss_anon_kib"]),
+        show(&r["leader_killed"]),
+        fmt_num(&r["leader_detect_to_kill_ms"], 1),
+        show(&r["leader_logged_comm"]),
+        kib_as_mib(&r["memfd_rss_shmem_kib"]),
+        show(&r["memfd_killed"]),
+        fmt_num(&r["memfd_detect_to_kill_ms"], 1),
+        show(&r["memfd_logged_comm"]),
+    )
+}
 
 /// How long a hog may live before it counts as spared.
 const WAIT: Duration = Duration::from_secs(6);

@@ -16,6 +16,16 @@
 
 use super::*;
 
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("pid-reuse", run, summary)];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "held at pidfd_open: gone -> {}; reused -> {}",
+        r["gone_reason"].as_str().unwrap_or("-"),
+        r["reused_reason"].as_str().unwrap_or("-"),
+    )
+}
+
 const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 const VANISHED: &str = "victim vanished before the kill; nothing killed";
 

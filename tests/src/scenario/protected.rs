@@ -16,6 +16,26 @@
 //! The scenario ends the protected hogs itself after HOLD.
 
 use super::*;
+use crate::summary::{fmt_num, show};
+
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("protected", run, summary)];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "exe (/usr/sbin/sshd beside 3 innocents): {} killed, {}/3 innocents alive, \"stall unresolved\" {} ms after memory.high was crossed (holder_pid {}); adj (oom_score_adj -1000): {} killed, unresolved after {} ms; copy (/tmp/sshd): {} killed, first no-progress->SIGKILL {} ms; bystander worst {} / {} / {} ms",
+        show(&r["exe_kills"]),
+        show(&r["exe_innocents_alive"]),
+        fmt_num(&r["exe_over_high_to_unresolved_ms"], 0),
+        show(&r["exe_holder_pid"]),
+        show(&r["adj_kills"]),
+        fmt_num(&r["adj_over_high_to_unresolved_ms"], 0),
+        show(&r["copy_kills"]),
+        fmt_num(&r["copy_detect_to_kill_ms"], 1),
+        fmt_num(&r["exe_bystander_worst_ms"], 0),
+        fmt_num(&r["adj_bystander_worst_ms"], 0),
+        fmt_num(&r["copy_bystander_worst_ms"], 0),
+    )
+}
 
 const HOLD: Duration = Duration::from_secs(5);
 /// The copy of a protected binary that a user could make.

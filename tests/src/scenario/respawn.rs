@@ -11,6 +11,29 @@
 //! after cycle SAMPLE_AT (a pidfd kept per victim would add one fd a kill).
 
 use super::*;
+use crate::summary::{fmt_num, show};
+
+/// A few hundred kill cycles take longer than one boot usually may.
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario {
+    timeout_secs: 600,
+    ..Scenario::new("respawn", run, summary)
+}];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "{} cycles in {} s ({} ms median, {} ms max), {} kills logged, {} hogs SIGKILLed by the guard; guard fds {} after cycle 20 -> {} at the end, VmRSS {} -> {} KiB",
+        show(&r["cycles"]),
+        fmt_num(&r["seconds"], 0),
+        show(&r["cycle_median_ms"]),
+        show(&r["cycle_max_ms"]),
+        show(&r["kills"]),
+        show(&r["sigkills_from_guard"]),
+        show(&r["fds_at_sample"]),
+        show(&r["fds_end"]),
+        show(&r["rss_at_sample_kib"]),
+        show(&r["rss_end_kib"]),
+    )
+}
 
 const CYCLES: usize = 300;
 const SAMPLE_AT: usize = 20;

@@ -11,6 +11,18 @@
 use std::os::unix::process::CommandExt as _;
 
 use super::*;
+use crate::summary::fmt_num;
+
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("sighup", run, summary)];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "bad file kept the policy ({}); hog killed in mode {}; first no-progress->SIGKILL {} ms",
+        r["reload_error"].as_str().unwrap_or("-"),
+        r["kill_mode"].as_str().unwrap_or("-"),
+        fmt_num(&r["detect_to_kill_ms"], 1),
+    )
+}
 
 const POLICY_PATH: &str = "/etc/guard/guard.toml";
 const FIRST: &str =

@@ -9,6 +9,29 @@
 
 use super::*;
 use crate::scrape::{metric, scrape};
+use crate::summary::fmt_num;
+
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("stream", run, summary)];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "idle daemon woke {} times in 5 s; guard trace --json: verdict + kill of hog {} (verdict->kill {} ms in the stream), {} reclaim / {} throttle / {} sample records; oom_kill of {} ({}) in {}; daemon log {} records, report names both victims, SVG {} bytes; /metrics: kills {}, memcg_reclaim_end {} runs at {} ns each",
+        r["idle_wakeups"],
+        r["hog_pid"],
+        fmt_num(&r["stream_verdict_to_kill_ms"], 1),
+        r["trace_reclaim_records"],
+        r["trace_throttle_records"],
+        r["trace_sample_records"],
+        r["oom_hog_pid"],
+        r["oom_kill_comm"].as_str().unwrap_or("-"),
+        r["oom_kill_cgroup"].as_str().unwrap_or("-"),
+        r["daemon_log_records"],
+        r["report_svg_bytes"],
+        r["metrics_kills"],
+        r["metrics_reclaim_end_runs"],
+        fmt_num(&r["metrics_reclaim_end_ns_per_run"], 0),
+    )
+}
 
 const TRACE_OUT: &str = "/tmp/trace.jsonl";
 const DAEMON_LOG: &str = "/var/lib/guard/events.jsonl";

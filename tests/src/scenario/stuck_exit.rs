@@ -18,6 +18,27 @@
 //! kernel's trace: SIGKILLs and sched_process_exit).
 
 use super::{benign::DISK, *};
+use crate::summary::{fmt_num, show};
+
+/// The scratch disk is throttled to 1 MiB/s, so that a 12 MiB O_DIRECT
+/// write keeps its writer in uninterruptible sleep for seconds.
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario {
+    disk: true,
+    drive_options: "throttling.bps-total=1048576",
+    ..Scenario::new("stuck-exit", run, summary)
+}];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "second hog killed {} ms after the first victim (stalling from {} ms); first victim {} at 3 s, exited {} ms after its SIGKILL; guard logged it still exiting in state {} after {} ms",
+        fmt_num(&r["kill_gap_ms"], 0),
+        fmt_num(&r["second_stall_after_first_kill_ms"], 0),
+        show(&r["first_state_after_timeout"]),
+        fmt_num(&r["first_exit_after_kill_ms"], 0),
+        show(&r["logged_state"]),
+        show(&r["logged_waited_ms"]),
+    )
+}
 
 const WRITE_MIB: &str = "12";
 /// victim_exit_timeout_ms, the policy's default.

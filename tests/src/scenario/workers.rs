@@ -8,6 +8,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::summary::{fmt_num, fmt_list, mib};
+
+pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("workers", run, summary)];
+
+fn summary(r: &Value) -> String {
+    format!(
+        "{} of 4 workers killed one at a time (exit->next kill {} ms), {} survive; first no-progress->SIGKILL {} ms; memory.current {} MiB at the end (high {} MiB); bystander worst {} ms",
+        r["kills"],
+        fmt_list(&r["exit_to_next_kill_ms"], ", "),
+        r["survivors"],
+        fmt_num(&r["detect_to_kill_ms"], 1),
+        mib(&r["memory_current_end"]),
+        mib(&r["memory_high"]),
+        fmt_num(&r["bystander_worst_ms"], 0),
+    )
+}
 
 const WORKERS: usize = 4;
 const WORKER_MIB: usize = 30;
