@@ -168,6 +168,43 @@ pub(crate) fn unreported_fault(console: &str) -> Option<&'static str> {
     GUEST_FAULTS.iter().find(|f| console.contains(*f)).copied()
 }
 
+/// How long a guest may stay silent after the firmware hands over before
+/// the boot counts as wedged. A healthy guest prints its first line within
+/// seconds even under TCG; an emulator that hangs in early boot prints
+/// nothing until the scenario's timeout, minutes later.
+const BOOT_SILENCE: Duration = Duration::from_secs(120);
+
+/// The firmware's last line before the kernel runs.
+const FIRMWARE_DONE: &str = "Booting from ROM...";
+
+/// Whether the guest printed anything of its own after the firmware (the
+/// terminal resets the kernel sends do not count).
+pub(crate) fn guest_spoke(console: &str) -> bool {
+    let Some(at) = console.find(FIRMWARE_DONE) else {
+        return false;
+    };
+    let mut rest = &console[at + FIRMWARE_DONE.len()..];
+    // Escape sequences: ESC, then either a CSI sequence ending in a letter,
+    // or one more character.
+    let mut text = String::new();
+    while let Some(c) = rest.chars().next() {
+        rest = &rest[c.len_utf8()..];
+        if c != '\u{1b}' {
+            text.push(c);
+            continue;
+        }
+        if let Some(stripped) = rest.strip_prefix('[') {
+            let end = stripped
+                .find(|ch: char| ch.is_ascii_alphabetic())
+                .map_or(stripped.len(), |i| i + 1);
+            rest = &stripped[end..];
+        } else if let Some(c) = rest.chars().next() {
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    text.chars().any(|c| !c.is_whitespace())
+}
+
 /// Boots `vmlinuz` with `initrd` under QEMU TCG and returns the serial
 /// console output, which is also written to `log`.
 ///
@@ -288,6 +325,11 @@ pub(crate) fn boot(
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(fault_error(fault, &console));
+            }
+            if started.elapsed() >= BOOT_SILENCE.min(timeout) && !guest_spoke(&console) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fault_error("silent after the firmware", &console));
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -1047,6 +1089,20 @@ fn tail_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_silent_after_the_firmware_has_not_spoken() {
+        let firmware = "\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1.16.2)\r\n\r\n\
+                        iPXE (http://ipxe.org) 00:03.0\r\n\r\nBooting from ROM...\r\n";
+        assert!(!guest_spoke(""));
+        assert!(!guest_spoke(firmware));
+        let wedged = format!("{firmware}\u{1b}c\u{1b}[?7l\u{1b}[2J");
+        assert!(!guest_spoke(&wedged));
+        assert!(guest_spoke(&format!("{wedged}GUARD-KERNEL 7.2.13\r\n")));
+        assert!(guest_spoke(&format!(
+            "{wedged}[    6.474776] systemd[1]: x\r\n"
+        )));
+    }
 
     const DEB822: &str = "\
 Types: deb
