@@ -40,7 +40,7 @@ use check::{Bound, Errors, bounded, check_timing, value};
 pub const DEFAULT_PATH: &str = "/etc/guard/guard.toml";
 
 /// The built-in policy, as a file an admin can copy and edit.
-pub const DEFAULT_POLICY: &str = include_str!("../default-policy.toml");
+pub const DEFAULT_POLICY: &str = include_str!("default-policy.toml");
 
 // Defaults of keys left out of a file. They equal the values written in
 // DEFAULT_POLICY, so a file that only adds a scope behaves like the built-in
