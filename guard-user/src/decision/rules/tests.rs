@@ -23,10 +23,7 @@ fn stall(overage_mib: u64, worst: u32) -> Stall {
 }
 
 /// Protected: the names in `protected` (as a rule would say).
-fn judge<'a>(
-    cands: &'a [Candidate],
-    protected: &'a [&str],
-) -> impl FnMut(usize) -> Judgement + 'a {
+fn judge<'a>(cands: &'a [Candidate], protected: &'a [&str]) -> impl FnMut(usize) -> Judgement + 'a {
     move |i| {
         let name = cands[i].comm.to_string();
         let why = protected
