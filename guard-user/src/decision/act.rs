@@ -184,8 +184,21 @@ impl Responder {
             batch = report.batch, stalled_task = %String::from_utf8_lossy(v.comm()),
             stalled_pid = v.worst_pid, "killed");
         let watched: Vec<u32> = s.victims.iter().map(|p| p.pid).collect();
-        let spared =
-            (v.worst_tgid != 0 && !report.victims.contains(&v.worst_tgid)).then_some(v.worst_tgid);
+        // When the kill did not take the task the kernel saw stall most, the
+        // next verdict tells whether it ended the stall: not if it names a
+        // task this kill left alive.
+        let spared: Vec<u32> = if v.worst_tgid != 0 && !report.victims.contains(&v.worst_tgid) {
+            let pids = &self.scratch.pids;
+            pids.iter()
+                .map(|&(pid, _)| pid)
+                .filter(|pid| !report.victims.contains(pid))
+                // Listed or not (it may sit outside the table, as a task
+                // guard may not read would): the stalled task was spared.
+                .chain([v.worst_tgid])
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.ledger.killed(&c.key, watched, Instant::now(), spared);
         Outcome::Killed(Box::new(Killed {
             report,

@@ -10,8 +10,11 @@
 //!   fruitless, a sign the decision is wrong there. It did not when its
 //!   cgroup is still over the limit once its victims are gone; nor when it
 //!   spared the task the kernel saw stall most, and the next verdict there
-//!   names that same task again (the kill made room, and the grower it left
-//!   alive filled it: a policy that steers guard away from the real hog).
+//!   names a task the kill left alive (the kill made room, and a grower it
+//!   left alive filled it: a policy that steers guard away from the real
+//!   hog). The verdict that led to a kill may name a bystander that stalled
+//!   a moment longer than the hog, so any task the kill spared counts, not
+//!   only that one.
 //!   After `max_fruitless` of them in a row within `window`, nothing more is
 //!   killed there until the window has passed. A kill that ends the stall
 //!   resets the count, so a hog that a supervisor respawns dies every time
@@ -69,14 +72,13 @@ struct Inflight {
     all: Vec<u32>,
     deadline: Instant,
     killed_at: Instant,
-    spared: Option<u32>,
+    spared: Vec<u32>,
 }
 
 /// A kill judged by the verdict that followed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Judged {
     pub fruitful: bool,
-    pub spared: Option<u32>,
     /// The breaker opened with it.
     pub trip: Option<Trip>,
 }
@@ -85,9 +87,9 @@ pub struct Judged {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Done {
     pub victims: Vec<u32>,
-    /// The task the kernel saw stall most when the kill was decided, if the
-    /// kill did not take it.
-    pub spared: Option<u32>,
+    /// The tasks of the scope the kill left alive, sorted; empty when it
+    /// took the task the kernel saw stall most.
+    pub spared: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -97,8 +99,8 @@ struct Entry {
     fruitless: Vec<Instant>,
     limited_until: Option<Instant>,
     /// A kill that left its cgroup under the limit, waiting for the next
-    /// verdict there to tell whether it ended the stall; the task it spared.
-    pending: Option<Option<u32>>,
+    /// verdict there to tell whether it ended the stall; the tasks it spared.
+    pending: Option<Vec<u32>>,
 }
 
 impl Entry {
@@ -144,18 +146,14 @@ impl Ledger {
 
     /// A new verdict in `key`, whose most stalled task is `worst` (0: none
     /// known), judges the last kill there if it left the cgroup under its
-    /// limit: the stall is back, so that kill ended it only if the task it
-    /// spared is not what stalls now.
+    /// limit: the stall is back, so that kill ended it only if what stalls
+    /// now is not a task it spared.
     pub fn verdict(&mut self, key: &Path, now: Instant, worst: u32) -> Option<Judged> {
         let spared = self.scopes.get_mut(key)?.pending.take()?;
-        let fruitful = worst == 0 || spared != Some(worst);
+        let fruitful = worst == 0 || spared.binary_search(&worst).is_err();
         let trip = self.record(key, fruitful, now);
         self.tidy(key);
-        Some(Judged {
-            fruitful,
-            spared,
-            trip,
-        })
+        Some(Judged { fruitful, trip })
     }
 
     /// May a decision go ahead in `key` now?
@@ -190,9 +188,12 @@ impl Ledger {
         gate
     }
 
-    /// A kill of `pids` in `key` just happened; `spared` is the task the
-    /// kernel saw stall most, when the kill did not take it.
-    pub fn killed(&mut self, key: &Path, pids: Vec<u32>, now: Instant, spared: Option<u32>) {
+    /// A kill of `pids` in `key` just happened; `spared` are the tasks of
+    /// the scope it left alive when it did not take the task the kernel saw
+    /// stall most (else empty).
+    pub fn killed(&mut self, key: &Path, pids: Vec<u32>, now: Instant, mut spared: Vec<u32>) {
+        spared.sort_unstable();
+        spared.dedup();
         let deadline = now + self.limits.exit_timeout;
         let e = self.scopes.entry(key.to_owned()).or_default();
         e.pending = None;
@@ -239,7 +240,7 @@ impl Ledger {
             self.tidy(key);
             return trip;
         }
-        self.scopes.entry(key.to_owned()).or_default().pending = Some(done.spared);
+        self.scopes.entry(key.to_owned()).or_default().pending = Some(done.spared.clone());
         None
     }
 
@@ -292,10 +293,10 @@ mod tests {
         (l, PathBuf::from("/sys/fs/cgroup/seed"), Instant::now())
     }
 
-    fn done(spared: Option<u32>) -> Done {
+    fn done(spared: &[u32]) -> Done {
         Done {
             victims: vec![10],
-            spared,
+            spared: spared.to_vec(),
         }
     }
 
@@ -303,7 +304,7 @@ mod tests {
     fn the_next_decision_waits_for_a_victim_until_it_exits() {
         let (mut l, k, t) = ledger();
         assert_eq!(l.gate(&k, t), Gate::Open);
-        l.killed(&k, vec![10, 11], t, Some(12));
+        l.killed(&k, vec![10, 11], t, vec![13, 12]);
         assert_eq!(l.gate(&k, t + S), Gate::Exiting { pid: 10 });
         assert_eq!(l.ended(&k, 10), None, "one of two");
         assert!(l.waiting_for(&k, 11));
@@ -311,7 +312,7 @@ mod tests {
             l.ended(&k, 11),
             Some(Done {
                 victims: vec![10, 11],
-                spared: Some(12)
+                spared: vec![12, 13]
             }),
             "the last one"
         );
@@ -322,7 +323,7 @@ mod tests {
     #[test]
     fn a_victim_that_does_not_exit_blocks_only_until_the_timeout() {
         let (mut l, k, t) = ledger();
-        l.killed(&k, vec![10], t, None);
+        l.killed(&k, vec![10], t, Vec::new());
         assert_eq!(l.gate(&k, t + 2 * S), Gate::Exiting { pid: 10 });
         match l.gate(&k, t + 3 * S) {
             Gate::TimedOut { pids, waited, trip } => {
@@ -340,10 +341,10 @@ mod tests {
     #[test]
     fn kills_that_leave_the_cgroup_over_its_limit_open_the_breaker_for_the_window() {
         let (mut l, k, t) = ledger();
-        assert_eq!(l.judge(&k, &done(None), false, t), None);
-        assert_eq!(l.judge(&k, &done(None), false, t + S), None);
+        assert_eq!(l.judge(&k, &done(&[]), false, t), None);
+        assert_eq!(l.judge(&k, &done(&[]), false, t + S), None);
         let trip = l
-            .judge(&k, &done(None), false, t + 2 * S)
+            .judge(&k, &done(&[]), false, t + 2 * S)
             .expect("third trips");
         assert_eq!(trip.fruitless_kills, 3);
         assert_eq!(l.gate(&k, t + 30 * S), Gate::Limited { until: t + 62 * S });
@@ -351,7 +352,7 @@ mod tests {
         assert_eq!(l.gate(Path::new("/other"), t + 30 * S), Gate::Open);
         // After the window it may kill again, with a fresh count.
         assert_eq!(l.gate(&k, t + 62 * S), Gate::Open);
-        assert_eq!(l.judge(&k, &done(None), false, t + 63 * S), None);
+        assert_eq!(l.judge(&k, &done(&[]), false, t + 63 * S), None);
     }
 
     #[test]
@@ -361,16 +362,31 @@ mod tests {
         // fills it and the next verdict names it again.
         let (mut l, k, t) = ledger();
         for i in 0..2 {
-            assert_eq!(l.judge(&k, &done(Some(50)), true, t + i * S), None);
+            assert_eq!(l.judge(&k, &done(&[50, 51]), true, t + i * S), None);
             let j = l.verdict(&k, t + i * S + S / 2, 50).expect("judged");
             assert!(!j.fruitful, "kill {i}");
             assert_eq!(j.trip, None);
         }
-        assert_eq!(l.judge(&k, &done(Some(50)), true, t + 2 * S), None);
+        assert_eq!(l.judge(&k, &done(&[50, 51]), true, t + 2 * S), None);
         let j = l.verdict(&k, t + 3 * S, 50).expect("judged");
         assert_eq!(j.trip.map(|t| t.fruitless_kills), Some(3));
         assert!(matches!(l.gate(&k, t + 4 * S), Gate::Limited { .. }));
         assert_eq!(l.verdict(&k, t + 4 * S, 50), None, "nothing left to judge");
+    }
+
+    #[test]
+    fn a_kill_that_spared_a_bystander_is_fruitless_when_the_hog_it_left_stalls_next() {
+        // The verdict behind the first kill named the bystander (7), which
+        // had stalled a moment longer; the kill took an innocent (10) and
+        // left the bystander and the hog (8) alive. When the next verdict
+        // names the hog, the kill did not end the stall.
+        let (mut l, k, t) = ledger();
+        l.killed(&k, vec![10], t, vec![8, 7, 11]);
+        let d = l.ended(&k, 10).expect("its only victim");
+        assert_eq!(d.spared, [7, 8, 11]);
+        assert_eq!(l.judge(&k, &d, true, t), None);
+        let j = l.verdict(&k, t + S, 8).expect("judged");
+        assert!(!j.fruitful);
     }
 
     #[test]
@@ -384,19 +400,19 @@ mod tests {
                 assert!(j.fruitful, "respawn {i}");
             }
             assert_eq!(l.gate(&k, now), Gate::Open, "respawn {i}");
-            l.killed(&k, vec![1000 + i], now, None);
+            l.killed(&k, vec![1000 + i], now, Vec::new());
             let d = l.ended(&k, 1000 + i).expect("its only victim");
             assert_eq!(l.judge(&k, &d, true, now), None);
         }
         // Two fruitless, one that ends it, two more: no trip.
-        l.judge(&k, &done(None), false, t);
-        l.judge(&k, &done(None), false, t);
-        l.judge(&k, &done(Some(7)), true, t);
+        l.judge(&k, &done(&[]), false, t);
+        l.judge(&k, &done(&[]), false, t);
+        l.judge(&k, &done(&[7]), true, t);
         let j = l.verdict(&k, t, 8).expect("judged");
         assert!(j.fruitful, "another task stalls now");
-        assert_eq!(l.judge(&k, &done(None), false, t), None);
-        assert_eq!(l.judge(&k, &done(None), false, t), None);
-        assert!(l.judge(&k, &done(None), false, t).is_some());
+        assert_eq!(l.judge(&k, &done(&[]), false, t), None);
+        assert_eq!(l.judge(&k, &done(&[]), false, t), None);
+        assert!(l.judge(&k, &done(&[]), false, t).is_some());
     }
 
     #[test]
@@ -404,7 +420,7 @@ mod tests {
         let (mut l, k, t) = ledger();
         for i in 0..10 {
             let at = t + i * 31 * S;
-            assert_eq!(l.judge(&k, &done(None), false, at), None, "kill {i}");
+            assert_eq!(l.judge(&k, &done(&[]), false, at), None, "kill {i}");
         }
     }
 
@@ -413,7 +429,7 @@ mod tests {
         let (mut l, _, t) = ledger();
         for i in 0..1000 {
             let k = PathBuf::from(format!("/sys/fs/cgroup/loop/hog-{i}.scope"));
-            l.killed(&k, vec![i], t, None);
+            l.killed(&k, vec![i], t, Vec::new());
             let d = l.ended(&k, i).expect("its only victim");
             l.judge(&k, &d, true, t);
             // Removed once its hog is dead, as the daemon sees it.

@@ -295,7 +295,7 @@ impl Responder {
             Err(outcome) => return outcome,
         };
         if let Some(j) = self.ledger.verdict(&c.key, Instant::now(), v.worst_tgid) {
-            info!(cgroup = %c.name, fruitful = j.fruitful, spared = j.spared,
+            info!(cgroup = %c.name, fruitful = j.fruitful,
                 stalled_pid = v.worst_tgid, "kill outcome");
             if let Some(t) = j.trip {
                 return Outcome::LimitReached(limit_reached(&c.name, t));
