@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::vm::{self, Kernel};
@@ -563,16 +563,7 @@ fn parse_result(console: &str, log: &Path) -> Value {
 // ---------------------------------------------------------------------------
 
 pub(crate) fn cache_dir() -> Result<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
-        _ => {
-            let home = std::env::var_os("HOME")
-                .filter(|h| !h.is_empty())
-                .ok_or_else(|| anyhow!("neither XDG_CACHE_HOME nor HOME is set"))?;
-            Path::new(&home).join(".cache")
-        }
-    };
-    Ok(base.join("guard").join("systemd-rootfs"))
+    vm::cache_dir("systemd-rootfs")
 }
 
 /// What the cached rootfs was built from; a change rebuilds it.

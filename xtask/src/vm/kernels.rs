@@ -37,7 +37,7 @@ pub(super) const META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// `vmlinuz` and `release`. A cached suite is used without touching the
 /// network; delete its directory to fetch the current kernel again.
 pub fn ensure_kernels() -> Result<Vec<Kernel>> {
-    let root = kernel_cache_dir()?;
+    let root = cache_dir("kernels")?;
     // The mirror is looked up only when something has to be downloaded, so
     // cached runs work on machines whose apt configuration we cannot parse.
     let mut mirror: Option<String> = None;
@@ -69,7 +69,9 @@ pub fn ensure_kernels() -> Result<Vec<Kernel>> {
     Ok(kernels)
 }
 
-fn kernel_cache_dir() -> Result<PathBuf> {
+/// `what` under guard's folder in the user's cache (XDG_CACHE_HOME, else
+/// ~/.cache): the kernels here, the systemd root image in systemd_vm.
+pub(crate) fn cache_dir(what: &str) -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
         _ => {
@@ -79,7 +81,7 @@ fn kernel_cache_dir() -> Result<PathBuf> {
             Path::new(&home).join(".cache")
         }
     };
-    Ok(base.join("guard").join("kernels"))
+    Ok(base.join("guard").join(what))
 }
 
 /// Returns the cached kernel if both files are there and look sane; anything

@@ -21,6 +21,7 @@ mod mirror;
 mod qemu;
 
 pub use initramfs::build_initramfs;
+pub(crate) use kernels::cache_dir;
 pub use kernels::{Kernel, ensure_kernels};
 pub(crate) use mirror::find_mirror;
 pub(crate) use qemu::boot;
