@@ -115,17 +115,30 @@ fn require_summary(scenario: &str, result: &mut Value) {
     }
 }
 
-/// The row's line: the scenario's own summary, and the boots again after
-/// guest kernel faults.
+/// The longest part of a failure a table row quotes.
+const FAILURE_IN_ROW: usize = 240;
+
+/// The row's line: the scenario's own summary, why a failed cell failed
+/// (the first line of each failure, so the table alone says it), and the
+/// boots again after guest kernel faults.
 fn summary(r: &Value) -> String {
-    let text = r["summary"].as_str().unwrap_or("-");
-    match r["retried_after"].as_array() {
-        Some(faults) => format!(
-            "{text}; booted again after {} guest kernel fault(s)",
-            faults.len()
-        ),
-        None => text.to_owned(),
+    let mut text = r["summary"].as_str().unwrap_or("-").to_owned();
+    if r["pass"] == false {
+        for failure in r["failures"].as_array().into_iter().flatten() {
+            let line = failure.as_str().unwrap_or_default().lines().next();
+            let line = line.unwrap_or_default();
+            let cut: String = line.chars().take(FAILURE_IN_ROW).collect();
+            let more = if cut.len() < line.len() { "..." } else { "" };
+            text.push_str(&format!("; failed: {}{more}", cut.replace('|', "/")));
+        }
     }
+    if let Some(faults) = r["retried_after"].as_array() {
+        text.push_str(&format!(
+            "; booted again after {} guest kernel fault(s)",
+            faults.len()
+        ));
+    }
+    text
 }
 
 /// A fresh sparse image of DISK_BYTES at `path` (an existing one is
@@ -356,7 +369,7 @@ mod tests {
         require_summary("odd", &mut r);
         assert_eq!(r["pass"], false);
         assert_eq!(r["failures"], json!(["odd: the result has no \"summary\""]));
-        assert_eq!(summary(&r), "-");
+        assert_eq!(summary(&r), "-; failed: odd: the result has no \"summary\"");
 
         let mut ok = json!({"pass": true, "failures": [], "summary": "3 kills"});
         require_summary("odd", &mut ok);
@@ -382,5 +395,26 @@ mod tests {
             "hog alive after 10 s; booted again after 1 guest kernel fault(s)"
         );
         assert_eq!(summary(&json!({"summary": "3 kills"})), "3 kills");
+    }
+
+    /// The CI output of a failed stop showed only a table row "FAIL | -;
+    /// booted again after 2 guest kernel fault(s)": the reason was elsewhere.
+    #[test]
+    fn a_failed_row_says_why_in_one_line() {
+        let r = json!({
+            "pass": false,
+            "failures": [
+                "guest kernel fault (\"silent after the firmware\") after 121s (console log: /l); last console lines:\nBooting",
+                "a|b",
+            ],
+            "retried_after": ["fault", "fault"],
+        });
+        assert_eq!(
+            summary(&r),
+            "-; failed: guest kernel fault (\"silent after the firmware\") after 121s (console log: /l); \
+             last console lines:; failed: a/b; booted again after 2 guest kernel fault(s)"
+        );
+        let long = json!({"pass": false, "failures": ["x".repeat(FAILURE_IN_ROW + 5)]});
+        assert!(summary(&long).ends_with(&format!("{}...", "x".repeat(FAILURE_IN_ROW))));
     }
 }

@@ -45,11 +45,13 @@ fn shown_fault(console: &str) -> Option<&'static str> {
 /// nothing until the scenario's timeout, minutes later.
 const BOOT_SILENCE: Duration = Duration::from_secs(120);
 
-/// The firmware's last line before the kernel runs.
-const FIRMWARE_DONE: &str = "Booting from ROM...";
+/// The firmware's last line before the kernel runs, without its trailing
+/// dots: the console does not always show all three ("Booting from ROM.."
+/// followed at once by the kernel's terminal reset).
+const FIRMWARE_DONE: &str = "Booting from ROM";
 
 /// Whether the guest printed anything of its own after the firmware (the
-/// terminal resets the kernel sends do not count).
+/// firmware's dots and the terminal resets the kernel sends do not count).
 fn guest_spoke(console: &str) -> bool {
     let Some(at) = console.find(FIRMWARE_DONE) else {
         return false;
@@ -73,7 +75,9 @@ fn guest_spoke(console: &str) -> bool {
             rest = &rest[c.len_utf8()..];
         }
     }
-    text.chars().any(|c| !c.is_whitespace())
+    text.trim_start_matches('.')
+        .chars()
+        .any(|c| !c.is_whitespace())
 }
 
 /// Boots `vmlinuz` with `initrd` under QEMU TCG and returns the serial
@@ -276,5 +280,21 @@ mod tests {
         assert!(guest_spoke(&format!(
             "{wedged}[    6.474776] systemd[1]: x\r\n"
         )));
+    }
+
+    /// The console of a 6.1 boot that ran well but was stopped at 120 s as
+    /// silent: the firmware's line shows two dots, and the kernel's reset
+    /// follows on the same line.
+    #[test]
+    fn a_firmware_line_cut_short_still_finds_the_guest_speaking() {
+        let console = "\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n\n\n\
+                       iPXE (http://ipxe.org) 00:03.0 CA00 PCI2.10 PnP PMM+3EFCF000+3EF0F000 CA00\r\n\n\n\
+                       Booting from ROM..\u{1b}c\u{1b}[?7l\u{1b}[2JGUARD-KERNEL 6.1.0-50-cloud-amd64\r\n";
+        assert!(guest_spoke(console));
+        let cut = console.split("GUARD-KERNEL").next().unwrap_or_default();
+        assert!(
+            !guest_spoke(cut),
+            "the firmware's dots alone are not the guest"
+        );
     }
 }
