@@ -5,10 +5,11 @@
 
 use std::{fmt, time::Duration};
 
+pub use crate::config::{Facts, Needs};
 use crate::{
     config::{Config, HostMode},
     kernel::{HostLimits, Settings},
-    procfs::{Comm, Exe},
+    procfs::Comm,
 };
 
 /// Minimum time between two host verdicts: most ask "is MemAvailable low
@@ -55,32 +56,6 @@ impl fmt::Display for Protection {
             Self::Unreadable(why) => write!(f, "not readable, so never killed: {why}"),
         }
     }
-}
-
-/// What the protection rules look at, for one process. The optional facts
-/// are read only when [`Policy::needs`] says a rule uses them.
-#[derive(Clone, Copy, Debug)]
-pub struct Facts<'a> {
-    pub pid: u32,
-    pub kernel_thread: bool,
-    pub oom_score_adj: i32,
-    pub comm: &'a Comm,
-    /// The real uid (None: not read, no rule needs it).
-    pub uid: Option<u32>,
-    /// The process's cgroup path ("/user.slice/...").
-    pub cgroup: Option<&'a str>,
-    /// None: no executable (or not read).
-    pub exe: Option<&'a Exe>,
-    pub cmdline: Option<&'a str>,
-}
-
-/// Which optional facts the rules need.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Needs {
-    pub exe: bool,
-    pub cmdline: bool,
-    pub cgroup: bool,
-    pub uid: bool,
 }
 
 impl Policy {
@@ -153,6 +128,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::Exe;
 
     const GUARD: u32 = 999;
 

@@ -30,7 +30,7 @@ use toml::Spanned;
 pub use hook::Hook;
 pub use host::{Host, HostMode};
 pub use order::Order;
-pub use protect::{DEFAULT_PROTECT_EXE, Protect};
+pub use protect::{DEFAULT_PROTECT_EXE, Facts, Needs, Protect};
 pub use scope::{KillMode, Scope};
 pub use secure::check_secure;
 
@@ -287,7 +287,7 @@ mod tests {
         uid: u32,
     ) -> Option<String> {
         let comm = crate::procfs::Comm::from(comm);
-        p.reason(&crate::policy::Facts {
+        p.reason(&super::Facts {
             pid: 50,
             kernel_thread: false,
             oom_score_adj: 0,

@@ -6,6 +6,33 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::check::{Errors, glob_matchers, regexes};
+use crate::procfs::{Comm, Exe};
+
+/// What the protection rules look at, for one process. The optional facts
+/// are read only when the rules need them (see [`Needs`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    pub pid: u32,
+    pub kernel_thread: bool,
+    pub oom_score_adj: i32,
+    pub comm: &'a Comm,
+    /// The real uid (None: not read, no rule needs it).
+    pub uid: Option<u32>,
+    /// The process's cgroup path ("/user.slice/...").
+    pub cgroup: Option<&'a str>,
+    /// None: no executable (or not read).
+    pub exe: Option<&'a Exe>,
+    pub cmdline: Option<&'a str>,
+}
+
+/// Which optional facts the rules need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub exe: bool,
+    pub cmdline: bool,
+    pub cgroup: bool,
+    pub uid: bool,
+}
 
 /// Protected executables while `protect.exe` is absent: leaving the key out
 /// must not silently make sshd killable. Each is matched by path and by
@@ -41,8 +68,8 @@ impl Protect {
     }
 
     /// Which facts beyond name and owner the rules need.
-    pub fn needs(&self) -> crate::policy::Needs {
-        crate::policy::Needs {
+    pub fn needs(&self) -> Needs {
+        Needs {
             exe: !self.exe.is_empty(),
             cmdline: !self.cmdline.is_empty(),
             cgroup: !self.cgroups.is_empty(),
@@ -58,7 +85,7 @@ impl Protect {
     /// path and is the file guard itself finds there, root's (see
     /// [`crate::procfs::Exe::trusted`]). A `cgroups` glob protects the
     /// cgroup it matches and every cgroup below it.
-    pub fn reason(&self, f: &crate::policy::Facts<'_>) -> Option<String> {
+    pub fn reason(&self, f: &Facts<'_>) -> Option<String> {
         if let Some(exe) = f.exe.filter(|e| e.trusted())
             && let Some(g) = self.exe.iter().find(|g| g.is_match(&exe.path))
         {
