@@ -20,7 +20,6 @@
 use std::{
     fs,
     io::Write,
-    process::Command,
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -32,6 +31,7 @@ use crate::{
     monotonic_ns,
     scenario::{alive, context_switches, keyed_colon, read},
     scrape, trace,
+    units::{prop, put_file, sh},
 };
 
 const RUN: &str = "/run/bench";
@@ -154,36 +154,6 @@ fn console(tag: &str, v: &Value) {
 
 fn step(what: &str) {
     console("GUARD-STEP", &json!(what));
-}
-
-/// Runs a command; its stdout, or an error naming it and its stderr.
-fn sh(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "{} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn prop(unit: &str, name: &str) -> String {
-    sh(&["systemctl", "show", "-p", name, "--value", unit]).unwrap_or_default()
-}
-
-/// Writes a config file, making its directory.
-fn put_file(path: &str, text: &str) -> Result<(), String> {
-    if let Some(dir) = std::path::Path::new(path).parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
-    fs::write(path, text).map_err(|e| format!("writing {path}: {e}"))
 }
 
 fn read_u64(path: &str) -> Option<u64> {

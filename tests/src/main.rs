@@ -15,6 +15,7 @@ mod scenario;
 mod scrape;
 mod summary;
 mod trace;
+mod units;
 mod workload;
 
 use std::time::Duration;
@@ -29,7 +30,15 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-const USAGE: &str = "usage: guard-scenario SCENARIO | list | hog MIB [NAME [OOM_SCORE_ADJ]] | \
+/// The value of `guard.scenario=` on a kernel command line.
+fn scenario_on_cmdline(cmdline: &str) -> Option<&str> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("guard.scenario="))
+        .filter(|name| !name.is_empty())
+}
+
+const USAGE: &str = "usage: guard-scenario SCENARIO | list | from-cmdline | hog MIB [NAME [OOM_SCORE_ADJ]] | \
     bystander MS | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
     filecache PATH MIB READS | idle NAME | holder MIB [NAME] | odd-name MIB | leader-exit MIB [NAME] | \
     memfd MIB [NAME] | stuck MIB WRITE_MIB DEVICE [NAME] | small-parent N FIRST_KIB TOTAL_KIB | \
@@ -106,6 +115,16 @@ fn main() {
         }
         Some("small") => workload::small(num(1, 1536) as usize, num(2, 2048) as usize),
         Some("list") => println!("{}", scenario::list()),
+        // A systemd guest's guard-test.service: the scenario xtask named
+        // on the kernel command line.
+        Some("from-cmdline") => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let name = scenario_on_cmdline(&cmdline).unwrap_or_else(|| {
+                eprintln!("guard-scenario: no guard.scenario= on the kernel command line");
+                std::process::exit(2)
+            });
+            println!("GUARD-RESULT {}", scenario::run(name));
+        }
         Some("bench") => {
             let result = bench::run();
             println!("GUARD-RESULT {result}");
@@ -118,5 +137,18 @@ fn main() {
             eprintln!("{USAGE}");
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scenario_on_cmdline;
+
+    #[test]
+    fn the_scenario_is_read_from_the_kernel_command_line() {
+        let cmdline = "console=ttyS0 root=/dev/nvme0n1 rw quiet panic=-1 guard.scenario=systemd\n";
+        assert_eq!(scenario_on_cmdline(cmdline), Some("systemd"));
+        assert_eq!(scenario_on_cmdline("console=ttyS0 guard.scenario="), None);
+        assert_eq!(scenario_on_cmdline("console=ttyS0"), None);
     }
 }

@@ -84,6 +84,7 @@ scenarios! {
     respawn
     breaker
     stuck_exit
+    systemd
 }
 
 /// A scenario as its file declares it: its name, the VM it needs, how it
@@ -91,6 +92,8 @@ scenarios! {
 /// `guard-scenario list` describes it.
 pub(crate) struct Scenario {
     pub(crate) name: &'static str,
+    /// The guest it runs in.
+    pub(crate) vm: Vm,
     /// Guest RAM, MiB.
     pub(crate) memory_mib: u32,
     /// A scratch disk, /dev/nvme0n1 (a fresh sparse image of xtask's): a
@@ -105,8 +108,31 @@ pub(crate) struct Scenario {
     pub(crate) summary: fn(&Value) -> String,
 }
 
+/// The guests a scenario can run in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Vm {
+    /// An initramfs whose /init mounts what the guard needs and runs the
+    /// scenario as the only thing on the machine.
+    Initramfs,
+    /// A Debian system booted with systemd as PID 1, the guard installed as
+    /// `deploy/guard.service`; guard-test.service runs the scenario once
+    /// the system is up.
+    Systemd,
+}
+
+impl Vm {
+    /// The name `guard-scenario list` gives xtask.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Initramfs => "initramfs",
+            Self::Systemd => "systemd",
+        }
+    }
+}
+
 impl Scenario {
-    /// A scenario in the usual VM: 1 GiB of RAM, no disk, 240 s.
+    /// A scenario in the usual VM: an initramfs, 1 GiB of RAM, no disk,
+    /// 240 s.
     pub(crate) const fn new(
         name: &'static str,
         run: fn(&mut Report) -> Result<(), String>,
@@ -114,6 +140,7 @@ impl Scenario {
     ) -> Self {
         Self {
             name,
+            vm: Vm::Initramfs,
             memory_mib: 1024,
             disk: false,
             drive_options: "",
@@ -124,12 +151,29 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// A scenario on a systemd machine: 1 GiB of RAM, 420 s (the system
+    /// boots first: about 60 s under TCG, twice that on a busy host).
+    pub(crate) const fn systemd(
+        name: &'static str,
+        run: fn(&mut Report) -> Result<(), String>,
+        summary: fn(&Value) -> String,
+    ) -> Self {
+        Self {
+            vm: Vm::Systemd,
+            timeout_secs: 420,
+            ..Self::new(name, run, summary)
+        }
+    }
+}
+
 /// Every scenario as xtask needs it to boot one (`guard-scenario list`).
 pub fn list() -> Value {
     all()
         .map(|s| {
             json!({
                 "name": s.name,
+                "vm": s.vm.name(),
                 "memory_mib": s.memory_mib,
                 "disk": s.disk,
                 "drive_options": s.drive_options,
@@ -927,6 +971,23 @@ mod tests {
         let stuck = scenario("stuck-exit");
         assert!(stuck.disk);
         assert_eq!(stuck.drive_options, "throttling.bps-total=1048576");
+    }
+
+    /// The systemd guest boots from its root image on NVMe: a scratch disk
+    /// would race it for the name nvme0n1.
+    #[test]
+    fn systemd_scenarios_are_listed_as_such_and_take_no_disk() {
+        let listed = list();
+        let systemd: Vec<&Value> = listed
+            .as_array()
+            .expect("an array")
+            .iter()
+            .filter(|e| e["vm"] == "systemd")
+            .collect();
+        assert_eq!(systemd.len(), 1, "{listed}");
+        assert_eq!(systemd[0]["name"], "systemd");
+        assert_eq!(systemd[0]["disk"], false);
+        assert_eq!(scenario("seed").vm, Vm::Initramfs);
     }
 
     #[test]

@@ -11,7 +11,6 @@
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -20,9 +19,9 @@ use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use serde_json::{Value, json};
 
-use crate::{
-    systemd_vm::{self, Payload, RunDir},
-    vm::{self, Kernel},
+use crate::vm::{
+    self, Kernel,
+    rootfs::{self, RunDir},
 };
 
 /// Tools and cases in the guest's order: the guest's own file.
@@ -49,6 +48,8 @@ fn describe(tool: &str) -> &'static str {
     }
 }
 
+/// The bench guest's RAM.
+const BENCH_MEM_MIB: u32 = 1024;
 const BENCH_SERVICE: &str = "\
 [Unit]
 Description=guard bench: every tool, every case; powers off when done
@@ -188,13 +189,19 @@ fn run_vms(bin_dir: &Path, kernels: &[Kernel], opts: &Options) -> Result<Value> 
         .context("reading deploy/guard.service")?;
     let logs = root.join("target").join("vm");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let cache = systemd_vm::cache_dir()?;
-    let base = systemd_vm::ensure_base_image(&cache)?;
-    systemd_vm::remove_stale_runs(&cache);
+    let cache = rootfs::cache_dir()?;
+    let base = rootfs::ensure_base_image(&cache)?;
+    rootfs::remove_stale_runs(&cache);
     let run = RunDir::create(cache.join(format!("run-{}", std::process::id())))?;
     let image = run.0.join("root.img");
-    let payload = stage(&run.0.join("stage"), &guard, &scenario, &unit)?;
-    systemd_vm::make_run_image(&base, &image, &payload)?;
+    let payload = rootfs::stage_payload(
+        &run.0.join("stage"),
+        &guard,
+        &scenario,
+        &unit,
+        ("guard-bench.service", BENCH_SERVICE),
+    )?;
+    rootfs::make_run_image(&base, &image, &payload)?;
 
     let cases = TOOLS.len() * CASES.len();
     // Every case may take its window plus start-up and clean-up; the cost
@@ -239,7 +246,7 @@ fn run_vms(bin_dir: &Path, kernels: &[Kernel], opts: &Options) -> Result<Value> 
             let done = std::sync::atomic::AtomicBool::new(false);
             let result = std::thread::scope(|scope| {
                 scope.spawn(|| show_progress(&k.label, &log, &done));
-                let r = systemd_vm::boot(k, &image, &append, &log, timeout);
+                let r = rootfs::boot(k, &image, BENCH_MEM_MIB, &append, &log, timeout);
                 done.store(true, std::sync::atomic::Ordering::Relaxed);
                 r
             });
@@ -254,7 +261,7 @@ fn run_vms(bin_dir: &Path, kernels: &[Kernel], opts: &Options) -> Result<Value> 
                 Err(e) => {
                     let text = format!("{e:#}");
                     let first = text.lines().next().unwrap_or_default().to_owned();
-                    if text.contains(vm::GUEST_FAULT) && faults.len() < systemd_vm::MAX_RETRIES {
+                    if text.contains(vm::GUEST_FAULT) && faults.len() < vm::MAX_RETRIES {
                         let kept = log.with_extension(format!("fault{}.log", faults.len() + 1));
                         let _ = fs::copy(&log, &kept);
                         eprintln!("xtask: [{} bench] {first}; booting again", k.label);
@@ -356,54 +363,6 @@ fn parse_console(console: &str) -> (Vec<Value>, Option<Value>) {
             .collect::<Vec<_>>()
     };
     (tagged(CASE_TAG), tagged(COST_TAG).pop())
-}
-
-fn stage(dir: &Path, guard: &Path, scenario: &Path, unit: &str) -> Result<Payload> {
-    for bin in [guard, scenario] {
-        if !bin.is_file() {
-            bail!("{} does not exist: build it first", bin.display());
-        }
-    }
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let system = "/etc/systemd/system";
-    let mut files = vec![
-        (guard.to_owned(), "/usr/local/sbin/guard".to_owned()),
-        (
-            scenario.to_owned(),
-            "/usr/local/bin/guard-scenario".to_owned(),
-        ),
-    ];
-    for (name, dest, text) in [
-        ("guard.service", format!("{system}/guard.service"), unit),
-        (
-            "guard-bench.service",
-            format!("{system}/guard-bench.service"),
-            BENCH_SERVICE,
-        ),
-        ("hostname", "/etc/hostname".to_owned(), "guard-vm\n"),
-    ] {
-        let path = dir.join(name);
-        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("setting the mode of {}", path.display()))?;
-        files.push((path, dest));
-    }
-    let mut symlinks = vec![(
-        format!("{system}/multi-user.target.wants/guard-bench.service"),
-        format!("{system}/guard-bench.service"),
-    )];
-    // The peers too: the guest unmasks each for its own cases only.
-    for unit in systemd_vm::MASKED {
-        symlinks.push((format!("{system}/{unit}"), "/dev/null".to_owned()));
-    }
-    Ok(Payload {
-        files,
-        dirs: vec![
-            format!("{system}/guard.service.d"),
-            format!("{system}/multi-user.target.wants"),
-        ],
-        symlinks,
-    })
 }
 
 // ---------------------------------------------------------------------------

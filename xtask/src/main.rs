@@ -4,7 +4,6 @@ mod bench;
 mod install;
 mod scenarios;
 mod setup;
-mod systemd_vm;
 mod vm;
 
 use std::{

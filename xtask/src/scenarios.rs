@@ -10,9 +10,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::vm;
+use crate::vm::{self, rootfs::RunDir};
 
 /// A scenario as `guard-scenario list` describes it: the VM it needs. Each
 /// declares itself in its own file under tests/src/scenario/.
@@ -20,6 +20,8 @@ use crate::vm;
 #[serde(deny_unknown_fields)]
 struct Scenario {
     name: String,
+    /// The guest it runs in.
+    vm: Guest,
     /// Guest RAM, MiB.
     memory_mib: u32,
     /// Whether it gets a scratch disk (a sparse raw image, fresh per boot,
@@ -30,6 +32,39 @@ struct Scenario {
     /// How long one boot may take before qemu is killed.
     timeout_secs: u64,
 }
+
+/// The guests a scenario can ask for.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Guest {
+    /// The busybox initramfs below, whose /init runs the scenario.
+    Initramfs,
+    /// The Debian image of [`vm::rootfs`] with systemd as PID 1 and the
+    /// guard installed from deploy/guard.service; [`RUNNER`] runs the
+    /// scenario once the system is up.
+    Systemd,
+}
+
+/// The systemd guest's unit that runs the scenario named on the kernel
+/// command line, then powers the guest off.
+const RUNNER: (&str, &str) = (
+    "guard-test.service",
+    "\
+[Unit]
+Description=guard test: the scenario named by guard.scenario=; powers off when done
+
+[Service]
+Type=oneshot
+TimeoutStartSec=infinity
+ExecStart=/usr/local/bin/guard-scenario from-cmdline
+ExecStopPost=-/usr/bin/systemctl poweroff -f
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+",
+);
 
 /// Size of a scratch disk, a sparse image made fresh for each boot.
 const DISK_BYTES: u64 = 512 << 20;
@@ -79,18 +114,34 @@ poweroff -f
 "#;
 
 const RESULT: &str = "GUARD-RESULT ";
-/// Boots after a guest kernel fault before a cell counts as failed.
-const MAX_RETRIES: usize = 2;
+/// A scenario's progress line; the last one is named when no result comes.
+const STEP: &str = "GUARD-STEP ";
 
+/// The guest's result line, or a failure naming the console log and the
+/// last step the scenario reported.
 fn parse_result(console: &str, log: &Path) -> Value {
-    console
-        .lines()
-        .find_map(|l| l.find(RESULT).map(|i| l[i + RESULT.len()..].trim().to_owned()))
-        .and_then(|j| serde_json::from_str::<Value>(&j).ok())
-        .filter(Value::is_object)
-        .unwrap_or_else(|| {
-            serde_json::json!({"pass": false, "failures": [format!("no result line; console in {}", log.display())]})
-        })
+    let last = |tag: &str| {
+        console
+            .lines()
+            .filter_map(|l| l.find(tag).map(|i| l[i + tag.len()..].trim()))
+            .next_back()
+            .map(str::to_owned)
+    };
+    match last(RESULT) {
+        Some(text) => serde_json::from_str::<Value>(&text)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| {
+                json!({"pass": false, "failures": [format!(
+                    "unreadable result line {text:?}; console in {}", log.display()
+                )]})
+            }),
+        None => json!({"pass": false, "failures": [format!(
+            "no result line (last step: {}); console in {}",
+            last(STEP).as_deref().unwrap_or("none"),
+            log.display()
+        )]}),
+    }
 }
 
 struct Row {
@@ -111,7 +162,7 @@ fn require_summary(scenario: &str, result: &mut Value) {
     let missing = format!("{scenario}: the result has no \"summary\"");
     match result["failures"].as_array_mut() {
         Some(failures) => failures.push(missing.into()),
-        None => result["failures"] = serde_json::json!([missing]),
+        None => result["failures"] = json!([missing]),
     }
 }
 
@@ -163,142 +214,26 @@ pub fn run_matrix(
     only_scenario: Option<&str>,
     only_kernel: Option<&str>,
 ) -> Result<bool> {
-    let scenarios = list(&bin.join("guard-scenario"))?;
+    let scenarios: Vec<Scenario> = list(&bin.join("guard-scenario"))?
+        .into_iter()
+        .filter(|s| only_scenario.is_none_or(|o| s.name.contains(o)))
+        .collect();
     let kernels = vm::ensure_kernels()?;
     let work = crate::workspace_root().join("target").join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let initrd = work.join("initramfs.cpio");
-    let files: Vec<(PathBuf, String)> = vec![
-        (bin.join("guard"), "bin/guard".to_owned()),
-        (bin.join("guard-scenario"), "bin/guard-scenario".to_owned()),
-        // At sshd's installed path, root-owned and mode 0755 like the real
-        // one: what the default policy protects by identity.
-        (bin.join("guard-scenario"), "usr/sbin/sshd".to_owned()),
-    ];
-    vm::build_initramfs(&initrd, &files, INIT)?;
-
+    let guests = Guests::prepare(bin, &work, &scenarios)?;
     let mut rows = Vec::new();
     for k in kernels
         .iter()
         .filter(|k| only_kernel.is_none_or(|o| o == k.label))
     {
-        for scenario in scenarios
-            .iter()
-            .filter(|s| only_scenario.is_none_or(|o| s.name.contains(o)))
-        {
-            let s = scenario.name.as_str();
-            eprintln!("xtask: [{} {}] booting {} ...", k.label, s, k.release);
-            let log = work.join(format!("{}-{}.log", k.label, s));
-            let started = Instant::now();
-            let mut retried = Vec::new();
-            let result = loop {
-                let disk = scenario
-                    .disk
-                    .then(|| scratch_disk(&work.join(format!("{}-{}.img", k.label, s))))
-                    .transpose()?;
-                let append = format!("guard.scenario={s}");
-                let timeout = Duration::from_secs(scenario.timeout_secs);
-                let memory = scenario.memory_mib;
-                let console = match &disk {
-                    Some(d) => vm::run_qemu_with_disk(
-                        &k.vmlinuz,
-                        &initrd,
-                        memory,
-                        &append,
-                        timeout,
-                        &log,
-                        Some((d, scenario.drive_options.as_str())),
-                    ),
-                    None => vm::run_qemu(&k.vmlinuz, &initrd, memory, &append, timeout, &log),
-                };
-                if let Some(d) = &disk {
-                    let _ = fs::remove_file(d);
-                }
-                match console {
-                    Ok(text) => break parse_result(&text, &log),
-                    // The guest kernel broke down (an emulator fault): the
-                    // scenario never ran to an end. Boot again, and say so.
-                    Err(e)
-                        if format!("{e:#}").contains(vm::GUEST_FAULT)
-                            && retried.len() < MAX_RETRIES =>
-                    {
-                        let kept = log.with_extension(format!("fault{}.log", retried.len() + 1));
-                        let _ = fs::copy(&log, &kept);
-                        let first = format!("{e:#}")
-                            .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
-                        eprintln!(
-                            "xtask: [{} {}] {first}; booting again (log kept in {})",
-                            k.label,
-                            s,
-                            kept.display()
-                        );
-                        retried.push(first);
-                    }
-                    Err(e) => {
-                        break serde_json::json!({"pass": false, "failures": [format!("{e:#}")]});
-                    }
-                }
-            };
-            let mut result = result;
-            require_summary(s, &mut result);
-            if !retried.is_empty() {
-                result["retried_after"] = serde_json::json!(retried);
-            }
-            let secs = started.elapsed().as_secs_f64();
-            let pass = result["pass"].as_bool().unwrap_or(false);
-            eprintln!(
-                "xtask: [{} {}] {} in {secs:.0} s: {}",
-                k.label,
-                s,
-                if pass { "pass" } else { "FAIL" },
-                summary(&result)
-            );
-            if !pass {
-                // Kept apart so a later passing run does not overwrite it.
-                let kept = log.with_extension("failed.log");
-                let _ = fs::copy(&log, &kept);
-                eprintln!("xtask:   failures: {}", result["failures"]);
-                eprintln!("xtask:   console log: {}", kept.display());
-            }
-            rows.push(Row {
-                kernel: format!("{} ({})", k.label, k.release),
-                scenario: s.to_string(),
-                pass,
-                result,
-                secs,
-            });
-        }
-    }
-    if only_scenario.is_none_or(|o| crate::systemd_vm::SCENARIO.contains(o)) {
-        let chosen: Vec<vm::Kernel> = kernels
-            .iter()
-            .filter(|k| only_kernel.is_none_or(|o| o == k.label))
-            .cloned()
-            .collect();
-        for (label, scenario, mut result) in
-            crate::systemd_vm::run_systemd_scenarios(&bin.join("guard"), &chosen)?
-        {
-            // Its guest is a shell script, so its line is made here.
-            result["summary"] = crate::systemd_vm::summary(&result).into();
-            let release = chosen
-                .iter()
-                .find(|k| k.label == label)
-                .map_or("?", |k| k.release.as_str());
-            rows.push(Row {
-                kernel: format!("{label} ({release})"),
-                scenario,
-                pass: result["pass"].as_bool().unwrap_or(false),
-                secs: result["vm_seconds"].as_f64().unwrap_or(0.0),
-                result,
-            });
+        for scenario in &scenarios {
+            rows.push(run_cell(&guests, k, scenario, &work)?);
         }
     }
     let json: Vec<Value> = rows
         .iter()
-        .map(|r| serde_json::json!({"kernel": r.kernel, "scenario": r.scenario, "seconds": r.secs, "result": r.result}))
+        .map(|r| json!({"kernel": r.kernel, "scenario": r.scenario, "seconds": r.secs, "result": r.result}))
         .collect();
     let out = work.join("results.json");
     fs::write(&out, serde_json::to_string_pretty(&json)?)
@@ -323,6 +258,164 @@ pub fn run_matrix(
     Ok(failed == 0 && !rows.is_empty())
 }
 
+/// What the chosen scenarios boot: the initramfs, and the systemd image
+/// with this build in it (each made only when some scenario needs it).
+struct Guests {
+    initrd: PathBuf,
+    /// The run's copy of the systemd image, removed with the run directory.
+    systemd: Option<(RunDir, PathBuf)>,
+}
+
+impl Guests {
+    fn prepare(bin: &Path, work: &Path, scenarios: &[Scenario]) -> Result<Self> {
+        let initrd = work.join("initramfs.cpio");
+        if scenarios.iter().any(|s| s.vm == Guest::Initramfs) {
+            let files: Vec<(PathBuf, String)> = vec![
+                (bin.join("guard"), "bin/guard".to_owned()),
+                (bin.join("guard-scenario"), "bin/guard-scenario".to_owned()),
+                // At sshd's installed path, root-owned and mode 0755 like
+                // the real one: what the default policy protects by identity.
+                (bin.join("guard-scenario"), "usr/sbin/sshd".to_owned()),
+            ];
+            vm::build_initramfs(&initrd, &files, INIT)?;
+        }
+        let systemd = if scenarios.iter().any(|s| s.vm == Guest::Systemd) {
+            Some(systemd_image(bin)?)
+        } else {
+            None
+        };
+        Ok(Self { initrd, systemd })
+    }
+
+    /// One boot of `scenario` on `k`; the console.
+    fn boot(&self, k: &vm::Kernel, scenario: &Scenario, log: &Path, work: &Path) -> Result<String> {
+        let append = format!("guard.scenario={}", scenario.name);
+        let timeout = Duration::from_secs(scenario.timeout_secs);
+        let memory = scenario.memory_mib;
+        match scenario.vm {
+            Guest::Systemd => {
+                if scenario.disk {
+                    bail!(
+                        "{}: a systemd guest takes no scratch disk (its root disk is the NVMe one)",
+                        scenario.name
+                    );
+                }
+                let (_, image) = self
+                    .systemd
+                    .as_ref()
+                    .context("the systemd image was not made")?;
+                vm::rootfs::boot(k, image, memory, &append, log, timeout)
+            }
+            Guest::Initramfs if scenario.disk => {
+                let name = format!("{}-{}.img", k.label, scenario.name);
+                let disk = scratch_disk(&work.join(name))?;
+                let console = vm::run_qemu_with_disk(
+                    &k.vmlinuz,
+                    &self.initrd,
+                    memory,
+                    &append,
+                    timeout,
+                    log,
+                    Some((&disk, scenario.drive_options.as_str())),
+                );
+                let _ = fs::remove_file(&disk);
+                console
+            }
+            Guest::Initramfs => {
+                vm::run_qemu(&k.vmlinuz, &self.initrd, memory, &append, timeout, log)
+            }
+        }
+    }
+}
+
+/// The cached Debian image, copied for this run with this build, the unit
+/// in deploy/ and [`RUNNER`] written into it.
+fn systemd_image(bin: &Path) -> Result<(RunDir, PathBuf)> {
+    let started = Instant::now();
+    let unit_path = crate::workspace_root().join("deploy").join("guard.service");
+    let unit = fs::read_to_string(&unit_path)
+        .with_context(|| format!("reading {}", unit_path.display()))?;
+    let cache = vm::rootfs::cache_dir()?;
+    let base = vm::rootfs::ensure_base_image(&cache)?;
+    vm::rootfs::remove_stale_runs(&cache);
+    let run = RunDir::create(cache.join(format!("run-{}", std::process::id())))?;
+    let image = run.0.join("root.img");
+    let payload = vm::rootfs::stage_payload(
+        &run.0.join("stage"),
+        &bin.join("guard"),
+        &bin.join("guard-scenario"),
+        &unit,
+        RUNNER,
+    )?;
+    vm::rootfs::make_run_image(&base, &image, &payload)?;
+    eprintln!(
+        "xtask: systemd VM image with this build ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok((run, image))
+}
+
+/// One scenario on one kernel: booted again after guest kernel faults (up
+/// to [`vm::MAX_RETRIES`] times), its console kept apart when it fails.
+fn run_cell(guests: &Guests, k: &vm::Kernel, scenario: &Scenario, work: &Path) -> Result<Row> {
+    let s = scenario.name.as_str();
+    eprintln!("xtask: [{} {}] booting {} ...", k.label, s, k.release);
+    let log = work.join(format!("{}-{}.log", k.label, s));
+    let started = Instant::now();
+    let mut retried = Vec::new();
+    let mut result = loop {
+        match guests.boot(k, scenario, &log, work) {
+            Ok(text) => break parse_result(&text, &log),
+            // The guest kernel broke down (an emulator fault): the
+            // scenario never ran to an end. Boot again, and say so.
+            Err(e)
+                if format!("{e:#}").contains(vm::GUEST_FAULT)
+                    && retried.len() < vm::MAX_RETRIES =>
+            {
+                let kept = log.with_extension(format!("fault{}.log", retried.len() + 1));
+                let _ = fs::copy(&log, &kept);
+                let text = format!("{e:#}");
+                let first = text.lines().next().unwrap_or_default().to_owned();
+                eprintln!(
+                    "xtask: [{} {}] {first}; booting again (log kept in {})",
+                    k.label,
+                    s,
+                    kept.display()
+                );
+                retried.push(first);
+            }
+            Err(e) => break json!({"pass": false, "failures": [format!("{e:#}")]}),
+        }
+    };
+    require_summary(s, &mut result);
+    if !retried.is_empty() {
+        result["retried_after"] = json!(retried);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let pass = result["pass"].as_bool().unwrap_or(false);
+    eprintln!(
+        "xtask: [{} {}] {} in {secs:.0} s: {}",
+        k.label,
+        s,
+        if pass { "pass" } else { "FAIL" },
+        summary(&result)
+    );
+    if !pass {
+        // Kept apart so a later passing run does not overwrite it.
+        let kept = log.with_extension("failed.log");
+        let _ = fs::copy(&log, &kept);
+        eprintln!("xtask:   failures: {}", result["failures"]);
+        eprintln!("xtask:   console log: {}", kept.display());
+    }
+    Ok(Row {
+        kernel: format!("{} ({})", k.label, k.release),
+        scenario: s.to_owned(),
+        pass,
+        result,
+        secs,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -331,10 +424,15 @@ mod tests {
 
     #[test]
     fn the_list_reads_as_guard_scenario_prints_it() {
-        let printed = r#"[{"disk":false,"drive_options":"","memory_mib":512,"name":"host","timeout_secs":240},
-            {"disk":true,"drive_options":"throttling.bps-total=1048576","memory_mib":1024,"name":"stuck-exit","timeout_secs":600}]"#;
+        let printed = r#"[{"disk":false,"drive_options":"","memory_mib":512,"name":"host","timeout_secs":240,"vm":"initramfs"},
+            {"disk":true,"drive_options":"throttling.bps-total=1048576","memory_mib":1024,"name":"stuck-exit","timeout_secs":600,"vm":"initramfs"},
+            {"disk":false,"drive_options":"","memory_mib":1024,"name":"systemd","timeout_secs":420,"vm":"systemd"}]"#;
         let list: Vec<Scenario> = serde_json::from_str(printed).expect("a list");
-        assert_eq!(list.len(), 2);
+        assert_eq!(list.len(), 3);
+        assert_eq!(list[0].vm, Guest::Initramfs);
+        assert_eq!(list[2].vm, Guest::Systemd);
+        let unknown = printed.replace("\"vm\":\"systemd\"", "\"vm\":\"kvm\"");
+        assert!(serde_json::from_str::<Vec<Scenario>>(&unknown).is_err());
         assert_eq!((list[0].name.as_str(), list[0].memory_mib), ("host", 512));
         assert!(list[1].disk);
         assert_eq!(list[1].drive_options, "throttling.bps-total=1048576");
@@ -376,7 +474,7 @@ mod tests {
         assert_eq!(ok["pass"], true);
 
         // A boot that printed no result has already failed and says why.
-        let mut lost = parse_result("GUARD-RESULT 42\n", Path::new("/l"));
+        let mut lost = parse_result("GUARD-STEP booting\n", Path::new("/l"));
         require_summary("odd", &mut lost);
         assert_eq!(lost["failures"].as_array().map(Vec::len), Some(1));
         assert!(
@@ -385,6 +483,39 @@ mod tests {
                 .unwrap_or_default()
                 .starts_with("no result line")
         );
+    }
+
+    #[test]
+    fn the_result_line_is_found_among_console_noise() {
+        // A systemd guest: journald forwards the line with its own prefix.
+        let console = "\
+[  OK  ] Started guard-test.service\r
+GUARD-STEP starting guard.service\r
+[   40.0] guard-scenario[301]: GUARD-RESULT {\"pass\":true,\"failures\":[],\"hog_lifetime_ms\":1234}\r
+[   40.1] reboot: Power down\r
+";
+        let r = parse_result(console, Path::new("/tmp/log"));
+        assert_eq!(r["pass"], json!(true));
+        assert_eq!(r["hog_lifetime_ms"], json!(1234));
+    }
+
+    #[test]
+    fn a_missing_result_names_the_last_step_and_a_garbled_one_fails() {
+        let console = "GUARD-STEP kernel 6.1\nGUARD-STEP starting guard.service\n";
+        let r = parse_result(console, Path::new("/tmp/x.log"));
+        assert_eq!(r["pass"], json!(false));
+        let failure = r["failures"][0].as_str().unwrap_or_default();
+        assert!(
+            failure.contains("last step: starting guard.service"),
+            "{failure}"
+        );
+        assert!(failure.contains("/tmp/x.log"), "{failure}");
+        for garbled in ["GUARD-RESULT {\"pass\":tr\n", "GUARD-RESULT 42\n"] {
+            let r = parse_result(garbled, Path::new("/l"));
+            assert_eq!(r["pass"], json!(false));
+            let failure = r["failures"][0].as_str().unwrap_or_default();
+            assert!(failure.starts_with("unreadable result line"), "{failure}");
+        }
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn ensure_kernels() -> Result<Vec<Kernel>> {
 }
 
 /// `what` under guard's folder in the user's cache (XDG_CACHE_HOME, else
-/// ~/.cache): the kernels here, the systemd root image in systemd_vm.
+/// ~/.cache): the kernels here, the systemd root image in rootfs.rs.
 pub(crate) fn cache_dir(what: &str) -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),

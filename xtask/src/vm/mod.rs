@@ -19,10 +19,11 @@ mod initramfs;
 mod kernels;
 mod mirror;
 mod qemu;
+pub(crate) mod rootfs;
 
 pub use initramfs::build_initramfs;
 pub(crate) use kernels::cache_dir;
 pub use kernels::{Kernel, ensure_kernels};
 pub(crate) use mirror::find_mirror;
 pub(crate) use qemu::boot;
-pub use qemu::{GUEST_FAULT, run_qemu, run_qemu_with_disk};
+pub use qemu::{GUEST_FAULT, MAX_RETRIES, run_qemu, run_qemu_with_disk};

@@ -14,6 +14,9 @@ const QEMU: &str = "qemu-system-x86_64";
 /// down, so callers can tell an emulator fault from a failed scenario.
 pub const GUEST_FAULT: &str = "guest kernel fault";
 
+/// Boots after a guest kernel fault before a run counts as failed.
+pub const MAX_RETRIES: usize = 2;
+
 /// Console lines that mean the guest kernel is gone or wedged. Under TCG
 /// these come from emulation faults (a corrupted cmpxchg16b, lost IPIs), not
 /// from the code under test, which cannot run once they appear.
