@@ -66,6 +66,15 @@ impl Record {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// This record with every text in it made
+    /// [`printable`](crate::terminal::printable): what `guard report` reads,
+    /// so names reach neither a terminal nor an SVG raw.
+    pub fn for_terminal(&self) -> Result<Self, RecordError> {
+        let mut value = serde_json::to_value(self)?;
+        crate::terminal::printable_json(&mut value);
+        Ok(serde_json::from_value(value)?)
+    }
+
     pub fn from_line(line: &str) -> Result<Self, RecordError> {
         #[derive(Deserialize)]
         struct VersionOnly {
@@ -268,9 +277,14 @@ impl Event {
         matches!(self, Event::Reclaim { .. } | Event::Throttle { .. })
     }
 
-    /// One line for people (`guard trace --lines`, the events pane).
+    /// One line for people (`guard trace --lines`, the events pane), its
+    /// names made [`printable`](crate::terminal::printable).
     pub fn describe(&self) -> String {
-        self.incident_line().unwrap_or_else(|| self.routine_line())
+        let line = self.incident_line().unwrap_or_else(|| self.routine_line());
+        match crate::terminal::printable(&line) {
+            std::borrow::Cow::Borrowed(_) => line,
+            std::borrow::Cow::Owned(escaped) => escaped,
+        }
     }
 
     /// The line of a verdict, a kill, or a stall guard could not end.
@@ -556,6 +570,31 @@ mod tests {
             victims: vec![42],
             batch: 1,
         }
+    }
+
+    #[test]
+    fn a_hostile_name_is_escaped_in_the_line_and_exact_in_json() {
+        let mut event = kill();
+        if let Event::Kill { comm, cgroup, .. } = &mut event {
+            *comm = "\u{1b}[2Jhog\nKILLED sshd[1]".into();
+            *cgroup = "/x\u{202e}".into();
+        }
+        let line = event.describe();
+        assert_eq!(
+            line,
+            "KILLED SIGKILL \\x1b[2Jhog\\nKILLED sshd[1][42] in /x\\u{202e}: 96.0 MiB, mode \
+             process, 1.2 ms after the verdict"
+        );
+        let record = Record::at(5, event);
+        assert_eq!(
+            Record::from_line(&record.to_line()).ok(),
+            Some(record.clone())
+        );
+        let shown = record.for_terminal().expect("round trip");
+        let Event::Kill { comm, .. } = &shown.event else {
+            panic!("still a kill: {shown:?}");
+        };
+        assert_eq!(comm, "\\x1b[2Jhog\\nKILLED sshd[1]");
     }
 
     #[test]

@@ -28,3 +28,4 @@ pub mod procfs;
 pub mod report;
 pub mod source;
 pub mod stream;
+pub mod terminal;

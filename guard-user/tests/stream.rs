@@ -110,6 +110,11 @@ async fn root_and_the_guard_group_may_read_the_stream_and_others_are_refused_by_
 /// memory.high, passes stop making progress, a verdict, a kill, memory
 /// comes back.
 fn incident(t0: u64) -> Vec<Record> {
+    incident_of(t0, "grep", "/seed.slice")
+}
+
+/// [`incident`] with the hog named `comm` in the cgroup `cgroup`.
+fn incident_of(t0: u64, comm: &str, cgroup: &str) -> Vec<Record> {
     let ms = 1_000_000u64;
     let mib = 1u64 << 20;
     let mut out = Vec::new();
@@ -118,7 +123,7 @@ fn incident(t0: u64) -> Vec<Record> {
             at,
             Event::Sample {
                 cgroup_id: 7,
-                cgroup: "/seed.slice".into(),
+                cgroup: cgroup.into(),
                 memory_current: current,
                 memory_high: Some(64 * mib),
                 memory_max: Some(128 * mib),
@@ -129,7 +134,7 @@ fn incident(t0: u64) -> Vec<Record> {
                 psi_some_avg10: Some(40.0),
                 psi_full_avg10: Some(30.0),
                 worst_pid: 4242,
-                worst_comm: "grep".into(),
+                worst_comm: comm.into(),
             },
         )
     };
@@ -142,9 +147,9 @@ fn incident(t0: u64) -> Vec<Record> {
             Event::Reclaim {
                 pid: 4242,
                 tid: 4242,
-                comm: "grep".into(),
+                comm: comm.into(),
                 cgroup_id: 7,
-                cgroup: "/seed.slice".into(),
+                cgroup: cgroup.into(),
                 duration_ns: 9 * ms,
                 reclaimed_pages: 0,
             },
@@ -155,22 +160,22 @@ fn incident(t0: u64) -> Vec<Record> {
         t0 + 1300 * ms,
         Event::Verdict {
             cgroup_id: 7,
-            cgroup: "/seed.slice".into(),
+            cgroup: cgroup.into(),
             stall_ns: 270 * ms,
             window_ns: 1000 * ms,
             budget_ns: 250 * ms,
             streak: 30,
             episode_start_ns: t0 + 1000 * ms,
             worst_pid: 4242,
-            worst_comm: "grep".into(),
+            worst_comm: comm.into(),
         },
     ));
     out.push(Record::at(
         t0 + 1302 * ms,
         Event::Kill {
-            cgroup: "/seed.slice".into(),
+            cgroup: cgroup.into(),
             pid: 4242,
-            comm: "grep".into(),
+            comm: comm.into(),
             footprint_bytes: 60 * mib,
             reason: "memory_high_stall".into(),
             mode: "process".into(),
@@ -252,4 +257,87 @@ async fn a_recorded_stream_reports_the_incident_and_draws_it() {
             .any(|n| n.text().is_some_and(|t| t.contains("grep[4242]"))),
         "the kill marker names the victim"
     );
+}
+
+/// A name chosen to attack the admin's terminal: it retitles the window,
+/// clears the screen and forges a line of its own.
+const HOSTILE_COMM: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2Jgrep\nKILLED sshd[1]";
+const HOSTILE_CGROUP: &str = "/seed.slice/\u{1b}[8mhidden\u{202e}";
+
+/// Text a terminal would act on: any control character but the line ends
+/// the output itself writes, or a bidirectional override.
+fn acts_on_a_terminal(text: &str) -> bool {
+    text.chars()
+        .any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+}
+
+#[tokio::test]
+async fn hostile_names_reach_the_terminal_escaped_and_the_json_exact() {
+    if !is_root() {
+        eprintln!("SKIPPED: the socket is served as root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (socket, bus, task) = serve(dir.path()).await;
+    let file = dir.path().join("hostile.jsonl");
+    let lines = tokio::process::Command::new(GUARD)
+        .args(["trace", "--lines", "--duration", "3", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn guard trace --lines");
+    let mut recorder = tokio::process::Command::new(GUARD)
+        .args(["record", "--duration", "3", "-o"])
+        .arg(&file)
+        .arg("--socket")
+        .arg(&socket)
+        .spawn()
+        .expect("spawn guard record");
+    let mut listeners = bus.watch_listeners();
+    tokio::time::timeout(Duration::from_secs(10), listeners.wait_for(|n| *n == 2))
+        .await
+        .expect("both attached in time")
+        .expect("bus alive");
+    let sent = incident_of(guard::clock::monotonic_ns(), HOSTILE_COMM, HOSTILE_CGROUP);
+    for r in &sent {
+        bus.send(r);
+    }
+    let traced = lines.wait_with_output().await.expect("guard trace ends");
+    assert!(recorder.wait().await.expect("guard record ends").success());
+    task.abort();
+
+    let traced = String::from_utf8_lossy(&traced.stdout);
+    assert!(!acts_on_a_terminal(&traced), "{traced:?}");
+    assert!(
+        traced.contains("KILLED SIGKILL \\x1b]0;pwned\\x07\\x1b[2Jgrep\\nKILLED sshd[1][4242]"),
+        "{traced}"
+    );
+    assert!(
+        !traced.lines().any(|l| l.starts_with("KILLED sshd")),
+        "a name forged a line: {traced}"
+    );
+
+    // The recorded JSON keeps the names exactly.
+    let text = fs::read_to_string(&file).expect("recorded file");
+    let got: Vec<Record> = text
+        .lines()
+        .map(|l| Record::from_line(l).expect("valid line"))
+        .collect();
+    assert_eq!(&got[1..], &sent[..]);
+
+    let svg = dir.path().join("hostile.svg");
+    let out = Command::new(GUARD)
+        .arg("report")
+        .arg(&file)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("run guard report");
+    assert!(out.status.success(), "{out:?}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!acts_on_a_terminal(&report), "{report:?}");
+    assert!(report.contains("\\x1b[8mhidden\\u{202e}"), "{report}");
+    let drawing = fs::read_to_string(&svg).expect("svg written");
+    assert!(!acts_on_a_terminal(&drawing));
+    roxmltree::Document::parse(&drawing).expect("the SVG is well-formed XML");
 }

@@ -9,6 +9,7 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 
 use super::View;
 use super::model::{EventLine, Shown, Source, Tone};
+use crate::terminal::printable;
 
 const FILTER_PROMPT: &str = "filter: ";
 
@@ -232,7 +233,8 @@ fn source_spans(src: &Source) -> [Span<'static>; 4] {
         throttle,
         Span::raw(format!(
             " │ kernel {} │ guard {}",
-            src.kernel, src.guard_version
+            printable(&src.kernel),
+            printable(&src.guard_version)
         )),
     ]
 }

@@ -8,6 +8,7 @@ use ratatui::widgets::{Block, Borders, Cell, Row, Table};
 
 use super::View;
 use super::model::{CgroupRow, SamplePoint, Shown, Tone};
+use crate::terminal::printable;
 
 /// The column the cgroup rows are ordered by (`s` cycles).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -214,7 +215,7 @@ impl Column {
             Column::Psi => last.map(psi_cell),
             Column::Worst => last
                 .filter(|s| s.worst_pid != 0)
-                .map(|s| Cell::from(format!("{}[{}]", s.worst_comm, s.worst_pid))),
+                .map(|s| Cell::from(format!("{}[{}]", printable(&s.worst_comm), s.worst_pid))),
             Column::Incidents => Some(incidents_cell(row)),
         };
         cell.unwrap_or_else(|| Cell::from("-"))
@@ -222,10 +223,11 @@ impl Column {
 }
 
 fn name_cell(name: &str, width: usize, gone: bool) -> Cell<'static> {
+    let name = printable(name);
     if gone {
         Cell::from(keep_tail(&format!("{name} (gone)"), width))
     } else {
-        Cell::from(keep_tail(name, width))
+        Cell::from(keep_tail(&name, width))
     }
 }
 
@@ -307,6 +309,7 @@ fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Event;
     use crate::live::fixtures::*;
     use crate::live::render_to_string;
     use ratatui::crossterm::event::KeyCode;
@@ -336,6 +339,24 @@ mod tests {
         assert!(row.contains("build-42.scope 10/20"), "{row}");
         let wide = render_to_string(&view, 200, 30);
         assert!(wide.contains(scope), "{wide}");
+    }
+
+    #[test]
+    fn hostile_cgroup_and_task_names_are_shown_escaped() {
+        let mut view = View::new();
+        let mut event = sample("/evil\u{1b}[2J.scope", 10, 20, 0, 0);
+        if let Event::Sample { worst_comm, .. } = &mut event {
+            *worst_comm = "\u{1b}]0;x\u{7}hog".into();
+        }
+        view.push(&at(0, event));
+        let screen = render_to_string(&view, 200, 30);
+        let row = line_with(&screen, "10/20 50%");
+        assert!(row.contains("/evil\\x1b[2J.scope"), "{row}");
+        assert!(row.contains("\\x1b]0;x\\x07hog"), "{row}");
+        assert!(
+            !screen.chars().any(|c| c.is_control() && c != '\n'),
+            "{screen:?}"
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn read_records(
         if text.is_empty() {
             continue;
         }
-        match Record::from_line(text) {
+        match Record::from_line(text).and_then(|r| r.for_terminal()) {
             Ok(record) => {
                 into.records.push(record);
                 read += 1;
