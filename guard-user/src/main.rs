@@ -124,9 +124,11 @@ struct SourceArgs {
 enum ConfigCommand {
     /// Print the embedded default policy, a commented starting point.
     Default,
-    /// Check a policy file: exit 0 if it is valid, else print every error
-    /// with its line and column and exit 1.
-    Check { path: PathBuf },
+    /// Check a policy file as `guard run` reads it: every mistake in it with
+    /// its line and column, and whether anyone but root could change it
+    /// (guard run refuses such a file). Exit 0 if guard run would accept
+    /// it, else 1. Without PATH: the file guard run reads by default.
+    Check { path: Option<PathBuf> },
 }
 
 fn main() -> ExitCode {
@@ -313,19 +315,36 @@ fn report_cmd(files: Vec<PathBuf>, svg: Option<PathBuf>) -> anyhow::Result<ExitC
 }
 
 /// `guard config check`: every error with its line and column.
-fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+/// `guard config check`: the same reading as `guard run` (and a reload),
+/// with every mistake printed, the file's own and its ownership's.
+fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let default = std::path::Path::new(config::DEFAULT_PATH);
+    let path = match path {
+        Some(p) => p,
+        None if default.exists() => default,
+        None => {
+            println!(
+                "{}: absent; guard run uses the embedded default policy (guard config default)",
+                default.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    match Config::parse(&text, &path.display().to_string()) {
-        Ok(_) => {
-            println!("{}: ok", path.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            Ok(ExitCode::FAILURE)
-        }
+    let parsed = Config::parse(&text, &path.display().to_string());
+    let secure = config::check_secure(path);
+    if let Err(e) = &parsed {
+        eprintln!("{e}");
     }
+    if let Err(e) = &secure {
+        eprintln!("{e}\nguard run and a reload refuse this file until that is fixed");
+    }
+    if parsed.is_ok() && secure.is_ok() {
+        println!("{}: ok", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
@@ -383,7 +402,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             print!("{}", config::DEFAULT_POLICY);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(ConfigCommand::Check { path }) => check_config(&path),
+        Command::Config(ConfigCommand::Check { path }) => check_config(path.as_deref()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "guard", &mut io::stdout());
             Ok(ExitCode::SUCCESS)

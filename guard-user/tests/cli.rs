@@ -17,12 +17,72 @@ fn config_default_prints_a_policy_that_config_check_accepts() {
     let path = dir.path().join("guard.toml");
     std::fs::write(&path, &out.stdout).expect("write");
     let check = guard(&["config", "check", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    if is_root() {
+        assert!(check.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&check.stdout).contains(": ok"));
+    } else {
+        // The text is fine; a file of this user's is what guard run refuses.
+        assert_eq!(check.status.code(), Some(1));
+        assert!(
+            stderr.contains("not root") && !stderr.contains(".toml:"),
+            "{stderr}"
+        );
+    }
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The issue's example: serde stopped at one mistake and named only it.
+#[test]
+fn config_check_names_an_unknown_key_and_a_wrong_type_in_one_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("two.toml");
+    std::fs::write(
+        &path,
+        "# two mistakes\ndry_run = false\nunknown_key = 3\nbudget_ms = 250\nwindow_ms = 1000\n\
+         verdict_interval_ms = \"fast\"\n[[scope]]\npaths = [\"/**\"]\nkill = 7\n",
+    )
+    .expect("write");
+    let out = guard(&["config", "check", path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = path.display().to_string();
+    for line in [3, 6, 9] {
+        assert!(
+            stderr.contains(&format!("{p}:{line}:")),
+            "line {line}: {stderr}"
+        );
+    }
+    assert!(stderr.contains("unknown_key"), "{stderr}");
+}
+
+#[test]
+fn config_check_refuses_a_file_others_can_change_as_guard_run_would() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let out = guard(&["config", "default"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("guard.toml");
+    std::fs::write(&path, &out.stdout).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let check = guard(&["config", "check", path.to_str().expect("utf-8")]);
+    assert_eq!(check.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&check.stderr);
     assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
+        stderr.contains(&format!("refusing {}", path.display())),
+        "{stderr}"
     );
-    assert!(String::from_utf8_lossy(&check.stdout).contains(": ok"));
+    assert!(
+        stderr.contains("writable by its group and others"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("guard run and a reload refuse this file"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&check.stdout).contains(": ok"));
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod hook;
 mod host;
 mod order;
 mod protect;
+mod read;
 mod scope;
 mod secure;
 
@@ -162,15 +163,23 @@ impl Config {
     /// Parses and checks a policy. `origin` names the text in messages, e.g.
     /// "/etc/guard/guard.toml" or "<embedded>".
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            path: origin.to_owned(),
-            errors: vec![Located::at(
-                text,
-                e.span().map_or(0, |s| s.start),
-                e.message(),
-            )],
-        })?;
+        let (raw, found) = read::deserialize::<RawConfig>(text);
         let mut errors = Errors::new(text);
+        for (span, message) in found {
+            errors.at(span, message);
+        }
+        // Keys that did not fit were set aside; what is left is checked too.
+        let Some(raw) = raw else {
+            errors.finish(origin)?;
+            return Err(ConfigError::Invalid {
+                path: origin.to_owned(),
+                errors: vec![Located::at(
+                    text,
+                    0,
+                    "the file could not be read as a policy",
+                )],
+            });
+        };
         let inherited = scope_defaults(&mut errors, &raw);
         let config = Config {
             dry_run: raw.dry_run,

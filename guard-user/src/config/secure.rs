@@ -7,13 +7,14 @@ use std::{
     fs,
     io::Read as _,
     os::unix::fs::{MetadataExt, OpenOptionsExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use super::ConfigError;
 
 const FILE: &str = "the policy file";
 const DIR: &str = "the policy file's directory";
+const ANCESTOR: &str = "a directory above the policy file";
 
 /// The text of a policy file that passes [`check_secure`].
 pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
@@ -36,9 +37,12 @@ pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
     Ok(text)
 }
 
-/// Refuses a file, or its directory, writable by anyone but root (owner not
-/// uid 0, or group/other write bit set), or a symlink; the error says which
-/// path and why and how to fix (chown root:root / chmod go-w).
+/// Refuses a file, or any directory above it up to `/`, that someone other
+/// than root could change: owner not uid 0, group or other write bit set
+/// (a root-owned directory with the sticky bit, like /tmp, is fine: there
+/// only an entry's owner may rename or remove it), or a symbolic link. The
+/// error says which path, why, and how to fix it (chown root:root / chmod
+/// go-w / the real path).
 pub fn check_secure(path: &Path) -> Result<(), ConfigError> {
     let look = |p: &Path| {
         fs::symlink_metadata(p).map_err(|source| ConfigError::Io {
@@ -54,18 +58,27 @@ pub fn check_secure(path: &Path) -> Result<(), ConfigError> {
         meta.mode(),
         meta.file_type().is_symlink(),
     )?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(|source| ConfigError::Io {
+                path: PathBuf::from("."),
+                source,
+            })?
+            .join(path)
     };
-    let meta = look(dir)?;
-    judge(
-        dir,
-        DIR,
-        meta.uid(),
-        meta.mode(),
-        meta.file_type().is_symlink(),
-    )
+    for (i, dir) in absolute.ancestors().skip(1).enumerate() {
+        let meta = look(dir)?;
+        judge(
+            dir,
+            if i == 0 { DIR } else { ANCESTOR },
+            meta.uid(),
+            meta.mode(),
+            meta.file_type().is_symlink(),
+        )?;
+    }
+    Ok(())
 }
 
 /// The decision of [`check_secure`] on one path, from its metadata.
@@ -93,7 +106,13 @@ fn judge(
         problems.push(format!("owned by uid {uid}, not root"));
         fixes.push(format!("chown root:root {shown}"));
     }
-    let writers = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+    // A root-owned sticky directory: only an entry's owner may rename or
+    // remove it, so a root-owned entry stays put.
+    let sticky_dir = mode & 0o170000 == 0o040000 && mode & 0o1000 != 0 && uid == 0;
+    let writers = match (
+        mode & 0o020 != 0 && !sticky_dir,
+        mode & 0o002 != 0 && !sticky_dir,
+    ) {
         (true, true) => Some("its group and others"),
         (true, false) => Some("its group"),
         (false, true) => Some("others"),
@@ -152,8 +171,12 @@ mod tests {
         assert!(msg.contains("/etc/guard/guard.toml"), "{msg}");
         assert!(msg.contains("writable by its group"), "{msg}");
         assert!(msg.contains("chmod go-w /etc/guard/guard.toml"), "{msg}");
-        let msg = refused(0, 0o041777, false);
+        let msg = refused(0, 0o040777, false);
         assert!(msg.contains("others"), "{msg}");
+        // Sticky (like /tmp): a root-owned entry in it stays put.
+        judge(Path::new("/tmp"), ANCESTOR, 0, 0o041777, false).expect("a sticky root dir");
+        let msg = refused(1000, 0o041777, false);
+        assert!(msg.contains("uid 1000"), "{msg}");
     }
 
     #[test]
@@ -202,6 +225,78 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(&link.display().to_string()), "{msg}");
         assert!(msg.contains("symbolic link"), "{msg}");
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// tempdir/a/b/guard.toml, all root's and 0755/0644 but for `a`.
+    fn nested(a_uid: u32, a_mode: u32) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a");
+        let b = a.join("b");
+        fs::create_dir_all(&b).expect("mkdir");
+        let file = b.join("guard.toml");
+        fs::write(&file, DEFAULT_POLICY).expect("write");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
+        fs::set_permissions(&a, fs::Permissions::from_mode(a_mode)).expect("chmod");
+        std::os::unix::fs::chown(&a, Some(a_uid), None).expect("chown");
+        (dir, a, file)
+    }
+
+    #[test]
+    fn a_directory_above_the_file_that_a_user_controls_is_refused() {
+        if !is_root() {
+            eprintln!("SKIPPED: needs root to give a directory away");
+            return;
+        }
+        let (_dir, a, file) = nested(65_534, 0o755);
+        let msg = Config::load(&file).expect_err("refused").to_string();
+        assert!(
+            msg.contains(&format!(
+                "refusing {}: a directory above the policy file",
+                a.display()
+            )),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("uid 65534") && msg.contains("chown root:root"),
+            "{msg}"
+        );
+
+        let (_dir, a, file) = nested(0, 0o777);
+        let msg = Config::load(&file).expect_err("refused").to_string();
+        assert!(msg.contains(&a.display().to_string()), "{msg}");
+        assert!(msg.contains("writable by its group and others"), "{msg}");
+
+        // Root's all the way up, through the sticky /tmp: accepted.
+        let (_dir, _a, file) = nested(0, 0o755);
+        Config::load(&file).expect("a file only root can change loads");
+    }
+
+    #[test]
+    fn a_symlinked_directory_above_the_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real");
+        fs::create_dir(&real).expect("mkdir");
+        fs::write(real.join("guard.toml"), DEFAULT_POLICY).expect("write");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let err = check_secure(&link.join("guard.toml")).expect_err("refused");
+        let msg = err.to_string();
+        if is_root() {
+            assert!(
+                msg.contains(&format!("refusing {}", link.display())),
+                "{msg}"
+            );
+            assert!(msg.contains("symbolic link"), "{msg}");
+        } else {
+            // Not root: the file itself (the user's) is refused first.
+            assert!(matches!(err, ConfigError::Insecure { .. }), "{msg}");
+        }
     }
 
     #[test]

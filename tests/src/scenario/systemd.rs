@@ -66,7 +66,7 @@ fn summary(r: &Value) -> String {
     format!(
         "start {} ms, ready->active {} ms; watchdog {watchdog}; hog SIGKILLed {} ms after start \
          (verdict->kill {} us); bystander {} worst {} ms; socket {}, member attached, stranger \
-         refused; kill in /var/lib/guard log {}",
+         refused; kill in /var/lib/guard log {}; broken policy reload refused {}",
         fmt_num(&r["guard_start_ms"], 0),
         fmt_num(&(r["ready_to_active_us"].as_f64().map(|us| us / 1000.0)).into(), 1),
         fmt_num(&r["hog_lifetime_ms"], 0),
@@ -75,6 +75,7 @@ fn summary(r: &Value) -> String {
         ms("bystander_worst_us"),
         r["socket_mode"].as_str().unwrap_or("-"),
         r["kill_in_event_log"],
+        r["bad_reload_refused"],
     )
 }
 
@@ -153,6 +154,8 @@ fn checks(r: &mut Report) -> Result<(), String> {
         still_up(gpid, None),
         "guard.service did not stay up through a reload",
     );
+
+    bad_reload(r, gpid);
 
     hog_and_bystander(r);
     r.check(
@@ -399,6 +402,44 @@ fn watchdog_checks(r: &mut Report, pid: u32) -> Option<u32> {
         return None;
     }
     prop("guard", "MainPID").parse().ok()
+}
+
+/// A policy file the daemon would refuse fails `systemctl reload` (the
+/// unit's ExecReload checks it first) with the mistake in the unit's
+/// journal, and the daemon keeps running.
+fn bad_reload(r: &mut Report, gpid: u32) {
+    const POLICY: &str = "/etc/guard/guard.toml";
+    step("systemctl reload guard.service with a broken policy file");
+    let wrote = fs::create_dir_all("/etc/guard")
+        .map_err(|e| format!("creating /etc/guard: {e}"))
+        .and_then(|()| write(POLICY, "# broken on purpose\nbudget_ms = \"soon\"\n"));
+    if let Err(e) = wrote {
+        r.check(false, e);
+        return;
+    }
+    let reload = systemctl(&["reload", "guard.service"]);
+    let _ = fs::remove_file(POLICY);
+    r.set("bad_reload_refused", reload.is_err());
+    r.check(
+        reload.is_err(),
+        "systemctl reload succeeded with a broken policy file: ExecReload did not check it",
+    );
+    let journal = command_text(Command::new("journalctl").args([
+        "-q",
+        "-u",
+        "guard.service",
+        "-o",
+        "cat",
+    ]));
+    let named = journal.lines().any(|l| l.starts_with(&format!("{POLICY}:2:")));
+    r.check(
+        named,
+        "the broken file's mistake (line 2) is not in guard.service's journal",
+    );
+    r.check(
+        still_up(gpid, None),
+        "guard.service did not stay up through a refused reload",
+    );
 }
 
 /// (c) A hog and a bystander in seed.slice: the hog dies by the guard's
@@ -698,14 +739,14 @@ mod tests {
             "watchdog_ok": false, "watchdog_timeouts": 2, "watchdog_restarts": 1,
             "hog_lifetime_ms": 1800, "kill_latency_us": 450,
             "bystander_result": "success", "bystander_worst_us": 250000,
-            "socket_mode": "660 guard", "kill_in_event_log": true,
+            "socket_mode": "660 guard", "kill_in_event_log": true, "bad_reload_refused": true,
         });
         assert_eq!(
             summary(&r),
             "start 2100 ms, ready->active 1.5 ms; watchdog NOT fed (2 timeouts, 1 restarts); \
              hog SIGKILLed 1800 ms after start (verdict->kill 450 us); bystander success worst \
              250 ms; socket 660 guard, member attached, stranger refused; kill in \
-             /var/lib/guard log true"
+             /var/lib/guard log true; broken policy reload refused true"
         );
         assert!(summary(&json!({})).contains("watchdog -"));
     }
