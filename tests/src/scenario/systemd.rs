@@ -82,8 +82,7 @@ fn summary(r: &Value) -> String {
 fn run(r: &mut Report) -> Result<(), String> {
     let outcome = checks(r);
     // The guard's own account, for whoever reads the console log.
-    for line in command_text(Command::new("journalctl").args(["-q", "-u", "guard.service"]))
-        .lines()
+    for line in journal("guard.service", "short").lines()
     {
         println!("GUARD-JOURNAL {line}");
     }
@@ -365,13 +364,7 @@ fn watchdog_checks(r: &mut Report, pid: u32) -> Option<u32> {
     let state = prop("guard", "ActiveState");
     let restarts = prop("guard", "NRestarts");
     let now = prop("guard", "MainPID");
-    let journal = command_text(Command::new("journalctl").args([
-        "-q",
-        "-u",
-        "guard.service",
-        "-o",
-        "cat",
-    ]));
+    let journal = journal("guard.service", "cat");
     let timeouts = journal.matches("Watchdog timeout").count();
     put(r, "watchdog_restarts", &restarts);
     r.set("watchdog_timeouts", timeouts);
@@ -424,13 +417,7 @@ fn bad_reload(r: &mut Report, gpid: u32) {
         reload.is_err(),
         "systemctl reload succeeded with a broken policy file: ExecReload did not check it",
     );
-    let journal = command_text(Command::new("journalctl").args([
-        "-q",
-        "-u",
-        "guard.service",
-        "-o",
-        "cat",
-    ]));
+    let journal = journal("guard.service", "cat");
     let named = journal.lines().any(|l| l.starts_with(&format!("{POLICY}:2:")));
     r.check(
         named,
@@ -568,13 +555,7 @@ fn bystander_checks(r: &mut Report) {
              ExecMainStatus={status}, not successfully"
         ),
     );
-    let journal = command_text(Command::new("journalctl").args([
-        "-q",
-        "-u",
-        "bystander.service",
-        "-o",
-        "cat",
-    ]));
+    let journal = journal("bystander.service", "cat");
     if let Some(line) = journal
         .lines()
         .rfind(|l| l.starts_with("bystander ticks="))
@@ -637,6 +618,11 @@ fn command_text(cmd: &mut Command) -> String {
     }
 }
 
+/// A unit's journal in `format` (journalctl -o).
+fn journal(unit: &str, format: &str) -> String {
+    command_text(Command::new("journalctl").args(["-q", "-u", unit, "-o", format]))
+}
+
 /// `systemctl ARGS`; its error output when it fails.
 fn systemctl(args: &[&str]) -> Result<(), String> {
     let mut all = vec!["systemctl"];
@@ -660,13 +646,7 @@ fn wait_event(limit: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
 /// The guard's log events: under systemd it logs to the journal, with its
 /// fields as GUARD_* journal fields.
 fn guard_events() -> Vec<Value> {
-    let json = command_text(Command::new("journalctl").args([
-        "-q",
-        "-u",
-        "guard.service",
-        "-o",
-        "json",
-    ]));
+    let json = journal("guard.service", "json");
     json.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|entry| journal_event(&entry))
