@@ -51,7 +51,14 @@ pub(super) enum Bound {
     /// For counts and durations where 0 would switch off what the key is for.
     AboveZero,
     Percent,
+    /// Pages a memory.high reclaim pass must free to count as progress.
+    ProgressPages,
 }
+
+/// What a memory.high reclaim pass is asked to free: the charges made over
+/// the limit since the last pass, in batches of MEMCG_CHARGE_BATCH (64
+/// pages). A pass asked for that much cannot free much more.
+pub(super) const PASS_TARGET_PAGES: u64 = 64;
 
 /// The key's value; `default` when it is left out, or when it is out of
 /// `bound` (a mistake is then noted at the value).
@@ -67,6 +74,16 @@ pub(super) fn bounded(
     let why = match bound {
         Bound::AboveZero if n == 0 => format!("{key} must be above 0"),
         Bound::Percent if n > 100 => format!("{key} ({n}) must be at most 100"),
+        Bound::ProgressPages if n == 0 => format!(
+            "{key} must be above 0: no pass frees fewer than 0 pages, so none would count as \
+             without progress and guard would never act"
+        ),
+        Bound::ProgressPages if n > PASS_TARGET_PAGES => format!(
+            "{key} ({n}) must be at most {PASS_TARGET_PAGES}: a memory.high reclaim pass is \
+             asked for about {PASS_TARGET_PAGES} pages (the kernel's charge batch), so above \
+             that a pass that freed all it was asked would count as without progress and guard \
+             would kill in cgroups that reclaim normally"
+        ),
         _ => return n,
     };
     errors.at(s.span(), why);

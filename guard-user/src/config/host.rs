@@ -12,6 +12,9 @@ const DEFAULT_HOST_BUDGET_MS: u64 = 250;
 const DEFAULT_HOST_WINDOW_MS: u64 = 1000;
 const DEFAULT_HOST_RETRY_LOOPS: u64 = 4;
 const DEFAULT_HOST_MIN_AVAILABLE_PERCENT: u64 = 5;
+/// The most MemAvailable (percent of MemTotal) at which a host kill is
+/// still confirmed.
+const MAX_KILL_MIN_AVAILABLE_PERCENT: u64 = 50;
 
 /// What guard does when the machine itself runs out of memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -84,6 +87,27 @@ pub(super) fn parse(errors: &mut Errors<'_>, raw: &RawHost) -> Host {
             ),
         );
     }
+    let min_available_percent = bounded(
+        errors,
+        "host.min_available_percent",
+        raw.min_available_percent.as_ref(),
+        DEFAULT_HOST_MIN_AVAILABLE_PERCENT,
+        Bound::Percent,
+    );
+    if let Some(p) = raw.min_available_percent.as_ref()
+        && raw.mode == HostMode::Kill
+        && (MAX_KILL_MIN_AVAILABLE_PERCENT + 1..=100).contains(p.get_ref())
+    {
+        errors.at(
+            p.span(),
+            format!(
+                "host.min_available_percent ({}) must be at most {MAX_KILL_MIN_AVAILABLE_PERCENT} \
+                 with mode = \"kill\": a machine with more than that available is not short of \
+                 memory, and a host kill there would take a process for nothing",
+                p.get_ref()
+            ),
+        );
+    }
     Host {
         mode: raw.mode,
         budget: Duration::from_millis(
@@ -93,13 +117,7 @@ pub(super) fn parse(errors: &mut Errors<'_>, raw: &RawHost) -> Host {
             value(raw.window_ms.as_ref()).unwrap_or(DEFAULT_HOST_WINDOW_MS),
         ),
         retry_loops: value(raw.retry_loops.as_ref()).unwrap_or(DEFAULT_HOST_RETRY_LOOPS),
-        min_available_percent: bounded(
-            errors,
-            "host.min_available_percent",
-            raw.min_available_percent.as_ref(),
-            DEFAULT_HOST_MIN_AVAILABLE_PERCENT,
-            Bound::Percent,
-        ),
+        min_available_percent,
         on_direct_reclaim: raw.on_direct_reclaim.unwrap_or(true),
     }
 }
@@ -139,5 +157,23 @@ mod tests {
         assert!(e.message.contains("at most 100"), "{e}");
         let e = one_mistake(&format!("[host]\nmode = \"always\"\n{SCOPE}"));
         assert!(e.message.contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn a_host_kill_confirmed_with_most_memory_available_is_refused() {
+        let e = one_mistake(&format!(
+            "[host]\nmode = \"kill\"\nmin_available_percent = 100\n{SCOPE}"
+        ));
+        assert_eq!((e.line, e.column), (3, 25));
+        assert!(e.message.contains("at most 50 with mode = \"kill\""), "{e}");
+        // Watching only logs: any share may be asked for.
+        parse(&format!(
+            "[host]\nmode = \"watch\"\nmin_available_percent = 100\n{SCOPE}"
+        ))
+        .expect("watch");
+        parse(&format!(
+            "[host]\nmode = \"kill\"\nmin_available_percent = 50\n{SCOPE}"
+        ))
+        .expect("kill at 50");
     }
 }

@@ -147,7 +147,7 @@ struct RawConfig {
     budget_ms: Option<Spanned<u64>>,
     window_ms: Option<Spanned<u64>>,
     verdict_interval_ms: Option<u64>,
-    min_progress_pages: Option<u64>,
+    min_progress_pages: Option<Spanned<u64>>,
     min_share_percent: Option<Spanned<u64>>,
     max_fruitless_kills: Option<Spanned<u64>>,
     kill_window_ms: Option<Spanned<u64>>,
@@ -187,7 +187,13 @@ impl Config {
                 raw.verdict_interval_ms
                     .unwrap_or(DEFAULT_VERDICT_INTERVAL_MS),
             ),
-            min_progress_pages: raw.min_progress_pages.unwrap_or(DEFAULT_MIN_PROGRESS_PAGES),
+            min_progress_pages: bounded(
+                &mut errors,
+                "min_progress_pages",
+                raw.min_progress_pages.as_ref(),
+                DEFAULT_MIN_PROGRESS_PAGES,
+                Bound::ProgressPages,
+            ),
             min_share_percent: bounded(
                 &mut errors,
                 "min_share_percent",
@@ -515,5 +521,17 @@ kill = "process"
                 .message
                 .contains("max_fruitless_kills must be above 0")
         );
+    }
+
+    #[test]
+    fn a_progress_threshold_no_pass_could_meet_or_miss_is_refused() {
+        let e = one_mistake(&format!("min_progress_pages = 0\n{SCOPE}"));
+        assert_eq!((e.line, e.column), (1, 22));
+        assert!(e.message.contains("guard would never act"), "{e}");
+        let e = one_mistake(&format!("min_progress_pages = 4096\n{SCOPE}"));
+        assert!(e.message.contains("must be at most 64"), "{e}");
+        assert!(e.message.contains("reclaim normally"), "{e}");
+        let c = parse(&format!("min_progress_pages = 64\n{SCOPE}")).expect("64");
+        assert_eq!(c.min_progress_pages, 64);
     }
 }
