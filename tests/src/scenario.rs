@@ -84,6 +84,7 @@ scenarios! {
     respawn
     breaker
     stuck_exit
+    churn
     systemd
 }
 

@@ -173,7 +173,14 @@ impl Daemon {
     /// The kill first; what is said about it after.
     fn on_verdict(&mut self, v: &Verdict) {
         let outcome = self.responder.handle(v);
-        self.out.emit(&self.observer.verdict(v));
+        let record = self.observer.verdict(v);
+        let host_fine = v.cgroup_id == guard_common::HOST_ID
+            && matches!(outcome, Outcome::NotConfirmed | Outcome::OutOfScope);
+        if host_fine {
+            self.out.emit_churn(&record);
+        } else {
+            self.out.emit(&record);
+        }
         match outcome {
             Outcome::Killed(k) => self.finish_kill(*k),
             Outcome::DryRun(report) => self.out.emit(&Record::now(report.event())),
@@ -209,7 +216,7 @@ impl Daemon {
     fn on_cgroup_event(&mut self, e: &CgroupEvent) {
         watch::follow_cgroup(e, &mut self.probes, &mut self.responder, &self.hierarchy);
         if let Some(r) = self.observer.cgroup_event(e) {
-            self.out.emit(&r);
+            self.out.emit_churn(&r);
         }
     }
 

@@ -45,15 +45,33 @@ impl Outputs {
         }
     }
 
+    /// A record of what guard saw or did: to listeners, metrics, and the
+    /// daemon's log (samples only around incidents, raw passes never).
     pub fn emit(&mut self, record: &Record) {
-        if matches!(
-            record.event,
-            Event::Verdict { .. }
-                | Event::Kill { .. }
-                | Event::OomKill { .. }
-                | Event::Unresolved { .. }
-                | Event::KillLimit { .. }
-        ) {
+        self.send(record, true);
+    }
+
+    /// A record of the machine's churn: cgroups made and removed, host asks
+    /// that MemAvailable answered "fine". Any user makes the former as fast
+    /// as mkdir and rmdir run in their own subtree, and a machine full of
+    /// page cache the latter at every direct reclaim pass; on disk they
+    /// would rotate every kill record away. They go to listeners and
+    /// metrics only, and open no incident window.
+    pub fn emit_churn(&mut self, record: &Record) {
+        self.send(record, false);
+    }
+
+    fn send(&mut self, record: &Record, keep_on_disk: bool) {
+        if keep_on_disk
+            && matches!(
+                record.event,
+                Event::Verdict { .. }
+                    | Event::Kill { .. }
+                    | Event::OomKill { .. }
+                    | Event::Unresolved { .. }
+                    | Event::KillLimit { .. }
+            )
+        {
             self.incident_until = Some(Instant::now() + INCIDENT_TAIL);
         }
         if let Some(m) = &self.metrics {
@@ -62,7 +80,8 @@ impl Outputs {
         self.bus.send(record);
         // Raw passes only flow while someone listens, and go to them alone;
         // samples are kept on disk around incidents.
-        let keep = !record.event.is_raw()
+        let keep = keep_on_disk
+            && !record.event.is_raw()
             && (!matches!(record.event, Event::Sample { .. }) || self.in_incident());
         if keep && let Some(log) = &mut self.log {
             match log.write(record) {
@@ -156,6 +175,36 @@ mod tests {
     use std::fs;
 
     use super::*;
+
+    #[test]
+    fn churn_never_rotates_a_kill_out_of_the_log_nor_opens_an_incident() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = stream::EventLog::open(dir.path(), 4096, 1).expect("log");
+        let path = log.path().to_owned();
+        let mut out = Outputs::new(stream::Bus::new(), Some(log));
+        let kill = Record::now(Event::KillLimit {
+            cgroup: "/user.slice/a".into(),
+            fruitless_kills: 3,
+            window_ms: 60_000,
+        });
+        out.emit(&kill);
+        out.incident_until = None;
+        for id in 0..10_000u64 {
+            let cgroup = format!("/user.slice/churn/c{id}");
+            out.emit_churn(&Record::now(Event::CgroupCreated {
+                cgroup_id: id,
+                cgroup: cgroup.clone(),
+            }));
+            out.emit_churn(&Record::now(Event::CgroupRemoved {
+                cgroup_id: id,
+                cgroup,
+            }));
+        }
+        let text = fs::read_to_string(&path).expect("log");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("\"kill_limit\""), "{text}");
+        assert!(!out.in_incident(), "churn opened an incident window");
+    }
 
     #[test]
     fn the_daemon_log_keeps_events_and_samples_around_incidents_but_no_raw_passes() {
