@@ -1,5 +1,10 @@
 //! The event counters, fed from the record stream.
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Mutex, MutexGuard},
+};
+
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
@@ -18,6 +23,19 @@ pub(super) struct Counters {
     lost: Family<Labels1, Counter>,
     kill_limits: Family<Labels1, Counter>,
     unresolved: Family<Labels1, Counter>,
+    /// Per-cgroup series are dropped when their cgroup goes, after one more
+    /// scrape: a kill in a scope that vanishes with its victim must still
+    /// be seen once.
+    books: Mutex<Books>,
+}
+
+/// Which cgroups have series, and which of them are gone.
+#[derive(Debug, Default)]
+struct Books {
+    /// Every cgroup with a series, and the kill reasons it has series for.
+    with_series: BTreeMap<String, BTreeSet<String>>,
+    /// Removed cgroups whose series the next scrape shows for the last time.
+    gone: BTreeSet<String>,
 }
 
 /// A new counter family, registered under `name`.
@@ -72,11 +90,65 @@ impl Counters {
                 "Stalls guard confirmed but could not end by killing (a protected or unreadable \
                  holder, memory no process holds), counted once per situation",
             ),
+            books: Mutex::default(),
+        }
+    }
+
+    fn books(&self) -> MutexGuard<'_, Books> {
+        // A panic elsewhere while holding the lock leaves the books as
+        // they were, still usable.
+        self.books.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that `cgroup` has a series (of a kill `reason`, if given).
+    fn has_series(&self, cgroup: &str, reason: Option<&str>) {
+        let mut books = self.books();
+        let reasons = books.with_series.entry(cgroup.to_owned()).or_default();
+        if let Some(r) = reason {
+            reasons.insert(r.to_owned());
+        }
+        books.gone.remove(cgroup);
+    }
+
+    /// After a scrape: drops the series of the cgroups gone before it.
+    pub(super) fn drop_gone(&self) {
+        let mut books = self.books();
+        for cgroup in std::mem::take(&mut books.gone) {
+            let reasons = books.with_series.remove(&cgroup).unwrap_or_default();
+            let one = label("cgroup", &cgroup);
+            for family in [
+                &self.verdicts,
+                &self.oom_kills,
+                &self.kill_limits,
+                &self.unresolved,
+            ] {
+                family.remove(&one);
+            }
+            for reason in reasons {
+                let two = [("cgroup", Value(cgroup.clone())), ("reason", Value(reason))];
+                self.kills.remove(&two);
+                self.dry_run_kills.remove(&two);
+            }
         }
     }
 
     /// Counts one record; kinds without a counter are ignored.
     pub(super) fn observe(&self, rec: &Record) {
+        match &rec.event {
+            Event::CgroupRemoved { cgroup, .. } => {
+                let mut books = self.books();
+                if books.with_series.contains_key(cgroup) {
+                    books.gone.insert(cgroup.clone());
+                }
+                return;
+            }
+            Event::Kill { cgroup, reason, .. } => self.has_series(cgroup, Some(reason)),
+            Event::KillLimit { cgroup, .. }
+            | Event::Unresolved { cgroup, .. }
+            | Event::Verdict { cgroup, .. }
+            | Event::OomKill { cgroup, .. } => self.has_series(cgroup, None),
+            _ => {}
+        }
         match &rec.event {
             Event::Kill {
                 cgroup,
@@ -219,5 +291,40 @@ mod tests {
         );
         assert_eq!(value_of(&out, &build), Some("1"), "{out}");
         assert!(out.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_removed_cgroups_series_are_shown_once_more_then_dropped() {
+        let m = Metrics::new();
+        let removed = |cgroup: &str| {
+            Record::at(
+                2,
+                Event::CgroupRemoved {
+                    cgroup_id: 9,
+                    cgroup: cgroup.into(),
+                },
+            )
+        };
+        let series =
+            r#"guard_kills_total{cgroup="/u.slice/run-1.scope",reason="memory_high_stall"}"#;
+        let verdicts = r#"guard_verdicts_total{cgroup="/u.slice/run-1.scope"}"#;
+        m.observe(&verdict("/u.slice/run-1.scope"));
+        m.observe(&kill("/u.slice/run-1.scope", false));
+        m.observe(&kill("/kept.slice", false));
+        // The scope goes with its victim, before anyone scraped.
+        m.observe(&removed("/u.slice/run-1.scope"));
+        // Churn of cgroups that never had a series is not remembered.
+        for i in 0..1000 {
+            m.observe(&removed(&format!("/churn/c{i}")));
+        }
+        let first = m.encode();
+        assert_eq!(value_of(&first, series), Some("1"), "{first}");
+        assert_eq!(value_of(&first, verdicts), Some("1"), "{first}");
+        let second = m.encode();
+        assert_eq!(value_of(&second, series), None, "{second}");
+        assert_eq!(value_of(&second, verdicts), None, "{second}");
+        let kept = r#"guard_kills_total{cgroup="/kept.slice",reason="memory_high_stall"}"#;
+        assert_eq!(value_of(&second, kept), Some("1"));
+        assert!(m.counters.books().with_series.len() == 1 && m.counters.books().gone.is_empty());
     }
 }

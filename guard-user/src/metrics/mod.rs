@@ -136,6 +136,7 @@ impl Metrics {
         if let Err(e) = text::encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "encoding the metrics failed");
         }
+        self.counters.drop_gone();
         out
     }
 }
