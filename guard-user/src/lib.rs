@@ -23,6 +23,7 @@ pub mod kernel;
 pub mod live;
 pub mod metrics;
 pub mod observe;
+pub mod paths;
 pub mod policy;
 pub mod procfs;
 pub mod report;

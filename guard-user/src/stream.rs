@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{self, Write as _},
-    os::unix::fs::{PermissionsExt as _, chown},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -17,7 +17,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::events::{Event, Record};
+use crate::{
+    events::{Event, Record},
+    paths::{self, Owners, Role},
+};
 
 pub const SOCKET_PATH: &str = "/run/guard/events.sock";
 /// Members of this group may read the stream (besides root).
@@ -46,6 +49,36 @@ pub enum StreamError {
     Mode { path: PathBuf, source: io::Error },
     #[error("event log {path}: {source}")]
     Log { path: PathBuf, source: io::Error },
+    /// A directory on the way someone other than root could change.
+    #[error("{0}")]
+    Path(#[from] crate::paths::PathError),
+}
+
+/// The socket's and the log's directories, as the messages name them.
+const SOCKET_DIR: Role<'static> = Role {
+    what: "the event socket's directory",
+    above: "a directory above the event socket",
+    gain: "can swap the socket for a link, so that guard gives a file of their choosing to \
+           group guard",
+};
+const LOG_DIR_ROLE: Role<'static> = Role {
+    what: "the event log's directory",
+    above: "a directory above the event log",
+    gain: "can swap the log for a link, so that guard appends to a file of their choosing",
+};
+
+/// Makes `dir` if missing (mode 0755) and checks that no one but root (or
+/// the user guard runs as) can change it or any directory above it.
+fn private_dir(dir: &Path, role: Role<'_>) -> Result<(), StreamError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|source| StreamError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    Ok(paths::check_dirs(dir, role, Owners::RootOrSelf, false)?)
 }
 
 /// Who may read the stream: root, and members of the `guard` group if it
@@ -152,12 +185,11 @@ impl Bus {
 /// left by a crash is replaced, and the socket gets mode 0660 with the
 /// `guard` group so the file system enforces the rule before we do.
 pub fn bind(path: &Path, access: Access) -> Result<UnixListener, StreamError> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|source| StreamError::Dir {
-            dir: dir.to_owned(),
-            source,
-        })?;
-    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    private_dir(dir, SOCKET_DIR)?;
     if let Ok(meta) = fs::symlink_metadata(path) {
         // Only ever a socket is replaced: a mistyped --socket must not cost
         // anyone a file.
@@ -179,13 +211,15 @@ pub fn bind(path: &Path, access: Access) -> Result<UnixListener, StreamError> {
         }
         let _ = fs::remove_file(path);
     }
+    // Made with the process's umask (0755 under the usual 022: no one but
+    // root may connect until the mode below is set). Not a tighter umask
+    // around the bind: the umask is the whole process's, and another
+    // thread's files would get it too.
     let listener = UnixListener::bind(path).map_err(|source| StreamError::Bind {
         path: path.to_owned(),
         source,
     })?;
-    let secured = chown(path, None, access.group)
-        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o660)));
-    if let Err(source) = secured {
+    if let Err(source) = give_to_group(path, access.group) {
         // No socket rather than one with the wrong owner or mode.
         let _ = fs::remove_file(path);
         return Err(StreamError::Mode {
@@ -194,6 +228,34 @@ pub fn bind(path: &Path, access: Access) -> Result<UnixListener, StreamError> {
         });
     }
     Ok(listener)
+}
+
+/// Gives the socket just bound at `path` to `group` with mode 0660, through
+/// a descriptor of the node itself (O_PATH, no link followed), after
+/// checking that the node is a socket: a link or file swapped in is never
+/// changed.
+fn give_to_group(path: &Path, group: Option<u32>) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+
+    use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+        return Err(io::Error::other(format!(
+            "{} is no longer the socket just bound",
+            path.display()
+        )));
+    }
+    rustix::fs::chownat(&fd, "", None, group.map(Gid::from_raw), AtFlags::EMPTY_PATH)?;
+    // chmod cannot take an O_PATH descriptor; its /proc link reaches the
+    // same node without looking up `path` again.
+    let node = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::chmod(node.as_str(), Mode::from_raw_mode(0o660))?;
+    Ok(())
 }
 
 /// Accepts listeners until the task is dropped. Each gets `hello` first,
@@ -294,11 +356,10 @@ pub struct EventLog {
 }
 
 impl EventLog {
+    /// Opens (or creates) the log in `dir`, a directory no one but root
+    /// (or the user guard runs as) can change; the file is never a link.
     pub fn open(dir: &Path, max_bytes: u64, keep: usize) -> Result<Self, StreamError> {
-        fs::create_dir_all(dir).map_err(|source| StreamError::Dir {
-            dir: dir.to_owned(),
-            source,
-        })?;
+        private_dir(dir, LOG_DIR_ROLE)?;
         let path = dir.join(LOG_FILE);
         let file = Self::append(&path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -315,6 +376,7 @@ impl EventLog {
         fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|source| StreamError::Log {
                 path: path.to_owned(),
@@ -510,7 +572,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("run/events.sock");
         let listener = bind(&path, Access { group: None }).expect("bind");
-        let mode = fs::metadata(&path).expect("meta").permissions().mode();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(&path).expect("meta").permissions(),
+        );
         assert_eq!(mode & 0o777, 0o660);
         let bus = Bus::new();
         let hello = Record::now(Event::Hello {
@@ -545,5 +609,58 @@ mod tests {
         drop(lines);
         listeners.wait_for(|n| *n == 0).await.expect("uncounted");
         server.abort();
+    }
+
+    /// A directory others may write, holding a link planted where the
+    /// socket or the log would go: both are refused before anything is
+    /// made, and the link's target is left as it was.
+    #[test]
+    fn a_socket_or_log_in_a_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        fs::create_dir(&open).expect("mkdir");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let target = dir.path().join("precious");
+        fs::write(&target, "mine\n").expect("write");
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::os::unix::fs::symlink(&target, open.join("events.sock")).expect("symlink");
+        std::os::unix::fs::symlink(&target, open.join(LOG_FILE)).expect("symlink");
+        let before = fs::metadata(&target).expect("meta");
+
+        let socket = bind(&open.join("events.sock"), Access { group: Some(4242) });
+        let msg = socket.expect_err("refused").to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "refusing {}: the event socket's directory",
+                open.display()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("writable by its group and others") && msg.contains("chmod go-w"));
+        let log = EventLog::open(&open, 1 << 20, 1).map(|_| ());
+        let msg = log.expect_err("refused").to_string();
+        assert!(msg.contains("the event log's directory"), "{msg}");
+
+        let after = fs::metadata(&target).expect("meta");
+        assert_eq!(
+            (after.gid(), after.mode(), after.len()),
+            (before.gid(), before.mode(), before.len())
+        );
+    }
+
+    #[test]
+    fn the_log_never_follows_a_link_even_in_a_private_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("precious");
+        fs::write(&target, "mine\n").expect("write");
+        let logs = dir.path().join("logs");
+        fs::create_dir(&logs).expect("mkdir");
+        std::os::unix::fs::symlink(&target, logs.join(LOG_FILE)).expect("symlink");
+        let err = EventLog::open(&logs, 1 << 20, 1)
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(matches!(err, StreamError::Log { .. }), "{err}");
+        assert_eq!(fs::read_to_string(&target).expect("read"), "mine\n");
     }
 }

@@ -3,18 +3,22 @@
 //! Whoever can write the policy chooses which processes guard kills, and
 //! which program it runs as root after a kill.
 
-use std::{
-    fs,
-    io::Read as _,
-    os::unix::fs::{MetadataExt, OpenOptionsExt},
-    path::{Path, PathBuf},
-};
+use std::{fs, io::Read as _, os::unix::fs::OpenOptionsExt, path::Path};
 
 use super::ConfigError;
+use crate::paths::{self, Meta, Owners, PathError, Role};
 
-const FILE: &str = "the policy file";
-const DIR: &str = "the policy file's directory";
-const ANCESTOR: &str = "a directory above the policy file";
+/// The policy file and the directories above it, as messages name them.
+const FILE: Role<'static> = Role {
+    what: "the policy file",
+    above: "a directory above the policy file",
+    gain: GAIN,
+};
+const DIR: Role<'static> = Role {
+    what: "the policy file's directory",
+    ..FILE
+};
+const GAIN: &str = "chooses which processes guard kills";
 
 /// The text of a policy file that passes [`check_secure`].
 pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
@@ -31,7 +35,7 @@ pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
         .open(path)
         .map_err(io_err)?;
     let meta = file.metadata().map_err(io_err)?;
-    judge(path, FILE, meta.uid(), meta.mode(), false)?;
+    paths::judge(path, FILE, Owners::Root, Meta::from(&meta), false).map_err(insecure)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(io_err)?;
     Ok(text)
@@ -44,104 +48,42 @@ pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
 /// error says which path, why, and how to fix it (chown root:root / chmod
 /// go-w / the real path).
 pub fn check_secure(path: &Path) -> Result<(), ConfigError> {
-    let look = |p: &Path| {
-        fs::symlink_metadata(p).map_err(|source| ConfigError::Io {
-            path: p.to_owned(),
-            source,
-        })
+    let meta = fs::symlink_metadata(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    paths::judge(path, FILE, Owners::Root, Meta::from(&meta), false).map_err(insecure)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
-    let meta = look(path)?;
-    judge(
-        path,
-        FILE,
-        meta.uid(),
-        meta.mode(),
-        meta.file_type().is_symlink(),
-    )?;
-    let absolute = if path.is_absolute() {
-        path.to_owned()
-    } else {
-        std::env::current_dir()
-            .map_err(|source| ConfigError::Io {
-                path: PathBuf::from("."),
-                source,
-            })?
-            .join(path)
-    };
-    for (i, dir) in absolute.ancestors().skip(1).enumerate() {
-        let meta = look(dir)?;
-        judge(
-            dir,
-            if i == 0 { DIR } else { ANCESTOR },
-            meta.uid(),
-            meta.mode(),
-            meta.file_type().is_symlink(),
-        )?;
-    }
-    Ok(())
+    paths::check_dirs(dir, DIR, Owners::Root, true).map_err(insecure)
 }
 
-/// The decision of [`check_secure`] on one path, from its metadata.
-fn judge(
-    path: &Path,
-    what: &str,
-    uid: u32,
-    mode: u32,
-    is_symlink: bool,
-) -> Result<(), ConfigError> {
-    let shown = path.display();
-    if is_symlink {
-        return Err(ConfigError::Insecure {
-            path: path.to_owned(),
-            why: format!(
-                "{what} is a symbolic link: whoever can change the link or its target chooses \
-                 the policy. Fix: use the real path (readlink -f {shown}), or replace the link \
-                 with a root-owned copy of the file"
-            ),
-        });
+fn insecure(e: PathError) -> ConfigError {
+    match e {
+        PathError::Io { path, source } => ConfigError::Io { path, source },
+        PathError::Exposed { path, why } => ConfigError::Insecure { path, why },
     }
-    let mut problems = Vec::new();
-    let mut fixes = Vec::new();
-    if uid != 0 {
-        problems.push(format!("owned by uid {uid}, not root"));
-        fixes.push(format!("chown root:root {shown}"));
-    }
-    // A root-owned sticky directory: only an entry's owner may rename or
-    // remove it, so a root-owned entry stays put.
-    let sticky_dir = mode & 0o170000 == 0o040000 && mode & 0o1000 != 0 && uid == 0;
-    let writers = match (
-        mode & 0o020 != 0 && !sticky_dir,
-        mode & 0o002 != 0 && !sticky_dir,
-    ) {
-        (true, true) => Some("its group and others"),
-        (true, false) => Some("its group"),
-        (false, true) => Some("others"),
-        (false, false) => None,
-    };
-    if let Some(writers) = writers {
-        problems.push(format!(
-            "writable by {writers} (mode {:04o})",
-            mode & 0o7777
-        ));
-        fixes.push(format!("chmod go-w {shown}"));
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(ConfigError::Insecure {
-        path: path.to_owned(),
-        why: format!(
-            "{what} is {}: whoever can write it chooses which processes guard kills. Fix: {}",
-            problems.join(" and "),
-            fixes.join(" && ")
-        ),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
     use crate::config::{Config, DEFAULT_POLICY};
+
+    fn judge(
+        path: &Path,
+        role: Role<'_>,
+        uid: u32,
+        mode: u32,
+        symlink: bool,
+    ) -> Result<(), ConfigError> {
+        let meta = Meta { uid, mode, symlink };
+        paths::judge(path, role, Owners::Root, meta, true).map_err(insecure)
+    }
 
     fn refused(uid: u32, mode: u32, is_symlink: bool) -> String {
         match judge(
@@ -174,7 +116,7 @@ mod tests {
         let msg = refused(0, 0o040777, false);
         assert!(msg.contains("others"), "{msg}");
         // Sticky (like /tmp): a root-owned entry in it stays put.
-        judge(Path::new("/tmp"), ANCESTOR, 0, 0o041777, false).expect("a sticky root dir");
+        judge(Path::new("/tmp"), DIR, 0, 0o041777, false).expect("a sticky root dir");
         let msg = refused(1000, 0o041777, false);
         assert!(msg.contains("uid 1000"), "{msg}");
     }
