@@ -10,11 +10,13 @@ use super::check::{Bound, Errors, bounded};
 const DEFAULT_HOOK_TIMEOUT_MS: u64 = 5000;
 
 /// A program run after each kill.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
     /// argv, run without a shell; `command[0]` is an absolute path.
     pub command: Vec<String>,
     pub timeout: Duration,
+    /// Run as this user (uid, gid) instead of root.
+    pub user: Option<(u32, u32)>,
 }
 
 #[derive(Default, Deserialize)]
@@ -22,6 +24,18 @@ pub struct Hook {
 pub(super) struct RawHook {
     command: Option<Spanned<Vec<String>>>,
     timeout_ms: Option<Spanned<u64>>,
+    user: Option<Spanned<String>>,
+}
+
+/// The uid and gid of `name` in an /etc/passwd text.
+fn passwd_user(passwd: &str, name: &str) -> Option<(u32, u32)> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        let uid = fields.nth(1)?.parse().ok()?;
+        let gid = fields.next()?.parse().ok()?;
+        Some((uid, gid))
+    })
 }
 
 pub(super) fn parse(errors: &mut Errors<'_>, hook: Spanned<RawHook>) -> Hook {
@@ -62,15 +76,27 @@ pub(super) fn parse(errors: &mut Errors<'_>, hook: Spanned<RawHook>) -> Hook {
         DEFAULT_HOOK_TIMEOUT_MS,
         Bound::AboveZero,
     );
+    let user = hook.user.and_then(|u| {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let found = passwd_user(&passwd, u.get_ref());
+        if found.is_none() {
+            errors.at(
+                u.span(),
+                format!("hook user {:?} is not in /etc/passwd", u.get_ref()),
+            );
+        }
+        found
+    });
     Hook {
         command,
         timeout: Duration::from_millis(timeout_ms),
+        user,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::config::tests::{SCOPE, mistakes, one_mistake};
+    use crate::config::tests::{SCOPE, mistakes, one_mistake, parse};
 
     #[test]
     fn a_hook_needs_an_absolute_command_and_a_positive_timeout() {
@@ -81,5 +107,25 @@ mod tests {
         assert!(e.message.contains("absolute path"), "{e}");
         let e = one_mistake(&format!("[hook]\ntimeout_ms = 10\n{SCOPE}"));
         assert!(e.message.contains("command"), "{e}");
+        let e = one_mistake(&format!(
+            "[hook]\ncommand = [\"/bin/true\"]\nuser = \"no-such-user-here\"\n{SCOPE}"
+        ));
+        assert!(
+            e.message
+                .contains("\"no-such-user-here\" is not in /etc/passwd"),
+            "{e}"
+        );
+        let root = parse(&format!(
+            "[hook]\ncommand = [\"/bin/true\"]\nuser = \"root\"\n{SCOPE}"
+        ))
+        .expect("root is a user");
+        assert_eq!(root.hook.and_then(|h| h.user), Some((0, 0)));
+    }
+
+    #[test]
+    fn a_user_is_found_by_name_in_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\n";
+        assert_eq!(super::passwd_user(passwd, "nobody"), Some((65534, 65534)));
+        assert_eq!(super::passwd_user(passwd, "nob"), None);
     }
 }

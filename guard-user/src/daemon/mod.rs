@@ -26,7 +26,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-pub use hook::{HookEnd, spawn_hook};
+pub use hook::{HOOK_QUEUE, HookEnd, HookRunner};
 pub use outputs::Outputs;
 
 use crate::{
@@ -148,6 +148,9 @@ struct Daemon {
     out: Outputs,
     /// Victims being watched until they exit (each holds its pidfd).
     exits: JoinSet<VictimEnd>,
+    /// Post-kill hooks, one at a time.
+    hooks: HookRunner,
+    _hook_task: outputs::AbortOnDrop,
 }
 
 impl Daemon {
@@ -208,7 +211,7 @@ impl Daemon {
                 .spawn(decision::wait_exit(victim, key.clone(), exit_timeout));
         }
         if let Some(hook) = &self.responder.policy.config.hook {
-            drop(spawn_hook(hook, &report));
+            self.hooks.submit(hook, &report);
         }
         self.out.emit(&Record::now(report.event()));
     }
@@ -403,7 +406,10 @@ async fn start(opts: RunOptions) -> anyhow::Result<(Daemon, Wakers)> {
     let mut responder = Responder::new(policy, hierarchy.clone(), "/proc", watched);
     responder.set_known(hierarchy.scan_all());
     responder.warm_up();
+    let (hooks, hook_task) = HookRunner::start(None);
     let d = Daemon {
+        hooks,
+        _hook_task: outputs::AbortOnDrop::new(hook_task),
         opts,
         observer: Observer::new(Some(hierarchy.clone()), "/proc"),
         hierarchy,
