@@ -16,6 +16,10 @@ use crate::{
 /// yet?" and hear "no"; the one that hears "yes" must not wait long.
 pub const HOST_VERDICT_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Bounds of the watch list's size when the policy does not set it.
+const MIN_WATCH_CAPACITY: u32 = 4096;
+const MAX_WATCH_CAPACITY: u32 = 65_536;
+
 /// The policy in force: the policy file (or the embedded default) as
 /// checked by `config`.
 #[derive(Clone, Debug)]
@@ -70,6 +74,7 @@ impl Policy {
             verdict_interval: self.config.verdict_interval,
             min_progress_pages: self.config.min_progress_pages,
             watch_all: true,
+            watch_capacity: self.watch_capacity(0),
             host: (host.mode != HostMode::Off).then_some(HostLimits {
                 budget: host.budget,
                 window: host.window,
@@ -77,6 +82,18 @@ impl Policy {
                 early: host.on_direct_reclaim,
                 interval: HOST_VERDICT_INTERVAL,
             }),
+        }
+    }
+
+    /// How many cgroups the kernel's watch list holds: the policy's
+    /// max_watched_cgroups, else twice the cgroups there are now (room to
+    /// grow), at least 4096 and at most 65536 (about 5 MiB of kernel memory).
+    pub fn watch_capacity(&self, cgroups_now: usize) -> u32 {
+        match self.config.max_watched_cgroups {
+            Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+            None => u32::try_from(cgroups_now.saturating_mul(2))
+                .unwrap_or(u32::MAX)
+                .clamp(MIN_WATCH_CAPACITY, MAX_WATCH_CAPACITY),
         }
     }
 
@@ -261,5 +278,28 @@ mod tests {
         // Without such rules, nothing optional needs reading.
         let lean = policy("[protect]\nexe = []\n[[scope]]\npaths = [\"/**\"]\n");
         assert_eq!(lean.needs(), Needs::default());
+    }
+
+    #[test]
+    fn the_watch_list_is_sized_from_the_machine_unless_the_policy_says() {
+        let p = Policy::default();
+        assert_eq!(p.watch_capacity(0), 4096);
+        assert_eq!(p.watch_capacity(5_000), 10_000);
+        assert_eq!(p.watch_capacity(1_000_000), 65_536);
+        let c = Config::parse(
+            "max_watched_cgroups = 1000\n[[scope]]\npaths = [\"/**\"]\n",
+            "<t>",
+        )
+        .expect("valid");
+        let p = Policy { config: c };
+        assert_eq!(p.watch_capacity(1_000_000), 1000);
+        assert_eq!(p.kernel_settings().watch_capacity, 1000);
+        let e = Config::parse(
+            "max_watched_cgroups = 0\n[[scope]]\npaths = [\"/**\"]\n",
+            "<t>",
+        )
+        .expect_err("0 refused")
+        .to_string();
+        assert!(e.contains("max_watched_cgroups must be above 0"), "{e}");
     }
 }

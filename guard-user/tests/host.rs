@@ -119,6 +119,7 @@ fn a_full_verdict_ring_is_counted_and_the_stall_reported_again_once_there_is_roo
         window: Duration::from_secs(1),
         verdict_interval: Duration::ZERO,
         min_progress_pages: 1,
+        watch_capacity: 4096,
         watch_all: false,
         host: None,
     })
@@ -168,6 +169,7 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
         window: Duration::from_secs(1),
         verdict_interval: Duration::from_secs(1),
         min_progress_pages: 1,
+        watch_capacity: 4096,
         watch_all: false,
         host: None,
     })
@@ -254,6 +256,7 @@ fn per_pass_trace_records_flow_only_while_switched_on_and_oom_victims_always() {
         window: Duration::from_secs(1),
         verdict_interval: Duration::from_secs(1),
         min_progress_pages: 1,
+        watch_capacity: 4096,
         watch_all: false,
         host: None,
     })
@@ -349,6 +352,7 @@ fn cgroup_creation_and_removal_reach_user_space() {
         window: Duration::from_secs(1),
         verdict_interval: Duration::from_secs(1),
         min_progress_pages: 1,
+        watch_capacity: 4096,
         watch_all: false,
         host: None,
     })

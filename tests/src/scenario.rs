@@ -85,6 +85,7 @@ scenarios! {
     breaker
     stuck_exit
     churn
+    many_cgroups
     systemd
 }
 

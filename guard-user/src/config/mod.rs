@@ -80,6 +80,9 @@ pub struct Config {
     pub scopes: Vec<Scope>,
     /// The whole machine short of memory (no cgroup limit involved).
     pub host: Host,
+    /// Size of the kernel's list of watched cgroups (None: from the
+    /// machine, see Policy::watch_capacity).
+    pub max_watched_cgroups: Option<u64>,
 }
 
 /// One mistake in a policy file. Line and column count from 1; the column
@@ -152,6 +155,7 @@ struct RawConfig {
     max_fruitless_kills: Option<Spanned<u64>>,
     kill_window_ms: Option<Spanned<u64>>,
     victim_exit_timeout_ms: Option<Spanned<u64>>,
+    max_watched_cgroups: Option<Spanned<u64>>,
     protect: protect::RawProtect,
     order: order::RawOrder,
     hook: Option<Spanned<hook::RawHook>>,
@@ -227,6 +231,15 @@ impl Config {
             hook: raw.hook.map(|h| hook::parse(&mut errors, h)),
             scopes: scope::parse(&mut errors, raw.scope, inherited),
             host: host::parse(&mut errors, &raw.host),
+            max_watched_cgroups: raw.max_watched_cgroups.as_ref().map(|n| {
+                bounded(
+                    &mut errors,
+                    "max_watched_cgroups",
+                    Some(n),
+                    1,
+                    Bound::AboveZero,
+                )
+            }),
         };
         errors.finish(origin)?;
         Ok(config)

@@ -34,7 +34,7 @@ use crate::{
     config::{self, Config},
     decision::{self, Killed, Outcome, Responder, VictimEnd},
     events::{Event, Record},
-    kernel::{self, DRAIN_BATCH, Feed, Message, Probes, Throttle, TraceSwitch},
+    kernel::{self, DRAIN_BATCH, Feed, Message, Probes, Settings, Throttle, TraceSwitch},
     observe::Observer,
     policy::Policy,
     stream,
@@ -119,8 +119,17 @@ fn harden() {
 }
 
 /// Loads the kernel half and says, once, what it could attach.
-fn load_probes(policy: &Policy) -> anyhow::Result<Probes> {
-    let probes = Probes::load(policy.kernel_settings())?;
+fn load_probes(policy: &Policy, cgroups_now: usize) -> anyhow::Result<Probes> {
+    let settings = Settings {
+        watch_capacity: policy.watch_capacity(cgroups_now),
+        ..policy.kernel_settings()
+    };
+    info!(
+        capacity = settings.watch_capacity,
+        cgroups = cgroups_now,
+        "the kernel's watch list holds this many cgroups"
+    );
+    let probes = Probes::load(settings)?;
     match &probes.throttle {
         Throttle::Hooked { handler } => {
             info!(
@@ -358,8 +367,9 @@ async fn start(opts: RunOptions) -> anyhow::Result<(Daemon, Wakers)> {
     cgroup::check_v2(&mountinfo, root)?;
     harden();
 
-    let mut probes = load_probes(&policy)?;
     let hierarchy = Hierarchy::new(root);
+    let known = hierarchy.scan_all();
+    let mut probes = load_probes(&policy, known.len())?;
     let wanted = watch::scan(&hierarchy, &policy)?;
     let watched = watch::apply_watch_list(&mut probes, &hierarchy, &HashMap::new(), wanted)?;
     // Cgroups created later, or limited later, are watched too: a stall
@@ -404,7 +414,7 @@ async fn start(opts: RunOptions) -> anyhow::Result<(Daemon, Wakers)> {
         _server: server,
     };
     let mut responder = Responder::new(policy, hierarchy.clone(), "/proc", watched);
-    responder.set_known(hierarchy.scan_all());
+    responder.set_known(known);
     responder.warm_up();
     let (hooks, hook_task) = HookRunner::start(None);
     let d = Daemon {

@@ -73,7 +73,15 @@ pub(super) fn follow_cgroup(
             };
             let limits = scope_limits(scope);
             match probes.watch(event.id, limits) {
-                Ok(()) => {
+                Ok(false) => {
+                    debug!(
+                        cgroup = path,
+                        cgroup_id = event.id,
+                        "the kernel's watch list is full: new cgroup not listed"
+                    );
+                    responder.add_cgroup(event.id, dir, false);
+                }
+                Ok(true) => {
                     info!(
                         cgroup = path,
                         cgroup_id = event.id,
@@ -116,14 +124,27 @@ pub(super) fn apply_watch_list(
         probes.unwatch(*id)?;
     }
     let mut paths = HashMap::new();
+    let mut unlisted = 0usize;
     for (id, (dir, limits)) in wanted {
-        probes.watch(id, limits)?;
+        if !probes.watch(id, limits)? {
+            unlisted += 1;
+            continue;
+        }
         if !old.contains_key(&id) {
-            info!(cgroup = %hierarchy.display_path(&dir), cgroup_id = id,
+            debug!(cgroup = %hierarchy.display_path(&dir), cgroup_id = id,
                 budget_ms = limits.budget_ns / 1_000_000, window_ms = limits.window_ns / 1_000_000,
                 "watching");
         }
         paths.insert(id, dir);
+    }
+    if unlisted > 0 {
+        warn!(
+            listed = paths.len(),
+            unlisted,
+            "the kernel's watch list is full: these limited cgroups are not listed; stalls \
+             under them are charged to each task's own cgroup with the default budget and \
+             window (raise max_watched_cgroups in the policy to list them all)"
+        );
     }
     Ok(paths)
 }

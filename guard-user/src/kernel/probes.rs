@@ -66,6 +66,8 @@ pub struct Settings {
     pub min_progress_pages: u64,
     /// Charge tasks under no watched cgroup to their own cgroup.
     pub watch_all: bool,
+    /// How many cgroups the kernel's watch list holds.
+    pub watch_capacity: u32,
     /// The host scope's limits; None: its programs are not attached.
     pub host: Option<HostLimits>,
 }
@@ -195,6 +197,7 @@ fn load_object(settings: &Settings) -> Result<Ebpf, ProbeError> {
     let jiffy = ns_per_jiffy();
     let watch_all = u64::from(settings.watch_all);
     EbpfLoader::new()
+        .map_max_entries(maps::WATCHED, settings.watch_capacity)
         .override_global(globals::BUDGET_NS, &budget, true)
         .override_global(globals::WINDOW_NS, &window, true)
         .override_global(globals::VERDICT_INTERVAL_NS, &interval, true)
@@ -278,6 +281,7 @@ impl Probes {
         };
         let mut probes = Self { ebpf, throttle };
         if let Some(h) = settings.host {
+            // The first entry of a list of at least one: never full.
             probes.watch(
                 HOST_ID,
                 Watch {
@@ -301,14 +305,20 @@ impl Probes {
     }
 
     /// Lists a cgroup: stalls of tasks below it are charged to it, against
-    /// its own budget and window (zero: the defaults set at load).
-    pub fn watch(&mut self, cgroup_id: u64, limits: Watch) -> Result<(), ProbeError> {
-        self.watched()?
-            .insert(cgroup_id, limits, 0)
-            .map_err(|source| ProbeError::Map {
+    /// its own budget and window (zero: the defaults set at load). False
+    /// when the list is full: the cgroup's tasks are then charged to their
+    /// own cgroups, with the defaults.
+    pub fn watch(&mut self, cgroup_id: u64, limits: Watch) -> Result<bool, ProbeError> {
+        match self.watched()?.insert(cgroup_id, limits, 0) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                Ok(false)
+            }
+            Err(source) => Err(ProbeError::Map {
                 name: maps::WATCHED,
                 source,
-            })
+            }),
+        }
     }
 
     /// Removes a cgroup from the list (it is gone, or out of every scope).
