@@ -36,7 +36,8 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Every string in `value` (object keys too) made [`printable`].
+/// Every string value in `value` made [`printable`] (keys are the
+/// schema's own field names).
 pub fn printable_json(value: &mut Value) {
     match value {
         Value::String(s) => {
@@ -45,16 +46,7 @@ pub fn printable_json(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(printable_json),
-        Value::Object(map) => {
-            let escaped: serde_json::Map<String, Value> = std::mem::take(map)
-                .into_iter()
-                .map(|(k, mut v)| {
-                    printable_json(&mut v);
-                    (printable(&k).into_owned(), v)
-                })
-                .collect();
-            *map = escaped;
-        }
+        Value::Object(map) => map.values_mut().for_each(printable_json),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }

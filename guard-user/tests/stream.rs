@@ -106,6 +106,29 @@ async fn root_and_the_guard_group_may_read_the_stream_and_others_are_refused_by_
     task.abort();
 }
 
+/// `guard record` of `socket` into `file`, for 3 s.
+fn record(file: &Path, socket: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(GUARD)
+        .args(["record", "--duration", "3", "-o"])
+        .arg(file)
+        .arg("--socket")
+        .arg(socket)
+        .spawn()
+        .expect("spawn guard record")
+}
+
+/// Sends `records` once `listeners` are attached.
+async fn send_once_heard(bus: &Bus, listeners: usize, records: &[Record]) {
+    let mut watch = bus.watch_listeners();
+    tokio::time::timeout(Duration::from_secs(10), watch.wait_for(|n| *n == listeners))
+        .await
+        .expect("the listeners attached in time")
+        .expect("bus alive");
+    for r in records {
+        bus.send(r);
+    }
+}
+
 /// A small incident as the daemon would stream it: the cgroup fills past
 /// memory.high, passes stop making progress, a verdict, a kill, memory
 /// comes back.
@@ -205,22 +228,9 @@ async fn a_recorded_stream_reports_the_incident_and_draws_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (socket, bus, task) = serve(dir.path()).await;
     let file = dir.path().join("incident.jsonl");
-    let mut recorder = tokio::process::Command::new(GUARD)
-        .args(["record", "--duration", "3", "-o"])
-        .arg(&file)
-        .arg("--socket")
-        .arg(&socket)
-        .spawn()
-        .expect("spawn guard record");
-    let mut listeners = bus.watch_listeners();
-    tokio::time::timeout(Duration::from_secs(10), listeners.wait_for(|n| *n == 1))
-        .await
-        .expect("guard record attached in time")
-        .expect("bus alive");
+    let mut recorder = record(&file, &socket);
     let sent = incident(guard::clock::monotonic_ns());
-    for r in &sent {
-        bus.send(r);
-    }
+    send_once_heard(&bus, 1, &sent).await;
     let status = recorder.wait().await.expect("guard record ends");
     assert!(status.success());
     task.abort();
@@ -286,22 +296,9 @@ async fn hostile_names_reach_the_terminal_escaped_and_the_json_exact() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn guard trace --lines");
-    let mut recorder = tokio::process::Command::new(GUARD)
-        .args(["record", "--duration", "3", "-o"])
-        .arg(&file)
-        .arg("--socket")
-        .arg(&socket)
-        .spawn()
-        .expect("spawn guard record");
-    let mut listeners = bus.watch_listeners();
-    tokio::time::timeout(Duration::from_secs(10), listeners.wait_for(|n| *n == 2))
-        .await
-        .expect("both attached in time")
-        .expect("bus alive");
+    let mut recorder = record(&file, &socket);
     let sent = incident_of(guard::clock::monotonic_ns(), HOSTILE_COMM, HOSTILE_CGROUP);
-    for r in &sent {
-        bus.send(r);
-    }
+    send_once_heard(&bus, 2, &sent).await;
     let traced = lines.wait_with_output().await.expect("guard trace ends");
     assert!(recorder.wait().await.expect("guard record ends").success());
     task.abort();
