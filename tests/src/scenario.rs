@@ -801,16 +801,27 @@ pub(crate) fn bystander_samples(out: &str) -> (Vec<(u64, u64)>, u64) {
     (samples, worst)
 }
 
-/// Worst lateness (ms) of ticks scheduled within [from, to).
-pub(crate) fn worst_between(samples: &[(u64, u64)], from: u64, to: u64) -> f64 {
+/// Lateness (ms) of each tick scheduled within [from, to).
+fn lateness_between(samples: &[(u64, u64)], from: u64, to: u64) -> impl Iterator<Item = f64> + '_ {
     samples
         .iter()
-        .filter(|(done, late)| {
+        .filter(move |(done, late)| {
             let scheduled = done.saturating_sub(late * 1000);
             scheduled >= from && scheduled < to
         })
         .map(|(_, late)| *late as f64 / 1000.0)
-        .fold(0.0, f64::max)
+}
+
+/// Worst lateness (ms) of ticks scheduled within [from, to).
+pub(crate) fn worst_between(samples: &[(u64, u64)], from: u64, to: u64) -> f64 {
+    lateness_between(samples, from, to).fold(0.0, f64::max)
+}
+
+/// How many ticks scheduled within [from, to) were more than `over_ms` late.
+pub(crate) fn late_between(samples: &[(u64, u64)], from: u64, to: u64, over_ms: f64) -> usize {
+    lateness_between(samples, from, to)
+        .filter(|&ms| ms > over_ms)
+        .count()
 }
 
 /// A bystander started in a cgroup, to be judged when it ends.
@@ -1068,6 +1079,9 @@ mod tests {
         let samples = [(2_500_000_000, 1_500_000), (3_002_000_000, 2_000)];
         assert_eq!(worst_between(&samples, 0, 2_000_000_000), 1500.0);
         assert_eq!(worst_between(&samples, 2_000_000_000, u64::MAX), 2.0);
+        assert_eq!(late_between(&samples, 0, u64::MAX, 1.0), 2);
+        assert_eq!(late_between(&samples, 0, u64::MAX, 2.0), 1);
+        assert_eq!(late_between(&samples, 2_000_000_000, u64::MAX, 1.0), 1);
         let (parsed, worst) = bystander_samples("sample 5 7\nbystander ticks=3 worst_us=7\n");
         assert_eq!((parsed, worst), (vec![(5, 7)], 7));
     }

@@ -36,7 +36,8 @@ enum Cmd {
     /// Unit tests, host load/attach test, and the VM scenarios on every
     /// kernel of the matrix; ends with a table.
     Test {
-        /// Only the VM scenarios whose name contains this.
+        /// Only the VM scenarios whose name contains this (or one of these,
+        /// comma-separated: `seed,nested`).
         #[arg(long)]
         scenario: Option<String>,
         /// Only the kernels whose label (6.1, 6.12, 7.2 ...) is this.

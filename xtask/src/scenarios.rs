@@ -208,6 +208,16 @@ fn scratch_disk(path: &Path) -> Result<PathBuf> {
     Ok(path.to_owned())
 }
 
+/// Whether `name` is picked by a `--scenario` filter: one or more
+/// comma-separated parts, any of which it contains.
+fn picked(name: &str, filter: &str) -> bool {
+    filter
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .any(|part| name.contains(part))
+}
+
 /// Runs the matrix; prints the table; true when every cell passed.
 pub fn run_matrix(
     bin: &Path,
@@ -216,9 +226,24 @@ pub fn run_matrix(
 ) -> Result<bool> {
     let scenarios: Vec<Scenario> = list(&bin.join("guard-scenario"))?
         .into_iter()
-        .filter(|s| only_scenario.is_none_or(|o| s.name.contains(o)))
+        .filter(|s| only_scenario.is_none_or(|o| picked(&s.name, o)))
         .collect();
+    if scenarios.is_empty() {
+        bail!(
+            "no VM scenario matches --scenario {}; `guard-scenario list` names them",
+            only_scenario.unwrap_or_default()
+        );
+    }
     let kernels = vm::ensure_kernels()?;
+    if let Some(o) = only_kernel
+        && !kernels.iter().any(|k| k.label == o)
+    {
+        let labels: Vec<&str> = kernels.iter().map(|k| k.label.as_str()).collect();
+        bail!(
+            "no kernel labelled {o}; the matrix has {}",
+            labels.join(", ")
+        );
+    }
     let work = crate::workspace_root().join("target").join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let guests = Guests::prepare(bin, &work, &scenarios)?;
@@ -421,6 +446,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn scenario_filter_takes_a_comma_list() {
+        assert!(picked("nested", "seed,nested"));
+        assert!(picked("many-small", "small"));
+        assert!(!picked("seed", "nested, churn"));
+        assert!(!picked("seed", ","));
+    }
 
     #[test]
     fn the_list_reads_as_guard_scenario_prints_it() {

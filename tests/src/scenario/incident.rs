@@ -62,7 +62,13 @@ const SEED: Layout = Layout {
 
 /// Bystander ticks scheduled this long after the kill count as "after".
 const SETTLE_MS: u64 = 250;
-const BYSTANDER_AFTER_MAX_MS: f64 = 100.0;
+/// After the kill a tick this late counts as a hiccup. A throttled cgroup
+/// makes nearly every one of the ~650 ticks after the kill later than this
+/// (the control shows 1-2 s); a TCG guest on a busy host has the odd one.
+const BYSTANDER_HICCUP_MS: f64 = 100.0;
+/// At most this many hiccups after the kill, none later than the cap.
+const BYSTANDER_HICCUPS_MAX: usize = 2;
+const BYSTANDER_AFTER_CAP_MS: f64 = 500.0;
 
 pub(super) fn control(r: &mut Report) -> Result<(), String> {
     incident(
@@ -186,11 +192,17 @@ fn incident(r: &mut Report, layout: &Layout) -> Result<(), String> {
     );
 
     if with_guard {
-        let after = worst_between(&samples, hog_end + SETTLE_MS * 1_000_000, u64::MAX);
+        let settled = hog_end + SETTLE_MS * 1_000_000;
+        let after = worst_between(&samples, settled, u64::MAX);
+        let hiccups = late_between(&samples, settled, u64::MAX, BYSTANDER_HICCUP_MS);
         r.set("bystander_worst_after_ms", after);
+        r.set("bystander_hiccups_after", hiccups);
         r.check(
-            after <= BYSTANDER_AFTER_MAX_MS,
-            format!("bystander still {after:.0} ms late after the kill"),
+            hiccups <= BYSTANDER_HICCUPS_MAX && after <= BYSTANDER_AFTER_CAP_MS,
+            format!(
+                "bystander still throttled after the kill: {hiccups} ticks over \
+                 {BYSTANDER_HICCUP_MS:.0} ms late, the worst {after:.0} ms"
+            ),
         );
         guard_checks(r, &log, &trace, hog_pid);
     }
