@@ -314,7 +314,6 @@ fn report_cmd(files: Vec<PathBuf>, svg: Option<PathBuf>) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// `guard config check`: every error with its line and column.
 /// `guard config check`: the same reading as `guard run` (and a reload),
 /// with every mistake printed, the file's own and its ownership's.
 fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
@@ -334,13 +333,25 @@ fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let parsed = Config::parse(&text, &path.display().to_string());
     let secure = config::check_secure(path);
+    // What this process could not do (under the unit's ExecReload=, the
+    // daemon's own capabilities).
+    let startable = match &parsed {
+        Ok(cfg) => cfg
+            .hook
+            .as_ref()
+            .map_or(Ok(()), config::hook_startable_here),
+        Err(_) => Ok(()),
+    };
     if let Err(e) = &parsed {
         eprintln!("{e}");
+    }
+    if let Err(why) = &startable {
+        eprintln!("{}: {why}", path.display());
     }
     if let Err(e) = &secure {
         eprintln!("{e}\nguard run and a reload refuse this file until that is fixed");
     }
-    if parsed.is_ok() && secure.is_ok() {
+    if parsed.is_ok() && secure.is_ok() && startable.is_ok() {
         println!("{}: ok", path.display());
         return Ok(ExitCode::SUCCESS);
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use rustix::thread::CapabilitySet;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -94,9 +95,64 @@ pub(super) fn parse(errors: &mut Errors<'_>, hook: Spanned<RawHook>) -> Hook {
     }
 }
 
+/// Whether a process with these effective capabilities can start `hook`:
+/// running it as another user takes CAP_SETUID and CAP_SETGID, which the
+/// shipped unit leaves out. The reason, naming the fix, when it cannot.
+pub fn startable(hook: &Hook, effective: CapabilitySet) -> Result<(), String> {
+    if hook.user.is_none() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [
+        (CapabilitySet::SETUID, "CAP_SETUID"),
+        (CapabilitySet::SETGID, "CAP_SETGID"),
+    ]
+    .into_iter()
+    .filter(|(cap, _)| !effective.contains(*cap))
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "[hook] user needs {}, which this process lacks, so the hook could never start. Fix: \
+         add them to CapabilityBoundingSet= and AmbientCapabilities= in a drop-in for \
+         guard.service (deploy/README.md), or remove `user` to run the hook as root \
+         without capabilities",
+        missing.join(" and ")
+    ))
+}
+
+/// [`startable`] for this process.
+pub fn startable_here(hook: &Hook) -> Result<(), String> {
+    let effective = rustix::thread::capabilities(None)
+        .map(|sets| sets.effective)
+        .unwrap_or_else(|_| CapabilitySet::empty());
+    startable(hook, effective)
+}
+
 #[cfg(test)]
 mod tests {
+    use rustix::thread::CapabilitySet;
+
+    use super::{Hook, startable};
     use crate::config::tests::{SCOPE, mistakes, one_mistake, parse};
+
+    #[test]
+    fn a_hook_user_needs_the_capabilities_to_switch_to_it() {
+        let hook = |user| Hook {
+            command: vec!["/bin/true".into()],
+            timeout: std::time::Duration::from_secs(1),
+            user,
+        };
+        let none = CapabilitySet::empty();
+        assert_eq!(startable(&hook(None), none), Ok(()));
+        let e = startable(&hook(Some((1000, 1000))), CapabilitySet::SETUID).unwrap_err();
+        assert!(e.starts_with("[hook] user needs CAP_SETGID,"), "{e}");
+        let e = startable(&hook(Some((1000, 1000))), none).unwrap_err();
+        assert!(e.contains("CAP_SETUID and CAP_SETGID"), "{e}");
+        let both = CapabilitySet::SETUID | CapabilitySet::SETGID;
+        assert_eq!(startable(&hook(Some((1000, 1000))), both), Ok(()));
+    }
 
     #[test]
     fn a_hook_needs_an_absolute_command_and_a_positive_timeout() {

@@ -28,7 +28,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use hook::Hook;
+pub use hook::{Hook, startable_here as hook_startable_here};
 pub use host::{Host, HostMode};
 pub use order::Order;
 pub use protect::{DEFAULT_PROTECT_EXE, Facts, Needs, Protect};
@@ -130,6 +130,9 @@ pub enum ConfigError {
     /// The file could be changed by someone other than root.
     #[error("refusing {path}: {why}")]
     Insecure { path: PathBuf, why: String },
+    /// Valid, but this process could not do what it asks.
+    #[error("{path}: {why}")]
+    Unusable { path: String, why: String },
 }
 
 fn render(path: &str, errors: &[Located]) -> String {

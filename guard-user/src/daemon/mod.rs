@@ -83,6 +83,12 @@ pub fn load_policy(opts: &RunOptions) -> Result<(Policy, String), config::Config
     if opts.dry_run {
         cfg.dry_run = true;
     }
+    if let Some(hook) = &cfg.hook {
+        config::hook_startable_here(hook).map_err(|why| config::ConfigError::Unusable {
+            path: origin.clone(),
+            why,
+        })?;
+    }
     Ok((Policy { config: cfg }, origin))
 }
 

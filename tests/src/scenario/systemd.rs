@@ -31,6 +31,15 @@ const WATCHDOG_WAIT: Duration = Duration::from_secs(10);
 const BYSTANDER_MS: u64 = 8_000;
 /// The hog must be dead this long after its start.
 const HOG_DEADLINE_MS: u64 = 10_000;
+/// The policy file the unit's daemon reads.
+const POLICY: &str = "/etc/guard/guard.toml";
+/// What the test's post-kill hook prints first.
+const HOOK_MARK: &str = "guard-test-hook";
+/// `systemd-analyze security guard.service` must rate the shipped unit at
+/// most this exposed (0 is the most sandboxed, 10 the least): systemd 252
+/// rates deploy/guard.service 3.7, and rated it 7.1 before the sandboxing
+/// of issue 12. A directive dropped from the unit shows here.
+const EXPOSURE_MAX: f64 = 3.7;
 
 const SEED_SLICE: &str = "\
 [Unit]
@@ -66,7 +75,8 @@ fn summary(r: &Value) -> String {
     format!(
         "start {} ms, ready->active {} ms; watchdog {watchdog}; hog SIGKILLed {} ms after start \
          (verdict->kill {} us); bystander {} worst {} ms; socket {}, member attached, stranger \
-         refused; kill in /var/lib/guard log {}; broken policy reload refused {}",
+         refused; kill in /var/lib/guard log {}; broken policy reload refused {}; \
+         systemd-analyze security exposure {}",
         fmt_num(&r["guard_start_ms"], 0),
         fmt_num(&(r["ready_to_active_us"].as_f64().map(|us| us / 1000.0)).into(), 1),
         fmt_num(&r["hog_lifetime_ms"], 0),
@@ -76,6 +86,7 @@ fn summary(r: &Value) -> String {
         r["socket_mode"].as_str().unwrap_or("-"),
         r["kill_in_event_log"],
         r["bad_reload_refused"],
+        fmt_num(&r["exposure"], 1),
     )
 }
 
@@ -101,6 +112,7 @@ fn checks(r: &mut Report) -> Result<(), String> {
         .any(|l| l.starts_with("tracefs /sys/kernel/tracing "));
     r.set("tracefs_mounted_by_systemd", tracefs);
     install_units()?;
+    exposure(r);
 
     // The slice first, so that its memory.high is set when the guard starts.
     r.check(
@@ -138,7 +150,11 @@ fn checks(r: &mut Report) -> Result<(), String> {
     };
     let restarts = prop("guard", "NRestarts");
 
-    // ExecReload: SIGHUP re-reads the policy; the daemon stays.
+    // ExecReload: SIGHUP re-reads the policy, now one with a post-kill
+    // hook; the daemon stays.
+    if let Err(e) = write_hook_policy() {
+        r.check(false, e);
+    }
     step("systemctl reload guard.service");
     r.check(
         systemctl(&["reload", "guard.service"]).is_ok(),
@@ -190,6 +206,40 @@ fn install_units() -> Result<(), String> {
     systemctl(&["daemon-reload"])
 }
 
+/// How exposed systemd rates the unit: `systemd-analyze security`'s overall
+/// level, 0 (most sandboxed) to 10.
+fn exposure(r: &mut Report) {
+    let text = command_text(Command::new("systemd-analyze").args(["security", "guard.service"]));
+    match overall_exposure(&text) {
+        Some(level) => {
+            r.set("exposure", level);
+            r.check(
+                level <= EXPOSURE_MAX,
+                format!(
+                    "systemd-analyze security rates guard.service {level:.1}, over \
+                     {EXPOSURE_MAX:.1}: a sandboxing directive of deploy/guard.service is gone"
+                ),
+            );
+        }
+        None => r.check(
+            false,
+            format!(
+                "no overall exposure level in `systemd-analyze security guard.service`: {}",
+                text.lines().last().unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+/// The number in `systemd-analyze security`'s "Overall exposure level for
+/// UNIT: 4.2 MEDIUM" line.
+fn overall_exposure(text: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (_, rest) = line.split_once("Overall exposure level for ")?;
+        rest.split_once(':')?.1.split_whitespace().next()?.parse().ok()
+    })
+}
+
 /// (a) Starts the unit; its main pid when it is active.
 fn start_guard(r: &mut Report) -> Option<u32> {
     step("starting guard.service");
@@ -227,6 +277,12 @@ fn ready_checks(r: &mut Report, pid: u32) {
     let field = |key: &str| status_field(&status, key).unwrap_or_default().to_owned();
     r.set("cap_eff", field("CapEff"));
     put(r, "no_new_privs", &field("NoNewPrivs"));
+    // SystemCallFilter= in force: seccomp mode 2 (a filter).
+    put(r, "seccomp", &field("Seccomp"));
+    r.check(
+        field("Seccomp") == "2",
+        format!("the guard runs with Seccomp {:?}, not 2 (SystemCallFilter=)", field("Seccomp")),
+    );
     put(r, "oom_score_adj", read(&format!("/proc/{pid}/oom_score_adj")).trim());
     let count = |name: &str| fds.iter().filter(|f| f.as_str() == name).count();
     let (links, perf) = (
@@ -397,35 +453,84 @@ fn watchdog_checks(r: &mut Report, pid: u32) -> Option<u32> {
     prop("guard", "MainPID").parse().ok()
 }
 
-/// A policy file the daemon would refuse fails `systemctl reload` (the
-/// unit's ExecReload checks it first) with the mistake in the unit's
-/// journal, and the daemon keeps running.
+/// The embedded default policy plus a post-kill hook that prints who it
+/// was told of and who it runs as: its output goes to the unit's journal.
+fn write_hook_policy() -> Result<(), String> {
+    let default = sh(&[GUARD_BIN, "config", "default"])?;
+    fs::create_dir_all("/etc/guard").map_err(|e| format!("creating /etc/guard: {e}"))?;
+    write(
+        POLICY,
+        &format!(
+            "{default}\n[hook]\ncommand = [\"/bin/sh\", \"-c\", \
+             \"echo {HOOK_MARK} pid=$GUARD_PID uid=$(id -u) caps=$(grep CapEff /proc/self/status)\"]\n"
+        ),
+    )
+}
+
+/// Policy files the daemon would refuse fail `systemctl reload` (the unit's
+/// ExecReload checks them first) with the reason in the unit's journal, and
+/// the daemon keeps running with its policy: a syntax mistake, and a hook
+/// user the unit's capabilities cannot switch to.
 fn bad_reload(r: &mut Report, gpid: u32) {
-    const POLICY: &str = "/etc/guard/guard.toml";
-    step("systemctl reload guard.service with a broken policy file");
-    let wrote = fs::create_dir_all("/etc/guard")
-        .map_err(|e| format!("creating /etc/guard: {e}"))
-        .and_then(|()| write(POLICY, "# broken on purpose\nbudget_ms = \"soon\"\n"));
-    if let Err(e) = wrote {
-        r.check(false, e);
-        return;
+    let good = read(POLICY);
+    let cases = [
+        ("broken", "# broken on purpose\nbudget_ms = \"soon\"\n".to_owned(), format!("{POLICY}:2:")),
+        (
+            "hook user",
+            format!("{good}user = \"watcher\"\n"),
+            format!("{POLICY}: [hook] user needs CAP_SETUID and CAP_SETGID"),
+        ),
+    ];
+    let mut refused = true;
+    for (what, text, reason) in cases {
+        step(&format!("systemctl reload guard.service with a {what} policy file"));
+        if let Err(e) = write(POLICY, &text) {
+            r.check(false, e);
+            return;
+        }
+        let reload = systemctl(&["reload", "guard.service"]);
+        refused &= reload.is_err();
+        r.check(
+            reload.is_err(),
+            format!("systemctl reload succeeded with a {what} policy file: ExecReload did not check it"),
+        );
+        let journal = journal("guard.service", "cat");
+        r.check(
+            journal.lines().any(|l| l.starts_with(&reason)),
+            format!("the {what} file's reason ({reason:?}) is not in guard.service's journal"),
+        );
     }
-    let reload = systemctl(&["reload", "guard.service"]);
-    let _ = fs::remove_file(POLICY);
-    r.set("bad_reload_refused", reload.is_err());
-    r.check(
-        reload.is_err(),
-        "systemctl reload succeeded with a broken policy file: ExecReload did not check it",
-    );
-    let journal = journal("guard.service", "cat");
-    let named = journal.lines().any(|l| l.starts_with(&format!("{POLICY}:2:")));
-    r.check(
-        named,
-        "the broken file's mistake (line 2) is not in guard.service's journal",
-    );
+    if let Err(e) = write(POLICY, &good) {
+        r.check(false, e);
+    }
+    r.set("bad_reload_refused", refused);
     r.check(
         still_up(gpid, None),
         "guard.service did not stay up through a refused reload",
+    );
+}
+
+/// After the kill, the hook ran under the unit's sandbox, was told of the
+/// hog, and held no capability.
+fn hook_checks(r: &mut Report, hog: u32) {
+    let limit = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let found = journal("guard.service", "cat")
+            .lines()
+            .find(|l| l.starts_with(HOOK_MARK))
+            .map(str::to_owned);
+        if found.is_some() || Instant::now() >= limit {
+            break found;
+        }
+        sleep(Duration::from_millis(200));
+    };
+    r.set("hook_line", line.as_deref().unwrap_or(""));
+    // The shell splits grep's "CapEff:<tab>..." into words; echo joins them
+    // with a space.
+    let want = format!("{HOOK_MARK} pid={hog} uid=0 caps=CapEff: 0000000000000000");
+    r.check(
+        line.as_deref() == Some(want.as_str()),
+        format!("the post-kill hook printed {line:?}, not {want:?}"),
     );
 }
 
@@ -474,6 +579,7 @@ fn hog_and_bystander(r: &mut Report) {
         format!("hog.service lived {lifetime_ms} ms, over {HOG_DEADLINE_MS} ms"),
     );
     kill_records(r, hog, start_us);
+    hook_checks(r, hog);
     bystander_checks(r);
 }
 
@@ -720,15 +826,26 @@ mod tests {
             "hog_lifetime_ms": 1800, "kill_latency_us": 450,
             "bystander_result": "success", "bystander_worst_us": 250000,
             "socket_mode": "660 guard", "kill_in_event_log": true, "bad_reload_refused": true,
+            "exposure": 4.2,
         });
         assert_eq!(
             summary(&r),
             "start 2100 ms, ready->active 1.5 ms; watchdog NOT fed (2 timeouts, 1 restarts); \
              hog SIGKILLed 1800 ms after start (verdict->kill 450 us); bystander success worst \
              250 ms; socket 660 guard, member attached, stranger refused; kill in \
-             /var/lib/guard log true; broken policy reload refused true"
+             /var/lib/guard log true; broken policy reload refused true; systemd-analyze \
+             security exposure 4.2"
         );
         assert!(summary(&json!({})).contains("watchdog -"));
+    }
+
+    #[test]
+    fn the_exposure_level_is_read_from_the_last_line() {
+        let text = "  NAME  DESCRIPTION  EXPOSURE\n\
+                    ✗ PrivateNetwork=  Service has access to the host's network  0.5\n\
+                    \n→ Overall exposure level for guard.service: 4.2 MEDIUM 😐\n";
+        assert_eq!(overall_exposure(text), Some(4.2));
+        assert_eq!(overall_exposure("Unit guard.service not found.\n"), None);
     }
 
     #[test]
