@@ -39,7 +39,7 @@ fn scenario_on_cmdline(cmdline: &str) -> Option<&str> {
 }
 
 const USAGE: &str = "usage: guard-scenario SCENARIO | list | from-cmdline | hog MIB [NAME [OOM_SCORE_ADJ]] | \
-    bystander MS | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
+    bystander MS | nibbler KIB THREADS [NAME [GO_FILE]] | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
     filecache PATH MIB READS | idle NAME | holder MIB [NAME] | odd-name MIB | leader-exit MIB [NAME] | \
     memfd MIB [NAME] | stuck MIB WRITE_MIB DEVICE [NAME] | small-parent N FIRST_KIB TOTAL_KIB | \
     small FIRST_KIB TOTAL_KIB | bench";
@@ -69,6 +69,12 @@ fn main() {
             }),
         ),
         Some("bystander") => workload::bystander(ms(1, 5000)),
+        Some("nibbler") => workload::nibbler(
+            num(1, 2048) as usize,
+            num(2, 1) as usize,
+            arg(3).unwrap_or("nibbler"),
+            arg(4).unwrap_or("/run/guard-go"),
+        ),
         Some("grower") => workload::grower(num(1, 700) as usize, arg(2).unwrap_or("grower")),
         Some("worker-parent") => workload::workers(num(1, 4) as usize, num(2, 30) as usize),
         Some("worker") => workload::worker(num(1, 30) as usize),

@@ -86,6 +86,7 @@ scenarios! {
     stuck_exit
     churn
     many_cgroups
+    fair
     systemd
 }
 

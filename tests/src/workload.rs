@@ -82,6 +82,37 @@ fn hold(mib: usize) -> ! {
     }
 }
 
+/// Holds `kib` KiB, then, once `go` exists, has `threads` threads each
+/// charge 64 KiB anew every 20 ms (touch, then give back). In a cgroup far over
+/// its memory.high every such charge ends in the kernel's longest penalty
+/// sleep (2 s), so the cgroup stalls for as long as this runs, the kernel
+/// hears of it several times a second (one thread waking after another),
+/// and it costs almost no CPU. Runs until killed.
+pub fn nibbler(kib: usize, threads: usize, name: &str, go: &str) -> ! {
+    const BITE: usize = 64 << 10;
+    set_name(name);
+    let bytes = kib << 10;
+    touch(map_anon(bytes), bytes, 1);
+    while !std::path::Path::new(go).exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each thread its own region, emptied with MADV_DONTNEED rather than
+    // unmapped: munmap takes the mmap lock for writing and would make the
+    // threads wait for each other instead of for the kernel's penalty.
+    let bite = |p: usize| loop {
+        touch(p as *mut u8, BITE, 1);
+        // SAFETY: p is a live private anonymous mapping of BITE bytes.
+        unsafe { libc::madvise(p as *mut libc::c_void, BITE, libc::MADV_DONTNEED) };
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for _ in 1..threads {
+        let p = map_anon(BITE) as usize;
+        std::thread::spawn(move || bite(p));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bite(map_anon(BITE) as usize)
+}
+
 /// A hog whose name is not UTF-8 (`h\xff\xfeg`): /proc shows those bytes
 /// as they are, and a reader that insists on UTF-8 cannot parse it.
 pub fn odd_name(mib: usize) -> ! {

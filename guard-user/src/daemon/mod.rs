@@ -5,6 +5,7 @@
 //! driven by a timer: the loop wakes for a verdict, a signal, or (under
 //! systemd) the watchdog.
 
+mod fair;
 mod hook;
 mod metrics;
 mod outputs;
@@ -165,26 +166,49 @@ struct Daemon {
     exits: JoinSet<VictimEnd>,
     /// Post-kill hooks, one at a time.
     hooks: HookRunner,
+    /// Verdicts past their tenant's share, and when that was last said.
+    deferred: fair::Deferred,
     _hook_task: outputs::AbortOnDrop,
 }
 
 impl Daemon {
     fn on_messages(&mut self, batch: &[Message]) {
-        let mut verdicts = false;
+        // A batch comes from one ring: verdicts only, or none.
+        let verdicts: Vec<Verdict> = batch
+            .iter()
+            .filter_map(|m| match m {
+                Message::Verdict(v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        if !verdicts.is_empty() {
+            self.on_verdicts(&verdicts);
+            // After the kill, never before it: were records dropped?
+            self.emit_lost();
+        }
         for message in batch {
             match message {
-                Message::Verdict(v) => {
-                    verdicts = true;
-                    self.on_verdict(v);
-                }
+                Message::Verdict(_) => {}
                 Message::Cgroup(e) => self.on_cgroup_event(e),
                 Message::Trace(r) => self.on_trace(r),
                 Message::Garbled(ring) => warn!(ring, "short record in a ring buffer"),
             }
         }
-        // After the kill, never before it: were records dropped?
-        if verdicts {
-            self.emit_lost();
+    }
+
+    /// A batch of verdicts, each tenant served its share in turn.
+    fn on_verdicts(&mut self, batch: &[Verdict]) {
+        if let [v] = batch {
+            self.on_verdict(v);
+            return;
+        }
+        let responder = &self.responder;
+        let schedule = fair::schedule(batch, |v| fair::tenant_of(responder, v), fair::SHARE);
+        for v in &schedule.order {
+            self.on_verdict(v);
+        }
+        if let Some((tenant, n)) = &schedule.busiest {
+            self.deferred.note(schedule.deferred, tenant, *n);
         }
     }
 
@@ -425,6 +449,7 @@ async fn start(opts: RunOptions) -> anyhow::Result<(Daemon, Wakers)> {
     let (hooks, hook_task) = HookRunner::start(None);
     let d = Daemon {
         hooks,
+        deferred: fair::Deferred::default(),
         _hook_task: outputs::AbortOnDrop::new(hook_task),
         opts,
         observer: Observer::new(Some(hierarchy.clone()), "/proc"),

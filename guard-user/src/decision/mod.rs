@@ -212,6 +212,13 @@ impl Responder {
         &self.watched
     }
 
+    /// The path of a cgroup known by id, as users know it
+    /// ("/user.slice/user-1000.slice"); no file is read.
+    pub fn cgroup_name(&self, id: u64) -> Option<String> {
+        let dir = self.watched.get(&id).or(self.known.get(&id))?;
+        Some(self.hierarchy.display_path(dir))
+    }
+
     /// Every cgroup that exists now, by id (a scan at start).
     pub fn set_known(&mut self, known: HashMap<u64, PathBuf>) {
         self.known = known;
