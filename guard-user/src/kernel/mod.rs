@@ -1,7 +1,9 @@
 //! The kernel feed: the eBPF programs loaded and attached (`probes`), and
 //! their ring buffers read as one stream of typed messages (`feed`). The
 //! daemon and `guard trace --standalone` both read the kernel through it.
+//! `btf` reads the kernel's type information (not used by the probes yet).
 
+pub mod btf;
 mod feed;
 mod probes;
 
