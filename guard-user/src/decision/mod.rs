@@ -30,12 +30,14 @@ pub mod rules;
 use act::limit_reached;
 use kill::Victim;
 use ledger::{Gate, Ledger, Limits};
+use mild::MildStalls;
 use rules::{Candidate, Decision};
 
 mod act;
 mod confirm;
 mod gather;
 mod judge;
+pub mod mild;
 #[cfg(test)]
 mod tests;
 mod warm_up;
@@ -78,6 +80,11 @@ pub enum Outcome {
     VictimStillExiting(u32),
     /// The circuit breaker is open there.
     KillLimited,
+    /// A stall at a mild overage that has not lasted long enough yet (see
+    /// [`mild`]); how long its verdicts have kept coming, ms.
+    Held {
+        lasted_ms: u64,
+    },
     /// The circuit breaker opened at this verdict.
     LimitReached(LimitReport),
     /// Nothing to kill; the report is there when the situation is new
@@ -170,6 +177,8 @@ pub struct Responder {
     scope_of: HashMap<PathBuf, Option<(KillMode, bool)>>,
     /// Whether swap was on, and when that was read.
     swap: Option<(bool, Instant)>,
+    /// Stalls at a mild overage, until they have lasted.
+    mild: MildStalls,
     guard_pid: u32,
     scratch: Scratch,
 }
@@ -203,6 +212,7 @@ impl Responder {
             quiet: HashMap::new(),
             scope_of: HashMap::new(),
             swap: None,
+            mild: MildStalls::default(),
             guard_pid: std::process::id(),
             scratch,
         }
@@ -241,6 +251,7 @@ impl Responder {
             self.quiet.remove(dir);
             self.ledger.forget(dir);
             self.scope_of.remove(dir);
+            self.mild.forget(dir);
         }
         listed.is_some()
     }
@@ -253,6 +264,7 @@ impl Responder {
         self.watched = watched;
         self.quiet.clear();
         self.scope_of.clear();
+        self.mild.clear();
     }
 
     /// Whether swap is on (re-read every few seconds).
@@ -274,8 +286,8 @@ impl Responder {
     }
 
     /// How many scopes the books hold (for tests: it stays bounded).
-    pub fn books(&self) -> (usize, usize) {
-        (self.ledger.len(), self.quiet.len())
+    pub fn books(&self) -> (usize, usize, usize) {
+        (self.ledger.len(), self.quiet.len(), self.mild.len())
     }
 
     /// True when the same message for this cgroup was logged recently.
@@ -325,6 +337,15 @@ impl Responder {
                 if let Some(t) = trip {
                     return Outcome::LimitReached(limit_reached(&c.name, t));
                 }
+            }
+        }
+        if mild::is_mild(c.overage, c.high) {
+            let gap = mild::max_gap(self.policy.config.verdict_interval);
+            if let Err(lasted) = self.mild.lasted(&c.key, v.ktime_ns, gap) {
+                let lasted_ms = lasted / 1_000_000;
+                debug!(cgroup = %c.name, overage = c.overage, lasted_ms,
+                    "mild overage: acted on once the stall has lasted");
+                return Outcome::Held { lasted_ms };
             }
         }
         let d = match self.grower_alone(&c, v.worst_tgid) {
