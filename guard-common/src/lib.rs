@@ -40,6 +40,21 @@ pub mod globals {
     pub const DIRECT_NR_RECLAIMED_OFFSET: &str = "DIRECT_NR_RECLAIMED_OFFSET";
     /// Offset of `no_progress_loops` in `oom:reclaim_retry_zone`.
     pub const RETRY_LOOPS_OFFSET: &str = "RETRY_LOOPS_OFFSET";
+    /// For the BTF-typed tracepoints, which get the tracepoint's arguments
+    /// rather than its record: byte offsets of struct members on the
+    /// running kernel, read from its BTF. `cgroup.root`,
+    /// `cgroup_root.hierarchy_id`, `cgroup.kn` and `kernfs_node.id` give a
+    /// new cgroup's hierarchy and id.
+    pub const CGRP_ROOT_OFFSET: &str = "CGRP_ROOT_OFFSET";
+    pub const ROOT_HIERARCHY_ID_OFFSET: &str = "ROOT_HIERARCHY_ID_OFFSET";
+    pub const CGRP_KN_OFFSET: &str = "CGRP_KN_OFFSET";
+    pub const KN_ID_OFFSET: &str = "KN_ID_OFFSET";
+    /// `oom:mark_victim`'s first argument is the victim's pid (`int pid`,
+    /// before 6.9) when this is `u64::MAX`; otherwise it is the victim's
+    /// `task_struct` and this is the offset of `pid` in it.
+    pub const VICTIM_TASK_PID_OFFSET: &str = "VICTIM_TASK_PID_OFFSET";
+    /// Index of `no_progress_loops` among `oom:reclaim_retry_zone`'s arguments.
+    pub const RETRY_LOOPS_ARG: &str = "RETRY_LOOPS_ARG";
     /// Host scope: a verdict as soon as the page allocator has retried
     /// reclaim this many times without progress (0: only the budget).
     pub const HOST_RETRY_LOOPS: &str = "HOST_RETRY_LOOPS";
@@ -64,6 +79,18 @@ pub mod programs {
     pub const DIRECT_RECLAIM_END: &str = "direct_reclaim_end";
     pub const RECLAIM_RETRY_ZONE: &str = "reclaim_retry_zone";
     pub const KSWAPD_WAKE: &str = "kswapd_wake";
+    /// The same tracepoints attached as BTF-typed tracepoints (`tp_btf`):
+    /// bpf links, which CAP_BPF and CAP_PERFMON allow, where the classic
+    /// ones above go through perf_event_open and tracefs.
+    pub const BTF_RECLAIM_BEGIN: &str = "btf_reclaim_begin";
+    pub const BTF_RECLAIM_END: &str = "btf_reclaim_end";
+    pub const BTF_CGROUP_MKDIR: &str = "btf_cgroup_mkdir";
+    pub const BTF_CGROUP_RMDIR: &str = "btf_cgroup_rmdir";
+    pub const BTF_OOM_MARK_VICTIM: &str = "btf_oom_victim";
+    pub const BTF_DIRECT_RECLAIM_BEGIN: &str = "btf_direct_begin";
+    pub const BTF_DIRECT_RECLAIM_END: &str = "btf_direct_end";
+    pub const BTF_RECLAIM_RETRY_ZONE: &str = "btf_retry_zone";
+    pub const BTF_KSWAPD_WAKE: &str = "btf_kswapd_wake";
 }
 
 /// Names of the maps.
@@ -76,6 +103,7 @@ pub mod maps {
     pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
     pub const TRACE: &str = "TRACE";
     pub const TRACE_ON: &str = "TRACE_ON";
+    pub const RECHECK: &str = "RECHECK";
 }
 
 /// The key under which the whole host is aggregated (no cgroup has id 0):

@@ -9,6 +9,10 @@
 //! verdict arrives. While `guard trace` or `guard record` listens, user space
 //! sets `TRACE_ON` and every reclaim pass and penalty sleep also goes to the
 //! `TRACE` ring; the kernel OOM killer's victims go there always.
+//!
+//! Every tracepoint has two programs: a BTF-typed one (`btf_*`, attached as
+//! a bpf link, which needs no CAP_SYS_ADMIN) and a classic one (through
+//! perf_event_open), the fallback where a kernel refuses the first.
 #![no_std]
 #![no_main]
 
@@ -16,11 +20,11 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{fentry, fexit, map, tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{FEntryContext, FExitContext, TracePointContext},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
 };
 use guard_common::{
     CGROUP_CREATED, CGROUP_REMOVED, CgroupEvent, CgroupStall, HOST_ID, MAX_CGROUP_DEPTH,
@@ -65,6 +69,19 @@ static HOST_INTERVAL_NS: u64 = 20_000_000;
 /// Non-zero: every direct reclaim pass (rate-limited) asks user space.
 #[unsafe(no_mangle)]
 static HOST_EARLY: u64 = 1;
+// For the BTF-typed tracepoints (see guard_common::globals).
+#[unsafe(no_mangle)]
+static CGRP_ROOT_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static ROOT_HIERARCHY_ID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static CGRP_KN_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static KN_ID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static VICTIM_TASK_PID_OFFSET: u64 = u64::MAX;
+#[unsafe(no_mangle)]
+static RETRY_LOOPS_ARG: u64 = 5;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -89,6 +106,14 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 /// a few milliseconds of reclaim on every CPU.
 #[map]
 static TRACE: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+/// Cgroups whose last verdict user space held (a stall at a mild overage):
+/// their next verdict may come after `RECHECK_NS` rather than the whole
+/// verdict interval, so a stall that grows past the mild range is acted on
+/// at once. One-shot: the verdict removes the entry; user space re-arms it.
+#[map]
+static RECHECK: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
+const RECHECK_NS: u64 = 20_000_000;
+
 /// Slot 0 non-zero: someone listens, send per-pass records.
 #[map]
 static TRACE_ON: Array<u32> = Array::with_max_entries(1, 0);
@@ -272,7 +297,9 @@ fn charge_to(cgroup_id: u64, task: &mut TaskStall, now: u64, ns: u64, force: boo
     } else {
         global(&VERDICT_INTERVAL_NS)
     };
-    if cg.last_verdict_ns != 0 && now.saturating_sub(cg.last_verdict_ns) < interval {
+    let since = now.saturating_sub(cg.last_verdict_ns);
+    let recheck = RECHECK.get_ptr(cgroup_id).is_some();
+    if cg.last_verdict_ns != 0 && since < interval && (!recheck || since < RECHECK_NS) {
         return;
     }
     let Some(mut slot) = VERDICTS.reserve::<Verdict>(0) else {
@@ -294,11 +321,30 @@ fn charge_to(cgroup_id: u64, task: &mut TaskStall, now: u64, ns: u64, force: boo
     });
     slot.submit(0);
     cg.last_verdict_ns = now;
+    if recheck {
+        let _ = RECHECK.remove(&cgroup_id);
+    }
     count(stat::VERDICTS);
 }
 
+// Each tracepoint has two programs: a classic one, which reads the
+// tracepoint's record at offsets from tracefs, and a BTF-typed one, which
+// gets the tracepoint's arguments. User space attaches one of the two; both
+// hand what they read to the same body.
+
 #[tracepoint]
 pub fn memcg_reclaim_begin(_ctx: TracePointContext) -> u32 {
+    reclaim_begin()
+}
+
+#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_begin")]
+pub fn btf_reclaim_begin(_ctx: BtfTracePointContext) -> i32 {
+    reclaim_begin() as i32
+}
+
+/// A memcg reclaim pass begins: the time, for the end to measure.
+#[inline(always)]
+fn reclaim_begin() -> u32 {
     let Some(cgroup_id) = nearest_watched() else {
         return 0;
     };
@@ -315,6 +361,23 @@ pub fn memcg_reclaim_begin(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offset comes from this kernel's format file for this
+    // tracepoint; read_at goes through bpf_probe_read and cannot fault.
+    let reclaimed: u64 =
+        unsafe { ctx.read_at(global(&NR_RECLAIMED_OFFSET) as usize) }.unwrap_or(u64::MAX);
+    reclaim_end(reclaimed)
+}
+
+/// `(unsigned long nr_reclaimed, ...)`: the first argument on every kernel.
+#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_end")]
+pub fn btf_reclaim_end(ctx: BtfTracePointContext) -> i32 {
+    reclaim_end(ctx.arg::<u64>(0)) as i32
+}
+
+/// A memcg reclaim pass ended having freed `reclaimed` pages (u64::MAX:
+/// unknown): a pass without progress is stall, charged.
+#[inline(always)]
+fn reclaim_end(reclaimed: u64) -> u32 {
     let Some(task) = task_state(0, false) else {
         return 0;
     };
@@ -327,10 +390,6 @@ pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let start = task.pass_start_ns;
     task.pass_start_ns = 0;
-    // SAFETY: the offset comes from this kernel's format file for this
-    // tracepoint; read_at goes through bpf_probe_read and cannot fault.
-    let reclaimed: u64 =
-        unsafe { ctx.read_at(global(&NR_RECLAIMED_OFFSET) as usize) }.unwrap_or(u64::MAX);
     count(stat::PASSES);
     if listening() {
         trace(
@@ -429,6 +488,16 @@ pub fn penalty_sleep(ctx: FEntryContext) -> u32 {
 /// scope on.
 #[tracepoint]
 pub fn direct_reclaim_begin(_ctx: TracePointContext) -> u32 {
+    direct_begin()
+}
+
+#[btf_tracepoint(function = "mm_vmscan_direct_reclaim_begin")]
+pub fn btf_direct_begin(_ctx: BtfTracePointContext) -> i32 {
+    direct_begin() as i32
+}
+
+#[inline(always)]
+fn direct_begin() -> u32 {
     let Some(task) = task_state(HOST_ID, true) else {
         return 0;
     };
@@ -454,6 +523,16 @@ pub fn direct_reclaim_begin(_ctx: TracePointContext) -> u32 {
 /// some page cache may still be left to absorb the growth for a moment.
 #[tracepoint]
 pub fn kswapd_wake(_ctx: TracePointContext) -> u32 {
+    kswapd()
+}
+
+#[btf_tracepoint(function = "mm_vmscan_kswapd_wake")]
+pub fn btf_kswapd_wake(_ctx: BtfTracePointContext) -> i32 {
+    kswapd() as i32
+}
+
+#[inline(always)]
+fn kswapd() -> u32 {
     if global(&HOST_EARLY) == 0 {
         return 0;
     }
@@ -473,6 +552,21 @@ pub fn kswapd_wake(_ctx: TracePointContext) -> u32 {
 /// host-wide stall, charged to `HOST_ID` like a cgroup's.
 #[tracepoint]
 pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offset comes from this kernel's format file; read_at goes
+    // through bpf_probe_read and cannot fault.
+    let reclaimed: u64 =
+        unsafe { ctx.read_at(global(&DIRECT_NR_RECLAIMED_OFFSET) as usize) }.unwrap_or(u64::MAX);
+    direct_end(reclaimed)
+}
+
+/// `(unsigned long nr_reclaimed)`.
+#[btf_tracepoint(function = "mm_vmscan_direct_reclaim_end")]
+pub fn btf_direct_end(ctx: BtfTracePointContext) -> i32 {
+    direct_end(ctx.arg::<u64>(0)) as i32
+}
+
+#[inline(always)]
+fn direct_end(reclaimed: u64) -> u32 {
     let Some(task) = task_state(HOST_ID, false) else {
         return 0;
     };
@@ -485,10 +579,6 @@ pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
     task.direct_start_ns = 0;
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the offset comes from this kernel's format file; read_at goes
-    // through bpf_probe_read and cannot fault.
-    let reclaimed: u64 =
-        unsafe { ctx.read_at(global(&DIRECT_NR_RECLAIMED_OFFSET) as usize) }.unwrap_or(u64::MAX);
     count(stat::DIRECT_PASSES);
     if listening() {
         trace(
@@ -514,15 +604,32 @@ pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
 /// still applies).
 #[tracepoint]
 pub fn reclaim_retry_zone(ctx: TracePointContext) -> u32 {
-    let limit = global(&HOST_RETRY_LOOPS);
-    if limit == 0 {
-        return 0;
-    }
     // SAFETY: the offset comes from this kernel's format file; read_at goes
     // through bpf_probe_read and cannot fault.
     let Ok(loops) = (unsafe { ctx.read_at::<i32>(global(&RETRY_LOOPS_OFFSET) as usize) }) else {
         return 0;
     };
+    retry_zone(loops)
+}
+
+/// `(struct zoneref *, int order, unsigned long reclaimable, unsigned long
+/// available, unsigned long min_wmark, int no_progress_loops, bool)`: the
+/// index comes from user space, which checked the arity in the BTF.
+#[btf_tracepoint(function = "reclaim_retry_zone")]
+pub fn btf_retry_zone(ctx: BtfTracePointContext) -> i32 {
+    let at = global(&RETRY_LOOPS_ARG) as usize;
+    if at > 15 {
+        return 0;
+    }
+    retry_zone(ctx.arg::<u64>(at) as i32) as i32
+}
+
+#[inline(always)]
+fn retry_zone(loops: i32) -> u32 {
+    let limit = global(&HOST_RETRY_LOOPS);
+    if limit == 0 {
+        return 0;
+    }
     if loops < 0 || (loops as u64) < limit {
         return 0;
     }
@@ -548,6 +655,27 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
     let Ok(pid) = (unsafe { ctx.read_at::<i32>(global(&OOM_PID_OFFSET) as usize) }) else {
         return 0;
     };
+    oom_victim(pid)
+}
+
+/// `(int pid)` before 6.9, `(struct task_struct *task, uid_t uid)` since.
+#[btf_tracepoint(function = "mark_victim")]
+pub fn btf_oom_victim(ctx: BtfTracePointContext) -> i32 {
+    let first = ctx.arg::<u64>(0);
+    let pid_at = global(&VICTIM_TASK_PID_OFFSET);
+    if pid_at == u64::MAX {
+        return oom_victim(first as i32) as i32;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and cannot fault;
+    // the offset of `pid` in task_struct is from this kernel's BTF.
+    match unsafe { bpf_probe_read_kernel((first + pid_at) as *const i32) } {
+        Ok(pid) => oom_victim(pid) as i32,
+        Err(_) => 0,
+    }
+}
+
+#[inline(always)]
+fn oom_victim(pid: i32) -> u32 {
     // SAFETY: plain helper calls.
     let (cgroup_id, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_ns()) };
     trace(TRACE_OOM_VICTIM, cgroup_id, now, 0, 0, pid as u32);
@@ -571,6 +699,42 @@ fn cgroup_event(ctx: &TracePointContext, kind: u32) -> u32 {
     let (Ok(root), Ok(id), Ok(loc)) = fields else {
         return 0;
     };
+    // SAFETY: the __data_loc word gives the path's offset inside this
+    // tracepoint's own record in its low 16 bits; it is only read through
+    // bpf_probe_read_kernel_str.
+    let path = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    send_cgroup_event(kind, root, id, path)
+}
+
+/// `(struct cgroup *cgrp, const char *path)`: the hierarchy and the id are
+/// read through the cgroup at offsets from this kernel's BTF.
+#[inline(always)]
+fn btf_cgroup_event(ctx: &BtfTracePointContext, kind: u32) -> u32 {
+    let cgrp = ctx.arg::<u64>(0);
+    let path = ctx.arg::<u64>(1) as *const u8;
+    // SAFETY: every read goes through bpf_probe_read_kernel, which checks
+    // the address and cannot fault; the offsets are from this kernel's BTF.
+    let fields = unsafe {
+        let root = bpf_probe_read_kernel((cgrp + global(&CGRP_ROOT_OFFSET)) as *const u64);
+        let kn = bpf_probe_read_kernel((cgrp + global(&CGRP_KN_OFFSET)) as *const u64);
+        match (root, kn) {
+            (Ok(root), Ok(kn)) => (
+                bpf_probe_read_kernel((root + global(&ROOT_HIERARCHY_ID_OFFSET)) as *const i32),
+                bpf_probe_read_kernel((kn + global(&KN_ID_OFFSET)) as *const u64),
+            ),
+            _ => return 0,
+        }
+    };
+    let (Ok(root), Ok(id)) = fields else {
+        return 0;
+    };
+    send_cgroup_event(kind, root, id, path)
+}
+
+/// One cgroup creation or removal to user space, for the cgroup2
+/// hierarchy (id 0) only; `path` is a kernel string.
+#[inline(always)]
+fn send_cgroup_event(kind: u32, root: i32, id: u64, path: *const u8) -> u32 {
     if root != 0 {
         return 0;
     }
@@ -580,12 +744,11 @@ fn cgroup_event(ctx: &TracePointContext, kind: u32) -> u32 {
     };
     let event = slot.as_mut_ptr();
     // SAFETY: `event` points into the reserved, writable ring buffer slot;
-    // the string is read from inside this tracepoint's own record (the
-    // __data_loc word gives its offset in the low 16 bits).
+    // the string is only read through bpf_probe_read_kernel_str.
     unsafe {
         (*event).id = id;
         (*event).kind = kind;
-        let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+        let src = path;
         (*event).len =
             match aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut (*event).path) {
                 Ok(bytes) => bytes.len() as u32,
@@ -604,6 +767,16 @@ pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
     cgroup_event(&ctx, CGROUP_REMOVED)
+}
+
+#[btf_tracepoint(function = "cgroup_mkdir")]
+pub fn btf_cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
+    btf_cgroup_event(&ctx, CGROUP_CREATED) as i32
+}
+
+#[btf_tracepoint(function = "cgroup_rmdir")]
+pub fn btf_cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
+    btf_cgroup_event(&ctx, CGROUP_REMOVED) as i32
 }
 
 #[cfg(not(test))]

@@ -62,6 +62,12 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Attach every tracepoint the classic way (perf_event_open through
+        /// tracefs) instead of as BTF-typed tracepoints: for a kernel whose
+        /// tp_btf misbehaves. Needs CAP_SYS_ADMIN where
+        /// kernel.perf_event_paranoid is 3.
+        #[arg(long)]
+        classic_tracepoints: bool,
     },
     /// Watch memory stalls live: a table of cgroups and the events as they
     /// happen. Attaches to the daemon's socket, or loads its own probes
@@ -370,6 +376,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             no_event_log,
             event_log_mib,
             metrics_addr,
+            classic_tracepoints,
         } => {
             init_logs(cli.log_format)?;
             let opts = RunOptions {
@@ -377,6 +384,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 event_log: (!no_event_log).then_some(event_log),
                 event_log_max_bytes: event_log_mib.saturating_mul(1 << 20),
                 metrics_addr,
+                classic_tracepoints,
                 ..RunOptions::new(config, dry_run)
             };
             runtime()?.block_on(daemon::run(opts))?;

@@ -74,6 +74,7 @@ impl Policy {
             verdict_interval: self.config.verdict_interval,
             min_progress_pages: self.config.min_progress_pages,
             watch_all: true,
+            classic_tracepoints: false,
             watch_capacity: self.watch_capacity(0),
             host: (host.mode != HostMode::Off).then_some(HostLimits {
                 budget: host.budget,

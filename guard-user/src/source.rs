@@ -163,6 +163,12 @@ async fn standalone_source() -> anyhow::Result<mpsc::Receiver<Record>> {
              reclaim tracepoints only"
         );
     }
+    if let Some(reason) = &probes.tracepoints.classic_because {
+        eprintln!(
+            "guard: some tracepoints attached the classic way ({reason}): {}",
+            probes.tracepoints.summary()
+        );
+    }
     let feed = Feed::take(&mut probes)?;
     let mut switch = probes.take_trace_switch()?;
     switch.set(true)?;

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use guard::kernel::{Probes, Settings};
+use guard::kernel::{Attach, Probes, Settings};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -106,6 +106,21 @@ fn test_cgroups(tag: &str) -> Option<(TempCgroup, TempCgroup, u64)> {
     Some((v2, v1, id))
 }
 
+/// Probe settings for a test: its budget and verdict interval, a 1 s
+/// window, only the listed cgroup watched, no host scope.
+fn settings(budget: Duration, verdict_interval: Duration, classic: bool) -> Settings {
+    Settings {
+        budget,
+        window: Duration::from_secs(1),
+        verdict_interval,
+        min_progress_pages: 1,
+        watch_capacity: 4096,
+        watch_all: false,
+        classic_tracepoints: classic,
+        host: None,
+    }
+}
+
 const ANON_HOG: [&str; 5] = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
 
 #[test]
@@ -114,16 +129,8 @@ fn a_full_verdict_ring_is_counted_and_the_stall_reported_again_once_there_is_roo
         return;
     };
     // Every fruitless pass gives a verdict: no rate limit, a 1 µs budget.
-    let mut probes = Probes::load(Settings {
-        budget: Duration::from_micros(1),
-        window: Duration::from_secs(1),
-        verdict_interval: Duration::ZERO,
-        min_progress_pages: 1,
-        watch_capacity: 4096,
-        watch_all: false,
-        host: None,
-    })
-    .expect("load");
+    let mut probes =
+        Probes::load(settings(Duration::from_micros(1), Duration::ZERO, false)).expect("load");
     probes
         .watch(watched, guard_common::Watch::default())
         .expect("watch");
@@ -164,17 +171,15 @@ fn probes_attach_on_this_kernel_and_see_reclaim_in_a_memory_cgroup() {
         return;
     };
     // A 1 µs budget: the first fruitless pass must produce a verdict.
-    let mut probes = Probes::load(Settings {
-        budget: Duration::from_micros(1),
-        window: Duration::from_secs(1),
-        verdict_interval: Duration::from_secs(1),
-        min_progress_pages: 1,
-        watch_capacity: 4096,
-        watch_all: false,
-        host: None,
-    })
+    let mut probes = Probes::load(settings(
+        Duration::from_micros(1),
+        Duration::from_secs(1),
+        false,
+    ))
     .expect("the programs load and the tracepoints attach");
     eprintln!("throttle hooks on this kernel: {:?}", probes.throttle);
+    assert_eq!(probes.tracepoints.attached.len(), 5);
+    attached_as_asked(&probes, false);
     probes
         .watch(watched, guard_common::Watch::default())
         .expect("watch");
@@ -245,22 +250,46 @@ fn drain_trace(
     out
 }
 
+/// Whether the tracepoints were attached as asked: every one classic when
+/// classic was asked for; otherwise BTF-typed unless a reason is given.
+fn attached_as_asked(probes: &Probes, classic: bool) {
+    let tp = &probes.tracepoints;
+    eprintln!("tracepoints: {tp:?}");
+    if classic {
+        assert!(
+            tp.attached.iter().all(|(_, how)| *how == Attach::Classic),
+            "{tp:?}"
+        );
+    }
+    assert_eq!(tp.all_btf(), tp.classic_because.is_none(), "{tp:?}");
+}
+
+// The reclaim, OOM and cgroup tracepoints each read their fields in two
+// ways (a tracefs record, or the arguments and the kernel's structs through
+// BTF): the tests below run both.
+
 #[test]
 fn per_pass_trace_records_flow_only_while_switched_on_and_oom_victims_always() {
+    trace_records(false);
+}
+
+#[test]
+fn per_pass_trace_records_and_oom_victims_through_classic_tracepoints() {
+    trace_records(true);
+}
+
+fn trace_records(classic: bool) {
     use guard_common::{TRACE_OOM_VICTIM, TRACE_RECLAIM, stat};
-    let Some((v2, v1, watched)) = test_cgroups("trace") else {
+    let Some((v2, v1, watched)) = test_cgroups(if classic { "trace-c" } else { "trace" }) else {
         return;
     };
-    let mut probes = Probes::load(Settings {
-        budget: Duration::from_secs(10),
-        window: Duration::from_secs(1),
-        verdict_interval: Duration::from_secs(1),
-        min_progress_pages: 1,
-        watch_capacity: 4096,
-        watch_all: false,
-        host: None,
-    })
+    let mut probes = Probes::load(settings(
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+        classic,
+    ))
     .expect("load");
+    attached_as_asked(&probes, classic);
     probes
         .watch(watched, guard_common::Watch::default())
         .expect("watch");
@@ -339,6 +368,15 @@ fn run_refuses_a_host_without_cgroup_v2_memory_and_says_how_to_fix_it() {
 
 #[test]
 fn cgroup_creation_and_removal_reach_user_space() {
+    cgroup_events(false);
+}
+
+#[test]
+fn cgroup_creation_and_removal_reach_user_space_through_classic_tracepoints() {
+    cgroup_events(true);
+}
+
+fn cgroup_events(classic: bool) {
     if !is_root() {
         eprintln!("SKIPPED: loading eBPF programs needs root");
         return;
@@ -347,19 +385,16 @@ fn cgroup_creation_and_removal_reach_user_space() {
         eprintln!("SKIPPED: no cgroup2 mount on this host");
         return;
     };
-    let mut probes = Probes::load(Settings {
-        budget: Duration::from_millis(250),
-        window: Duration::from_secs(1),
-        verdict_interval: Duration::from_secs(1),
-        min_progress_pages: 1,
-        watch_capacity: 4096,
-        watch_all: false,
-        host: None,
-    })
+    let mut probes = Probes::load(settings(
+        Duration::from_millis(250),
+        Duration::from_secs(1),
+        classic,
+    ))
     .expect("the programs load and the tracepoints attach");
+    attached_as_asked(&probes, classic);
     let mut events = probes.take_cgroup_events().expect("ring buffer");
     let rel = format!(
-        "{}/guard-host-events-{}",
+        "{}/guard-host-events-{}-{classic}",
         v2_path.trim_end_matches('/'),
         std::process::id()
     );
@@ -382,4 +417,40 @@ fn cgroup_creation_and_removal_reach_user_space() {
             (guard_common::CGROUP_REMOVED, Some(rel)),
         ]
     );
+}
+
+#[test]
+fn a_recheck_lets_one_verdict_through_the_interval() {
+    let Some((v2, v1, watched)) = test_cgroups("recheck") else {
+        return;
+    };
+    // A 1 µs budget, and an interval no test outlasts.
+    let mut probes = Probes::load(settings(
+        Duration::from_micros(1),
+        Duration::from_secs(600),
+        false,
+    ))
+    .expect("load");
+    probes
+        .watch(watched, guard_common::Watch::default())
+        .expect("watch");
+    let mut ring = probes.take_verdicts().expect("ring buffer");
+    let count = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            let v = guard_common::Verdict::from_bytes(&item).expect("whole");
+            n += u32::from(v.cgroup_id == watched);
+        }
+        n
+    };
+    run_in(&[&v2.0, &v1.0], &ANON_HOG);
+    assert_eq!(count(&mut ring), 1, "the first stall gives one verdict");
+    // Within the interval: nothing more.
+    run_in(&[&v2.0, &v1.0], &ANON_HOG);
+    assert_eq!(count(&mut ring), 0, "the interval holds");
+    // Asked to look again: one verdict (20 ms have passed), and only one.
+    probes.recheck(watched).expect("recheck");
+    run_in(&[&v2.0, &v1.0], &ANON_HOG);
+    run_in(&[&v2.0, &v1.0], &ANON_HOG);
+    assert_eq!(count(&mut ring), 1, "one verdict through the interval");
 }

@@ -69,5 +69,5 @@ pub fn refresh(m: &Metrics, probes: &mut Probes, observer: &Observer) {
         })
         .collect();
     m.set_cgroups(&gauges);
-    m.set_bpf(&metrics::bpf_program_stats(&probes.program_ids()));
+    m.set_bpf(&metrics::bpf_program_stats(&probes.program_infos()));
 }

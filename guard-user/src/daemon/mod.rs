@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub event_log_max_bytes: u64,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--classic-tracepoints`: no BTF-typed tracepoints.
+    pub classic_tracepoints: bool,
 }
 
 impl RunOptions {
@@ -68,6 +70,7 @@ impl RunOptions {
             event_log: Some(PathBuf::from(stream::LOG_DIR)),
             event_log_max_bytes: stream::LOG_MAX_BYTES,
             metrics_addr: None,
+            classic_tracepoints: false,
         }
     }
 }
@@ -126,9 +129,10 @@ fn harden() {
 }
 
 /// Loads the kernel half and says, once, what it could attach.
-fn load_probes(policy: &Policy, cgroups_now: usize) -> anyhow::Result<Probes> {
+fn load_probes(policy: &Policy, cgroups_now: usize, classic: bool) -> anyhow::Result<Probes> {
     let settings = Settings {
         watch_capacity: policy.watch_capacity(cgroups_now),
+        classic_tracepoints: classic,
         ..policy.kernel_settings()
     };
     info!(
@@ -137,6 +141,19 @@ fn load_probes(policy: &Policy, cgroups_now: usize) -> anyhow::Result<Probes> {
         "the kernel's watch list holds this many cgroups"
     );
     let probes = Probes::load(settings)?;
+    let tp = &probes.tracepoints;
+    match &tp.classic_because {
+        None => info!(
+            tracepoints = %tp.summary(),
+            "tracepoints attached as BTF-typed tracepoints (bpf links: CAP_BPF and CAP_PERFMON suffice)"
+        ),
+        Some(reason) => warn!(
+            tracepoints = %tp.summary(),
+            %reason,
+            "some tracepoints attached the classic way (perf_event_open through tracefs: \
+             CAP_SYS_ADMIN where kernel.perf_event_paranoid is 3)"
+        ),
+    }
     match &probes.throttle {
         Throttle::Hooked { handler } => {
             info!(
@@ -228,6 +245,11 @@ impl Daemon {
             Outcome::DryRun(report) => self.out.emit(&Record::now(report.event())),
             Outcome::Unresolved(Some(u)) => self.out.emit(&Record::now(u.event())),
             Outcome::LimitReached(l) => self.out.emit(&Record::now(l.event())),
+            Outcome::Held { .. } => {
+                if let Err(e) = self.probes.recheck(v.cgroup_id) {
+                    warn!(error = %e, "could not ask the kernel to look again soon");
+                }
+            }
             _ => {}
         }
     }
@@ -399,7 +421,7 @@ async fn start(opts: RunOptions) -> anyhow::Result<(Daemon, Wakers)> {
 
     let hierarchy = Hierarchy::new(root);
     let known = hierarchy.scan_all();
-    let mut probes = load_probes(&policy, known.len())?;
+    let mut probes = load_probes(&policy, known.len(), opts.classic_tracepoints)?;
     let wanted = watch::scan(&hierarchy, &policy)?;
     let watched = watch::apply_watch_list(&mut probes, &hierarchy, &HashMap::new(), wanted)?;
     // Cgroups created later, or limited later, are watched too: a stall

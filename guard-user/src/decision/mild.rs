@@ -11,7 +11,11 @@
 //! acted on only once its verdicts have kept coming, each within
 //! [`max_gap`] of the last, for [`PERSIST_NS`]. A stall past the mild
 //! range is acted on at its first verdict, as before: that is the
-//! livelock guard exists for, and it gets no slower.
+//! livelock guard exists for. After a held verdict the daemon asks the
+//! kernel to look again after 20 ms rather than the whole verdict interval
+//! (`Probes::recheck`), so a stall that grows out of the mild range (a hog's
+//! next huge page, and the long penalty sleep that comes with it) is acted
+//! on at its next charge, not 200 ms later.
 
 use std::{
     collections::HashMap,

@@ -343,8 +343,9 @@ impl Responder {
             let gap = mild::max_gap(self.policy.config.verdict_interval);
             if let Err(lasted) = self.mild.lasted(&c.key, v.ktime_ns, gap) {
                 let lasted_ms = lasted / 1_000_000;
-                debug!(cgroup = %c.name, overage = c.overage, lasted_ms,
-                    "mild overage: acted on once the stall has lasted");
+                info!(cgroup = %c.name, overage = c.overage, high = c.high, lasted_ms,
+                    stall_ms = v.stall_ns / 1_000_000, streak = v.streak,
+                    "stall at a mild overage: acted on once it has lasted");
                 return Outcome::Held { lasted_ms };
             }
         }

@@ -2,7 +2,7 @@
 //! for what Rust eBPF programs cannot look up themselves (they have no
 //! CO-RE relocations): the byte offset of a struct member on the running
 //! kernel, and how many arguments a tracepoint hands a BTF-typed program.
-//! It is the ground for attaching the tracepoints as `tp_btf` (issue 12);
+//! `probes` reads the shapes the BTF-typed tracepoints need through it;
 //! aya's own BTF type keeps its type lookup private.
 
 use std::{fs, io, path::Path};

@@ -1,12 +1,15 @@
 //! The kernel feed: the eBPF programs loaded and attached (`probes`), and
 //! their ring buffers read as one stream of typed messages (`feed`). The
 //! daemon and `guard trace --standalone` both read the kernel through it.
-//! `btf` reads the kernel's type information (not used by the probes yet).
+//! `btf` reads the kernel's type information: the offsets and tracepoint
+//! shapes the BTF-typed tracepoints need.
 
+mod attach;
 pub mod btf;
 mod feed;
 mod probes;
 
+pub use attach::{Attach, BtfShapes, Tracepoints, ensure_tracefs, field_offset};
 pub use feed::{DRAIN_BATCH, Feed, Message};
 pub use probes::*;
 

@@ -1,31 +1,22 @@
 //! Loading and attaching the kernel half, and the maps it shares with us.
 
-use std::{fs, io, path::Path, time::Duration};
+use std::{io, time::Duration};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, ProgramError, TracePoint},
+    programs::ProgramError,
 };
-use aya_obj::btf::BtfKind;
-use guard_common::{CgroupStall, HOST_ID, Watch, globals, maps, programs, stat};
+use guard_common::{CgroupStall, HOST_ID, Watch, globals, maps, stat};
+
+use super::attach::{
+    BtfShapes, RecordOffsets, TRACEFS, Tracepoints, attach_throttle, attach_tracepoints,
+    record_offsets,
+};
 
 /// The eBPF object, built by build.rs (aya-build) and embedded, so the
 /// `guard` binary is self-contained.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
-
-const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-const RECLAIM_BEGIN: &str = "mm_vmscan_memcg_reclaim_begin";
-const RECLAIM_END: &str = "mm_vmscan_memcg_reclaim_end";
-/// The memory.high throttle handler: renamed with a `__` prefix in 6.18 when
-/// an inline wrapper took its old name.
-const OVER_HIGH: [&str; 2] = [
-    "__mem_cgroup_handle_over_high",
-    "mem_cgroup_handle_over_high",
-];
-const PENALTY_SLEEP: &str = "schedule_timeout_killable";
-const DIRECT_BEGIN: &str = "mm_vmscan_direct_reclaim_begin";
-const DIRECT_END: &str = "mm_vmscan_direct_reclaim_end";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -46,6 +37,17 @@ pub enum ProbeError {
          CAP_PERFMON) and a kernel >= 6.1 with BTF"
     )]
     Load(#[from] aya::EbpfError),
+    #[error(
+        "cannot attach {event}: as a BTF-typed tracepoint: {btf}; as a classic tracepoint: \
+         {classic}. Fix: a kernel with CONFIG_DEBUG_INFO_BTF (every kernel guard supports has it), \
+         or tracefs mounted (`mount -t tracefs tracefs /sys/kernel/tracing`) and CAP_SYS_ADMIN \
+         where kernel.perf_event_paranoid is 3"
+    )]
+    NoAttach {
+        event: String,
+        btf: String,
+        classic: String,
+    },
     #[error("attaching {what} failed: {source}")]
     Attach { what: String, source: ProgramError },
     #[error("map {name}: {source}")]
@@ -68,6 +70,8 @@ pub struct Settings {
     pub watch_all: bool,
     /// How many cgroups the kernel's watch list holds.
     pub watch_capacity: u32,
+    /// Attach every tracepoint the classic way, none as tp_btf.
+    pub classic_tracepoints: bool,
     /// The host scope's limits; None: its programs are not attached.
     pub host: Option<HostLimits>,
 }
@@ -97,73 +101,7 @@ pub enum Throttle {
 pub struct Probes {
     ebpf: Ebpf,
     pub throttle: Throttle,
-}
-
-/// Offset of `nr_reclaimed` in a tracefs `format` file.
-pub fn field_offset(format: &str, field: &str) -> Option<u64> {
-    format.lines().find_map(|line| {
-        let line = line.trim();
-        let decl = line.strip_prefix("field:")?;
-        let (decl, rest) = decl.split_once(';')?;
-        let name = decl
-            .rsplit(|c: char| c.is_whitespace() || c == '*')
-            .next()?;
-        if name != field {
-            return None;
-        }
-        rest.split(';')
-            .find_map(|kv| kv.trim().strip_prefix("offset:"))?
-            .parse()
-            .ok()
-    })
-}
-
-/// Mounts tracefs at its usual place when no tracefs is mounted: the
-/// tracepoints cannot be attached without it. Returns whether it mounted.
-pub fn ensure_tracefs() -> Result<bool, ProbeError> {
-    if TRACEFS
-        .iter()
-        .any(|root| Path::new(root).join("events").is_dir())
-    {
-        return Ok(false);
-    }
-    rustix::mount::mount(
-        "tracefs",
-        TRACEFS[0],
-        "tracefs",
-        rustix::mount::MountFlags::NOSUID
-            | rustix::mount::MountFlags::NODEV
-            | rustix::mount::MountFlags::NOEXEC,
-        None,
-    )
-    .map_err(|e| ProbeError::NoTracefs { source: e.into() })?;
-    Ok(true)
-}
-
-/// The format file of a tracepoint, from whichever tracefs is mounted.
-fn format_of(category: &str, event: &str) -> Result<String, ProbeError> {
-    let mut last = io::Error::from(io::ErrorKind::NotFound);
-    for root in TRACEFS {
-        let path = Path::new(root)
-            .join("events")
-            .join(category)
-            .join(event)
-            .join("format");
-        match fs::read_to_string(&path) {
-            Ok(text) => return Ok(text),
-            Err(e) => last = e,
-        }
-    }
-    Err(ProbeError::NoTracefs { source: last })
-}
-
-fn offset_in(category: &str, event: &str, field: &str) -> Result<u64, ProbeError> {
-    let text = format_of(category, event)?;
-    field_offset(&text, field).ok_or(ProbeError::NoField {
-        event: format!("{category}:{event}"),
-        field: field.to_owned(),
-        format: text,
-    })
+    pub tracepoints: Tracepoints,
 }
 
 /// 1e9 / CONFIG_HZ: the coarse clocks tick once a jiffy, so their
@@ -178,16 +116,15 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The eBPF object with its globals set: the policy's limits and the
-/// tracepoint field offsets of the running kernel.
-fn load_object(settings: &Settings) -> Result<Ebpf, ProbeError> {
-    let offset = offset_in("vmscan", RECLAIM_END, "nr_reclaimed")?;
-    let cg_root = offset_in("cgroup", "cgroup_mkdir", "root")?;
-    let cg_id = offset_in("cgroup", "cgroup_mkdir", "id")?;
-    let cg_path = offset_in("cgroup", "cgroup_mkdir", "path")?;
-    let oom_pid = offset_in("oom", "mark_victim", "pid")?;
-    let direct_reclaimed = offset_in("vmscan", DIRECT_END, "nr_reclaimed")?;
-    let retry_loops_at = offset_in("oom", "reclaim_retry_zone", "no_progress_loops")?;
+/// The eBPF object with its globals set: the policy's limits, the BTF
+/// shapes for the BTF-typed programs (zero where unknown: those programs are
+/// then not attached) and the record offsets for the classic ones (zero
+/// where tracefs could not be read: likewise).
+fn load_object(
+    settings: &Settings,
+    shapes: Option<&BtfShapes>,
+    records: &RecordOffsets,
+) -> Result<Ebpf, ProbeError> {
     let host_retry = settings.host.map_or(0, |h| h.retry_loops);
     let host_early = u64::from(settings.host.is_some_and(|h| h.early));
     let host_interval = settings.host.map_or(0, |h| nanos(h.interval));
@@ -196,6 +133,14 @@ fn load_object(settings: &Settings) -> Result<Ebpf, ProbeError> {
     let interval = nanos(settings.verdict_interval);
     let jiffy = ns_per_jiffy();
     let watch_all = u64::from(settings.watch_all);
+    let shapes = shapes.copied().unwrap_or(BtfShapes {
+        cgrp_root: 0,
+        root_hierarchy_id: 0,
+        cgrp_kn: 0,
+        kn_id: 0,
+        victim_task_pid: u64::MAX,
+        retry_loops_arg: 0,
+    });
     EbpfLoader::new()
         .map_max_entries(maps::WATCHED, settings.watch_capacity)
         .override_global(globals::BUDGET_NS, &budget, true)
@@ -206,80 +151,87 @@ fn load_object(settings: &Settings) -> Result<Ebpf, ProbeError> {
             &settings.min_progress_pages,
             true,
         )
-        .override_global(globals::NR_RECLAIMED_OFFSET, &offset, true)
+        .override_global(globals::NR_RECLAIMED_OFFSET, &records.nr_reclaimed, true)
         .override_global(globals::NS_PER_JIFFY, &jiffy, true)
         .override_global(globals::WATCH_ALL, &watch_all, true)
-        .override_global(globals::CGROUP_ROOT_OFFSET, &cg_root, true)
-        .override_global(globals::CGROUP_ID_OFFSET, &cg_id, true)
-        .override_global(globals::CGROUP_PATH_OFFSET, &cg_path, true)
-        .override_global(globals::OOM_PID_OFFSET, &oom_pid, true)
-        .override_global(globals::DIRECT_NR_RECLAIMED_OFFSET, &direct_reclaimed, true)
-        .override_global(globals::RETRY_LOOPS_OFFSET, &retry_loops_at, true)
+        .override_global(globals::CGROUP_ROOT_OFFSET, &records.cg_root, true)
+        .override_global(globals::CGROUP_ID_OFFSET, &records.cg_id, true)
+        .override_global(globals::CGROUP_PATH_OFFSET, &records.cg_path, true)
+        .override_global(globals::OOM_PID_OFFSET, &records.oom_pid, true)
+        .override_global(
+            globals::DIRECT_NR_RECLAIMED_OFFSET,
+            &records.direct_reclaimed,
+            true,
+        )
+        .override_global(globals::RETRY_LOOPS_OFFSET, &records.retry_loops, true)
         .override_global(globals::HOST_RETRY_LOOPS, &host_retry, true)
         .override_global(globals::HOST_EARLY, &host_early, true)
         .override_global(globals::HOST_INTERVAL_NS, &host_interval, true)
+        .override_global(globals::CGRP_ROOT_OFFSET, &shapes.cgrp_root, true)
+        .override_global(
+            globals::ROOT_HIERARCHY_ID_OFFSET,
+            &shapes.root_hierarchy_id,
+            true,
+        )
+        .override_global(globals::CGRP_KN_OFFSET, &shapes.cgrp_kn, true)
+        .override_global(globals::KN_ID_OFFSET, &shapes.kn_id, true)
+        .override_global(
+            globals::VICTIM_TASK_PID_OFFSET,
+            &shapes.victim_task_pid,
+            true,
+        )
+        .override_global(globals::RETRY_LOOPS_ARG, &shapes.retry_loops_arg, true)
         .load(OBJECT)
         .map_err(ProbeError::from)
-}
-
-/// Attaches the tracepoints, the host scope's only when it is on; every
-/// one must attach.
-fn attach_tracepoints(ebpf: &mut Ebpf, host: bool) -> Result<(), ProbeError> {
-    let host_programs = [
-        (programs::DIRECT_RECLAIM_BEGIN, "vmscan", DIRECT_BEGIN),
-        (programs::DIRECT_RECLAIM_END, "vmscan", DIRECT_END),
-        (programs::RECLAIM_RETRY_ZONE, "oom", "reclaim_retry_zone"),
-        (programs::KSWAPD_WAKE, "vmscan", "mm_vmscan_kswapd_wake"),
-    ];
-    let host_programs = if host { &host_programs[..] } else { &[] };
-    for &(prog, category, event) in [
-        (programs::RECLAIM_BEGIN, "vmscan", RECLAIM_BEGIN),
-        (programs::RECLAIM_END, "vmscan", RECLAIM_END),
-        (programs::CGROUP_MKDIR, "cgroup", "cgroup_mkdir"),
-        (programs::CGROUP_RMDIR, "cgroup", "cgroup_rmdir"),
-        (programs::OOM_MARK_VICTIM, "oom", "mark_victim"),
-    ]
-    .iter()
-    .chain(host_programs)
-    {
-        let tp: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .ok_or(ProbeError::Missing(prog))?
-            .try_into()
-            .map_err(|source| ProbeError::Attach {
-                what: prog.to_owned(),
-                source,
-            })?;
-        let attach = |tp: &mut TracePoint| -> Result<(), ProgramError> {
-            tp.load()?;
-            tp.attach(category, event)?;
-            Ok(())
-        };
-        attach(tp).map_err(|source| ProbeError::Attach {
-            what: format!("tracepoint {category}:{event}"),
-            source,
-        })?;
-    }
-    Ok(())
 }
 
 impl Probes {
     /// Loads every program; the tracepoints must attach, the fentry
     /// programs may be refused (then `throttle` says why).
     pub fn load(settings: Settings) -> Result<Self, ProbeError> {
-        if ensure_tracefs()? {
-            tracing::info!(
-                path = TRACEFS[0],
-                "mounted tracefs, which the tracepoints need"
-            );
-        }
-        let mut ebpf = load_object(&settings)?;
-        attach_tracepoints(&mut ebpf, settings.host.is_some())?;
-        let throttle = match attach_throttle(&mut ebpf) {
-            Ok(handler) => Throttle::Hooked { handler },
-            Err(reason) => Throttle::Refused { reason },
+        // The kernel's BTF, as aya loads against it and as our reader
+        // finds the shapes in it.
+        let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF ({e})"));
+        let shapes = match &btf {
+            Ok(_) if settings.classic_tracepoints => {
+                Err("--classic-tracepoints asks for no BTF-typed tracepoints".to_owned())
+            }
+            Ok(_) => super::btf::Btf::from_kernel()
+                .map_err(|e| e.to_string())
+                .and_then(|b| BtfShapes::read(&b)),
+            Err(e) => Err(e.clone()),
         };
-        let mut probes = Self { ebpf, throttle };
+        let records = record_offsets(shapes.as_ref().err())?;
+        let mut ebpf = load_object(
+            &settings,
+            shapes.as_ref().ok(),
+            records.as_ref().unwrap_or(&RecordOffsets::default()),
+        )?;
+        let usable = match (&btf, &shapes) {
+            (Ok(btf), Ok(_)) => Ok(btf),
+            (_, Err(why)) => Err(why.as_str()),
+            (Err(why), _) => Err(why.as_str()),
+        };
+        let tracepoints = attach_tracepoints(
+            &mut ebpf,
+            settings.host.is_some(),
+            usable,
+            records.as_ref().map(|_| ()).map_err(String::as_str),
+        )?;
+        let throttle = match &btf {
+            Ok(btf) => match attach_throttle(&mut ebpf, btf) {
+                Ok(handler) => Throttle::Hooked { handler },
+                Err(reason) => Throttle::Refused { reason },
+            },
+            Err(why) => Throttle::Refused {
+                reason: why.clone(),
+            },
+        };
+        let mut probes = Self {
+            ebpf,
+            throttle,
+            tracepoints,
+        };
         if let Some(h) = settings.host {
             // The first entry of a list of at least one: never full.
             probes.watch(
@@ -319,6 +271,26 @@ impl Probes {
                 source,
             }),
         }
+    }
+
+    /// Asks the kernel for the next verdict of a cgroup (a kernel key: the
+    /// verdict's `cgroup_id`) after 20 ms rather than the verdict interval,
+    /// once: user space held its last one.
+    pub fn recheck(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::RECHECK)
+            .ok_or(ProbeError::Missing(maps::RECHECK))?;
+        let mut map =
+            BpfHashMap::<_, u64, u8>::try_from(map).map_err(|source| ProbeError::Map {
+                name: maps::RECHECK,
+                source,
+            })?;
+        map.insert(cgroup_id, 1, 0)
+            .map_err(|source| ProbeError::Map {
+                name: maps::RECHECK,
+                source,
+            })
     }
 
     /// Removes a cgroup from the list (it is gone, or out of every scope).
@@ -417,12 +389,14 @@ impl Probes {
         Ok(TraceSwitch { map, on: false })
     }
 
-    /// (name, kernel program id) of every loaded program, for BPF run
-    /// statistics.
-    pub fn program_ids(&self) -> Vec<(String, u32)> {
+    /// Every loaded program's kernel info (run time and count among it),
+    /// read now through the program's own fd: a walk over the host's
+    /// programs by id would need CAP_SYS_ADMIN. Programs not loaded (the
+    /// other way of attaching a tracepoint) are left out.
+    pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
         self.ebpf
             .programs()
-            .filter_map(|(name, prog)| Some((name.to_owned(), prog.info().ok()?.id())))
+            .filter_map(|(name, prog)| Some((name.to_owned(), prog.info().ok()?)))
             .collect()
     }
 
@@ -498,90 +472,9 @@ impl TraceSwitch {
     }
 }
 
-/// fentry/fexit on the throttle handler and fentry on the penalty sleep.
-/// All three or none: half of them would count stalls inconsistently.
-fn attach_throttle(ebpf: &mut Ebpf) -> Result<&'static str, String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
-    let handler = OVER_HIGH
-        .into_iter()
-        .find(|f| btf.id_by_type_name_kind(f, BtfKind::Func).is_ok())
-        .ok_or_else(|| format!("neither of {OVER_HIGH:?} is in the kernel's BTF"))?;
-    let err = |what: &str, e: ProgramError| format!("{what}: {e}");
-
-    let enter: &mut FEntry = ebpf
-        .program_mut(programs::OVER_HIGH_ENTER)
-        .ok_or("missing program")?
-        .try_into()
-        .map_err(|e| err("fentry", e))?;
-    enter
-        .load(handler, &btf)
-        .map_err(|e| err("loading fentry", e))?;
-    let exit: &mut FExit = ebpf
-        .program_mut(programs::OVER_HIGH_EXIT)
-        .ok_or("missing program")?
-        .try_into()
-        .map_err(|e| err("fexit", e))?;
-    exit.load(handler, &btf)
-        .map_err(|e| err("loading fexit", e))?;
-    let sleep: &mut FEntry = ebpf
-        .program_mut(programs::PENALTY_SLEEP)
-        .ok_or("missing program")?
-        .try_into()
-        .map_err(|e| err("fentry", e))?;
-    sleep
-        .load(PENALTY_SLEEP, &btf)
-        .map_err(|e| err("loading fentry", e))?;
-
-    // Attach the exit side first so no task is left marked "inside".
-    let exit: &mut FExit = ebpf
-        .program_mut(programs::OVER_HIGH_EXIT)
-        .ok_or("missing program")?
-        .try_into()
-        .map_err(|e| err("fexit", e))?;
-    exit.attach().map_err(|e| err("attaching fexit", e))?;
-    for prog in [programs::PENALTY_SLEEP, programs::OVER_HIGH_ENTER] {
-        let p: &mut FEntry = ebpf
-            .program_mut(prog)
-            .ok_or("missing program")?
-            .try_into()
-            .map_err(|e| err("fentry", e))?;
-        p.attach().map_err(|e| err("attaching fentry", e))?;
-    }
-    Ok(handler)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // 6.1 .. 7.0 shape, and the 7.1+ shape with memcg_id after nr_reclaimed.
-    const END_61: &str = "name: mm_vmscan_memcg_reclaim_end\nID: 512\nformat:\n\
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n\
-\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n\
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
-\tfield:unsigned long nr_reclaimed;\toffset:8;\tsize:8;\tsigned:0;\n";
-
-    #[test]
-    fn nr_reclaimed_offset_is_read_from_the_format() {
-        assert_eq!(field_offset(END_61, "nr_reclaimed"), Some(8));
-        let shifted = END_61.replace("offset:8;", "offset:16;");
-        assert_eq!(field_offset(&shifted, "nr_reclaimed"), Some(16));
-        assert_eq!(field_offset(END_61, "memcg_id"), None);
-        // A prefix of the name is not the name.
-        assert_eq!(field_offset(END_61, "reclaimed"), None);
-    }
-
-    #[test]
-    fn cgroup_event_fields_are_found_including_the_data_loc_path() {
-        let fmt = "format:\n\tfield:int root;\toffset:8;\tsize:4;\tsigned:1;\n\
-\tfield:int level;\toffset:12;\tsize:4;\tsigned:1;\n\
-\tfield:u64 id;\toffset:16;\tsize:8;\tsigned:0;\n\
-\tfield:__data_loc char[] path;\toffset:24;\tsize:4;\tsigned:0;\n";
-        assert_eq!(field_offset(fmt, "root"), Some(8));
-        assert_eq!(field_offset(fmt, "id"), Some(16));
-        assert_eq!(field_offset(fmt, "path"), Some(24));
-    }
 
     #[test]
     fn jiffy_length_is_a_plausible_hz() {

@@ -15,7 +15,7 @@ pub(super) const SCENARIOS: &[Scenario] = &[Scenario::new("stream", run, summary
 
 fn summary(r: &Value) -> String {
     format!(
-        "idle daemon woke {} times in 5 s; guard trace --json: verdict + kill of hog {} (verdict->kill {} ms in the stream), {} reclaim / {} throttle / {} sample records; oom_kill of {} ({}) in {}; daemon log {} records, report names both victims, SVG {} bytes; /metrics: kills {}, memcg_reclaim_end {} runs at {} ns each",
+        "idle daemon woke {} times in 5 s; guard trace --json: verdict + kill of hog {} (verdict->kill {} ms in the stream), {} reclaim / {} throttle / {} sample records; oom_kill of {} ({}) in {}; daemon log {} records, report names both victims, SVG {} bytes; /metrics: kills {}, reclaim end {} runs at {} ns each",
         r["idle_wakeups"],
         r["hog_pid"],
         fmt_num(&r["stream_verdict_to_kill_ms"], 1),
@@ -154,14 +154,15 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
         Ok(body) => {
             let kills = metric(&body, "guard_kills_total{");
             let oom = metric(&body, "guard_kernel_oom_kills_total{cgroup=\"/oom.slice\"}");
-            let runs = metric(
-                &body,
-                "guard_bpf_run_count_total{program=\"memcg_reclaim_end\"}",
-            );
-            let run_s = metric(
-                &body,
-                "guard_bpf_run_time_seconds_total{program=\"memcg_reclaim_end\"}",
-            );
+            // The reclaim-end program: BTF-typed, or the classic one where
+            // the kernel refused that.
+            let either = |series: &str| {
+                ["btf_reclaim_end", "memcg_reclaim_end"]
+                    .iter()
+                    .find_map(|p| metric(&body, &format!("{series}{{program=\"{p}\"}}")))
+            };
+            let runs = either("guard_bpf_run_count_total");
+            let run_s = either("guard_bpf_run_time_seconds_total");
             r.set("metrics_kills", kills);
             r.set("metrics_reclaim_end_runs", runs);
             if let (Some(n), Some(s)) = (runs, run_s)
@@ -179,7 +180,7 @@ pub(super) fn run(r: &mut Report) -> Result<(), String> {
             );
             r.check(
                 runs.is_some_and(|n| n > 0.0),
-                format!("no BPF run count for memcg_reclaim_end: {runs:?}"),
+                format!("no BPF run count for the reclaim-end program: {runs:?}"),
             );
             r.check(
                 body.contains("guard_cgroup_memory_current_bytes{cgroup=\"/stream.slice\"}")
