@@ -53,8 +53,7 @@ pub mod globals {
     /// before 6.9) when this is `u64::MAX`; otherwise it is the victim's
     /// `task_struct` and this is the offset of `pid` in it.
     pub const VICTIM_TASK_PID_OFFSET: &str = "VICTIM_TASK_PID_OFFSET";
-    /// Index of `no_progress_loops` among `oom:reclaim_retry_zone`'s arguments.
-    pub const RETRY_LOOPS_ARG: &str = "RETRY_LOOPS_ARG";
+
     /// Host scope: a verdict as soon as the page allocator has retried
     /// reclaim this many times without progress (0: only the budget).
     pub const HOST_RETRY_LOOPS: &str = "HOST_RETRY_LOOPS";

@@ -80,8 +80,6 @@ static CGRP_KN_OFFSET: u64 = 0;
 static KN_ID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static VICTIM_TASK_PID_OFFSET: u64 = u64::MAX;
-#[unsafe(no_mangle)]
-static RETRY_LOOPS_ARG: u64 = 5;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -613,15 +611,12 @@ pub fn reclaim_retry_zone(ctx: TracePointContext) -> u32 {
 }
 
 /// `(struct zoneref *, int order, unsigned long reclaimable, unsigned long
-/// available, unsigned long min_wmark, int no_progress_loops, bool)`: the
-/// index comes from user space, which checked the arity in the BTF.
+/// available, unsigned long min_wmark, int no_progress_loops, bool)`: user
+/// space checked the arity in the BTF. The index is a constant: 6.1's
+/// verifier refuses a context read at an offset computed from a global.
 #[btf_tracepoint(function = "reclaim_retry_zone")]
 pub fn btf_retry_zone(ctx: BtfTracePointContext) -> i32 {
-    let at = global(&RETRY_LOOPS_ARG) as usize;
-    if at > 15 {
-        return 0;
-    }
-    retry_zone(ctx.arg::<u64>(at) as i32) as i32
+    retry_zone(ctx.arg::<u64>(5) as i32) as i32
 }
 
 #[inline(always)]

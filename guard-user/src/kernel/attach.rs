@@ -141,7 +141,6 @@ pub struct BtfShapes {
     /// Offset of `pid` in task_struct when mark_victim passes the task;
     /// u64::MAX when it passes the pid.
     pub victim_task_pid: u64,
-    pub retry_loops_arg: u64,
 }
 
 impl BtfShapes {
@@ -168,22 +167,22 @@ impl BtfShapes {
                 ));
             }
         };
-        // (zoneref, order, reclaimable, available, min_wmark, no_progress_loops, wmark_check)
-        let retry_loops_arg = match args("reclaim_retry_zone")? {
-            7 => 5,
+        // (zoneref, order, reclaimable, available, min_wmark,
+        // no_progress_loops, wmark_check): the program reads argument 5.
+        match args("reclaim_retry_zone")? {
+            7 => {}
             n => {
                 return Err(format!(
                     "oom:reclaim_retry_zone has {n} arguments; guard knows 7"
                 ));
             }
-        };
+        }
         Ok(Self {
             cgrp_root: member("cgroup", "root")?,
             root_hierarchy_id: member("cgroup_root", "hierarchy_id")?,
             cgrp_kn: member("cgroup", "kn")?,
             kn_id: member("kernfs_node", "id")?,
             victim_task_pid,
-            retry_loops_arg,
         })
     }
 }
@@ -398,14 +397,17 @@ pub(super) fn attach_tracepoints(
             },
             Err(why) => why.to_owned(),
         };
-        if let Err(no_tracefs) = records {
+        let classic = match records {
+            Err(no_tracefs) => Err(no_tracefs.to_owned()),
+            Ok(()) => attach_classic(ebpf, t).map_err(|e| error_chain(&e)),
+        };
+        if let Err(classic) = classic {
             return Err(ProbeError::NoAttach {
                 event: format!("{}:{}", t.category, t.event),
                 btf: refused,
-                classic: no_tracefs.to_owned(),
+                classic,
             });
         }
-        attach_classic(ebpf, t)?;
         out.attached.push((t.event, Attach::Classic));
         out.classic_because.get_or_insert(refused);
     }
@@ -497,7 +499,7 @@ mod tests {
             }
         };
         let shapes = BtfShapes::read(&btf).expect("shapes");
-        assert_eq!(shapes.retry_loops_arg, 5);
+        assert_eq!(btf.tracepoint_args("reclaim_retry_zone"), Some(7));
         // (int pid) before 6.9, (task, uid) since: then pid's offset.
         match btf.tracepoint_args("mark_victim") {
             Some(1) => assert_eq!(shapes.victim_task_pid, u64::MAX),

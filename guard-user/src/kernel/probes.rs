@@ -139,7 +139,6 @@ fn load_object(
         cgrp_kn: 0,
         kn_id: 0,
         victim_task_pid: u64::MAX,
-        retry_loops_arg: 0,
     });
     EbpfLoader::new()
         .map_max_entries(maps::WATCHED, settings.watch_capacity)
@@ -180,7 +179,6 @@ fn load_object(
             &shapes.victim_task_pid,
             true,
         )
-        .override_global(globals::RETRY_LOOPS_ARG, &shapes.retry_loops_arg, true)
         .load(OBJECT)
         .map_err(ProbeError::from)
 }
