@@ -16,6 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::owner::Owner;
+
 /// Version of the record schema. Bump it when a field changes meaning or
 /// goes away; adding a field keeps it.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -179,6 +181,11 @@ pub enum Event {
         /// the overage was spread over many small processes.
         #[serde(default)]
         batch: u32,
+        /// Whose the first victim was: uid, user name, systemd unit (absent
+        /// in records of guard before 0.3, and when it was reaped before
+        /// it could be read).
+        #[serde(default)]
+        owner: Option<Owner>,
     },
     /// A confirmed stall that guard could not end by killing, and why
     /// (once per situation, not per verdict).
@@ -315,6 +322,7 @@ impl Event {
                 latency_us,
                 dry_run,
                 also_killed,
+                owner,
                 ..
             } => {
                 let what = if *dry_run {
@@ -327,8 +335,9 @@ impl Event {
                 } else {
                     String::new()
                 };
+                let whose = owner.as_ref().map_or_else(String::new, Owner::describe);
                 format!(
-                    "{what} {comm}[{pid}]{more} in {cgroup}: {:.1} MiB, mode {mode}, {:.1} ms after the verdict",
+                    "{what} {comm}[{pid}]{more} in {cgroup}{whose}: {:.1} MiB, mode {mode}, {:.1} ms after the verdict",
                     mib(*footprint_bytes),
                     *latency_us as f64 / 1e3
                 )
@@ -480,6 +489,8 @@ pub struct KillReport {
     /// How many victims the decision chose; more than one when the overage
     /// was spread over many small processes.
     pub batch: u32,
+    /// Whose the first victim was.
+    pub owner: Option<Owner>,
 }
 
 /// A stall guard could not end, as the stream tells it.
@@ -520,6 +531,7 @@ impl KillReport {
             dry_run: self.dry_run,
             victims: self.victims.clone(),
             batch: self.batch,
+            owner: self.owner.clone(),
         }
     }
 }
@@ -569,6 +581,7 @@ mod tests {
             dry_run: false,
             victims: vec![42],
             batch: 1,
+            owner: None,
         }
     }
 

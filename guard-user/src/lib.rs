@@ -23,6 +23,7 @@ pub mod kernel;
 pub mod live;
 pub mod metrics;
 pub mod observe;
+pub mod owner;
 pub mod paths;
 pub mod policy;
 pub mod procfs;

@@ -211,6 +211,7 @@ fn incident_of(t0: u64, comm: &str, cgroup: &str) -> Vec<Record> {
             dry_run: false,
             victims: vec![4242],
             batch: 1,
+            owner: None,
         },
     ));
     for i in 1..5u64 {

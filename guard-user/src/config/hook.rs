@@ -28,17 +28,6 @@ pub(super) struct RawHook {
     user: Option<Spanned<String>>,
 }
 
-/// The uid and gid of `name` in an /etc/passwd text.
-fn passwd_user(passwd: &str, name: &str) -> Option<(u32, u32)> {
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next()? == name).then_some(())?;
-        let uid = fields.nth(1)?.parse().ok()?;
-        let gid = fields.next()?.parse().ok()?;
-        Some((uid, gid))
-    })
-}
-
 pub(super) fn parse(errors: &mut Errors<'_>, hook: Spanned<RawHook>) -> Hook {
     let span = hook.span();
     let hook = hook.into_inner();
@@ -79,7 +68,7 @@ pub(super) fn parse(errors: &mut Errors<'_>, hook: Spanned<RawHook>) -> Hook {
     );
     let user = hook.user.and_then(|u| {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let found = passwd_user(&passwd, u.get_ref());
+        let found = crate::owner::passwd_ids(&passwd, u.get_ref());
         if found.is_none() {
             errors.at(
                 u.span(),
@@ -176,12 +165,5 @@ mod tests {
         ))
         .expect("root is a user");
         assert_eq!(root.hook.and_then(|h| h.user), Some((0, 0)));
-    }
-
-    #[test]
-    fn a_user_is_found_by_name_in_passwd() {
-        let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\n";
-        assert_eq!(super::passwd_user(passwd, "nobody"), Some((65534, 65534)));
-        assert_eq!(super::passwd_user(passwd, "nob"), None);
     }
 }

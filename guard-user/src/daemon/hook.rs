@@ -126,10 +126,19 @@ fn command(hook: &Hook, report: &KillReport) -> io::Result<tokio::process::Comma
         .env("GUARD_PID", report.pid.to_string())
         .env("GUARD_COMM", &report.comm)
         .env("GUARD_CGROUP", &report.cgroup)
-        .env("GUARD_FOOTPRINT_BYTES", report.footprint.to_string())
-        .stdin(Stdio::null())
-        .current_dir("/")
-        .process_group(0);
+        .env("GUARD_FOOTPRINT_BYTES", report.footprint.to_string());
+    // Whose the victim was, where it could be read: absent variables, not
+    // empty ones, when not.
+    if let Some(owner) = &report.owner {
+        cmd.env("GUARD_UID", owner.uid.to_string());
+        if let Some(user) = &owner.user {
+            cmd.env("GUARD_USER", user);
+        }
+        if let Some(unit) = &owner.unit {
+            cmd.env("GUARD_UNIT", unit);
+        }
+    }
+    cmd.stdin(Stdio::null()).current_dir("/").process_group(0);
     let oom_adj = CString::new("/proc/self/oom_score_adj").map_err(io::Error::other)?;
     let user = hook.user;
     // SAFETY: the closure runs in the child between fork and exec and makes
@@ -194,6 +203,11 @@ mod tests {
             comm: "hog".into(),
             cgroup: "/seed".into(),
             footprint: 70 << 20,
+            owner: Some(crate::owner::Owner {
+                uid: 1001,
+                user: Some("alice".into()),
+                unit: Some("hog.service".into()),
+            }),
             ..KillReport::default()
         }
     }
@@ -251,6 +265,9 @@ mod tests {
             "GUARD_COMM=hog",
             "GUARD_CGROUP=/seed",
             &format!("GUARD_FOOTPRINT_BYTES={}", 70u64 << 20),
+            "GUARD_UID=1001",
+            "GUARD_USER=alice",
+            "GUARD_UNIT=hog.service",
             &format!("PATH={PATH}"),
             "CapInh:\t0000000000000000",
             "CapPrm:\t0000000000000000",

@@ -21,6 +21,7 @@ use crate::{
     clock::monotonic_ns,
     config::KillMode,
     events::{HOST_NAME, KillReport, LimitReport, UnresolvedReport},
+    owner::Owner,
 };
 
 impl Responder {
@@ -170,6 +171,10 @@ impl Responder {
         }
         report.also_killed = s.also + report.victims.len().saturating_sub(1) as u64;
         report.latency_us = first_ns.saturating_sub(v.ktime_ns) / 1000;
+        // Read after the signal, off the kill path: a killed process stays
+        // readable until its parent reaps it.
+        let first = picks.first().and_then(|p| p.members.first()).copied();
+        report.owner = first.and_then(|i| self.owner(i));
         // Of the latency: the wake-up through the ring buffer, and our work.
         let wakeup_us = received_ns.saturating_sub(v.ktime_ns) / 1000;
         let decide_us = first_ns.saturating_sub(received_ns) / 1000;
@@ -182,7 +187,11 @@ impl Responder {
             killed_cgroup = %report.killed_cgroup.as_deref().unwrap_or("-"),
             also_killed = report.also_killed, victims = %pid_list(&report.victims),
             batch = report.batch, stalled_task = %String::from_utf8_lossy(v.comm()),
-            stalled_pid = v.worst_pid, "killed");
+            stalled_pid = v.worst_pid,
+            uid = report.owner.as_ref().map(|o| o.uid),
+            user = report.owner.as_ref().and_then(|o| o.user.as_deref()),
+            unit = report.owner.as_ref().and_then(|o| o.unit.as_deref()),
+            "killed");
         let watched: Vec<u32> = s.victims.iter().map(|p| p.pid).collect();
         // When the kill did not take the task the kernel saw stall most, the
         // next verdict tells whether it ended the stall: not if it names a
@@ -207,6 +216,22 @@ impl Responder {
             reset: v.cgroup_id,
             exit_timeout: self.policy.config.victim_exit_timeout,
         }))
+    }
+
+    /// Whose candidate `i` is: its real uid (already read, or from its
+    /// status), user name and systemd unit. None when it is gone.
+    fn owner(&mut self, i: usize) -> Option<Owner> {
+        let pid = self.scratch.cands.get(i)?.pid;
+        let a = *self.scratch.aux.get(i)?;
+        let uid = match a.uid {
+            Some(uid) => uid,
+            None => self.procfs.status(pid, a.via_thread).ok()?.uid,
+        };
+        let cgroup = match self.scratch.leaf_names.get(a.leaf as usize) {
+            Some(name) => Some(name.clone()),
+            None => self.procfs.cgroup(pid).ok(),
+        };
+        Some(Owner::here(uid, cgroup.as_deref()))
     }
 
     pub(super) fn still_exiting(&mut self, cgroup: &str, pid: u32, waited: Duration) {

@@ -161,6 +161,13 @@ fn a_confirmed_stall_kills_the_member_process() {
     assert_eq!(k.report.pid, f.children[0].id());
     assert_eq!(k.report.victims, [f.children[0].id()]);
     assert_eq!(k.report.batch, 1);
+    // Whose it was, read after the signal: this test's own uid, named as
+    // /etc/passwd names it; the stand-in cgroup is no systemd unit.
+    let uid = rustix::process::getuid().as_raw();
+    let owner = k.report.owner.clone().expect("the victim's owner");
+    assert_eq!(owner.uid, uid);
+    assert_eq!(owner, crate::owner::Owner::here(uid, Some("/seed")));
+    assert_eq!(owner.unit, None);
     assert_eq!(k.reset, f.id);
     assert_eq!(f.killed(), [0]);
     // The victim has exited: the next verdict may act again, and with

@@ -94,6 +94,7 @@ pub(super) fn incident() -> View {
             dry_run: false,
             victims: vec![42],
             batch: 1,
+            owner: None,
         },
     ));
     view.push(&at(

@@ -167,6 +167,7 @@ mod tests {
                 dry_run,
                 victims: vec![42],
                 batch: 1,
+                owner: None,
             },
         )
     }

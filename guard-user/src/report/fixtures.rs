@@ -151,6 +151,7 @@ pub(super) fn kill(at: u64, dry_run: bool) -> Record {
             dry_run,
             victims: vec![4242],
             batch: 1,
+            owner: None,
         },
     )
 }

@@ -353,6 +353,7 @@ mod tests {
                 dry_run: n == 0,
                 victims: vec![pid],
                 batch: 1,
+                owner: None,
             },
             4 => Event::OomKill {
                 pid,

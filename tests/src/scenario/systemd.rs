@@ -520,7 +520,8 @@ fn write_hook_policy() -> Result<(), String> {
         POLICY,
         &format!(
             "{default}\n[hook]\ncommand = [\"/bin/sh\", \"-c\", \
-             \"echo {HOOK_MARK} pid=$GUARD_PID uid=$(id -u) caps=$(grep CapEff /proc/self/status)\"]\n"
+             \"echo {HOOK_MARK} pid=$GUARD_PID uid=$(id -u) caps=$(grep CapEff /proc/self/status) \
+             owner=$GUARD_UID/$GUARD_USER/$GUARD_UNIT\"]\n"
         ),
     )
 }
@@ -570,7 +571,7 @@ fn bad_reload(r: &mut Report, gpid: u32) {
 
 /// After the kill, the hook ran under the unit's sandbox, was told of the
 /// hog, and held no capability.
-fn hook_checks(r: &mut Report, hog: u32) {
+fn hook_checks(r: &mut Report, hog: u32, hog_uid: &str) {
     let limit = Instant::now() + Duration::from_secs(10);
     let line = loop {
         let found = journal("guard.service", "cat")
@@ -584,8 +585,11 @@ fn hook_checks(r: &mut Report, hog: u32) {
     };
     r.set("hook_line", line.as_deref().unwrap_or(""));
     // The shell splits grep's "CapEff:<tab>..." into words; echo joins them
-    // with a space.
-    let want = format!("{HOOK_MARK} pid={hog} uid=0 caps=CapEff: 0000000000000000");
+    // with a space. The hog is user stranger's, in hog.service.
+    let want = format!(
+        "{HOOK_MARK} pid={hog} uid=0 caps=CapEff: 0000000000000000 \
+         owner={hog_uid}/stranger/hog.service"
+    );
     r.check(
         line.as_deref() == Some(want.as_str()),
         format!("the post-kill hook printed {line:?}, not {want:?}"),
@@ -610,6 +614,7 @@ fn hog_and_bystander(r: &mut Report) {
     r.set("hog_pid", hog);
     let status = read(&format!("/proc/{hog}/status"));
     let uid = status_field(&status, "Uid").and_then(|u| u.split_whitespace().next());
+    let hog_uid = uid.unwrap_or("-").to_owned();
     r.set("hog_uid", uid.unwrap_or("-"));
     r.check(
         uid.is_some_and(|u| u != "0"),
@@ -644,7 +649,7 @@ fn hog_and_bystander(r: &mut Report) {
         format!("hog.service lived {lifetime_ms} ms, over {HOG_DEADLINE_MS} ms"),
     );
     kill_records(r, hog, start_us);
-    hook_checks(r, hog);
+    hook_checks(r, hog, &hog_uid);
     bystander_checks(r);
 }
 
