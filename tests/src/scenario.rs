@@ -1057,7 +1057,7 @@ mod tests {
             "idle daemon woke 0 times in 5 s; guard trace --json: verdict + kill of hog 158 \
              (verdict->kill 12.0 ms in the stream), 56 reclaim / 2 throttle / 18 sample records; \
              oom_kill of 159 (hog) in /oom.slice; daemon log 24 records, report names both \
-             victims, SVG 52030 bytes; /metrics: kills 1.0, memcg_reclaim_end 56.0 runs at 57412 \
+             victims, SVG 52030 bytes; /metrics: kills 1.0, reclaim end 56.0 runs at 57412 \
              ns each"
         );
     }

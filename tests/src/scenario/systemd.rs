@@ -920,7 +920,8 @@ mod tests {
             "hog_lifetime_ms": 1800, "kill_latency_us": 450,
             "bystander_result": "success", "bystander_worst_us": 250000,
             "socket_mode": "660 guard", "kill_in_event_log": true, "bad_reload_refused": true,
-            "exposure": 4.2,
+            "exposure": 4.2, "perf_event_paranoid": "3", "cap_eff": "000000c000084025",
+            "bpf_links": 12, "perf_events": 0,
         });
         assert_eq!(
             summary(&r),
@@ -928,7 +929,8 @@ mod tests {
              hog SIGKILLed 1800 ms after start (verdict->kill 450 us); bystander success worst \
              250 ms; socket 660 guard, member attached, stranger refused; kill in \
              /var/lib/guard log true; broken policy reload refused true; systemd-analyze \
-             security exposure 4.2"
+             security exposure 4.2; perf_event_paranoid 3, CapEff 000000c000084025 (no \
+             CAP_SYS_ADMIN), 12 bpf links, 0 perf events"
         );
         assert!(summary(&json!({})).contains("watchdog -"));
     }
