@@ -42,7 +42,7 @@ const USAGE: &str = "usage: guard-scenario SCENARIO | list | from-cmdline | hog 
     bystander MS | nibbler KIB THREADS [NAME [GO_FILE]] | grower MIB [NAME] | worker-parent N MIB | worker MIB | burst OVER_KIB ROUNDS INTERVAL_MS LIMIT_MIB GIVE_UP_MS | \
     filecache PATH MIB READS | idle NAME | holder MIB [NAME] | odd-name MIB | leader-exit MIB [NAME] | \
     memfd MIB [NAME] | stuck MIB WRITE_MIB DEVICE [NAME] | small-parent N FIRST_KIB TOTAL_KIB | \
-    small FIRST_KIB TOTAL_KIB | bench";
+    small FIRST_KIB TOTAL_KIB | ptyhold MS OUTFILE | bench";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -93,6 +93,7 @@ fn main() {
             }
         },
         Some("idle") => workload::idle(arg(1).unwrap_or("idle")),
+        Some("ptyhold") => workload::ptyhold(ms(1, 60_000), arg(2).unwrap_or("/tmp/ptyhold.out")),
         Some("holder") => workload::holder(num(1, 8) as usize, arg(2).unwrap_or("holder")),
         Some("odd-name") => workload::odd_name(num(1, 100) as usize),
         Some("leader-exit") => {

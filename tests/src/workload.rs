@@ -550,3 +550,62 @@ pub fn bystander(run_for: Duration) {
     }
     say(&format!("bystander ticks={ticks} worst_us={worst}"));
 }
+
+/// A logged-in terminal stand-in: opens a pseudo-terminal (devpts makes its
+/// slave this uid's), keeps the slave open, and appends whatever is written
+/// to it to `out` for `run_for`; prints the slave's path first.
+pub fn ptyhold(run_for: Duration, out: &str) -> ! {
+    // SAFETY: plain libc calls on a descriptor this function owns; the
+    // name buffer outlives the call that fills it.
+    let (master, name) = unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        if master < 0 || libc::grantpt(master) != 0 || libc::unlockpt(master) != 0 {
+            eprintln!("ptyhold: no pty: {}", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+        let mut buf = [0 as libc::c_char; 128];
+        if libc::ptsname_r(master, buf.as_mut_ptr(), buf.len()) != 0 {
+            eprintln!("ptyhold: ptsname: {}", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        (master, name)
+    };
+    let _slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&name);
+    println!("{name}");
+    let _ = std::io::stdout().flush();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .unwrap_or_else(|e| {
+            eprintln!("ptyhold: {out}: {e}");
+            std::process::exit(1)
+        });
+    let deadline = Instant::now() + run_for;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        let mut pfd = libc::pollfd {
+            fd: master,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; read into a buffer of the size given.
+        let n = unsafe {
+            if libc::poll(&mut pfd, 1, 200) <= 0 {
+                continue;
+            }
+            libc::read(master, buf.as_mut_ptr().cast(), buf.len())
+        };
+        if n > 0 {
+            let _ = file.write_all(&buf[..n as usize]);
+            let _ = file.flush();
+        }
+    }
+    std::process::exit(0)
+}

@@ -83,6 +83,8 @@ pub struct Config {
     /// Size of the kernel's list of watched cgroups (None: from the
     /// machine, see Policy::watch_capacity).
     pub max_watched_cgroups: Option<u64>,
+    /// Tell the owner of a killed process on their terminals.
+    pub notify_owner: bool,
 }
 
 /// One mistake in a policy file. Line and column count from 1; the column
@@ -164,6 +166,14 @@ struct RawConfig {
     hook: Option<Spanned<hook::RawHook>>,
     scope: Vec<Spanned<scope::RawScope>>,
     host: host::RawHost,
+    notify: RawNotify,
+}
+
+/// `[notify]`: who is told of a kill.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawNotify {
+    owner: Option<bool>,
 }
 
 impl Config {
@@ -243,6 +253,7 @@ impl Config {
                     Bound::AboveZero,
                 )
             }),
+            notify_owner: raw.notify.owner.unwrap_or(true),
         };
         errors.finish(origin)?;
         Ok(config)
@@ -537,6 +548,18 @@ kill = "process"
                 .message
                 .contains("max_fruitless_kills must be above 0")
         );
+    }
+
+    #[test]
+    fn owners_are_told_unless_the_policy_says_not() {
+        let on = Config::parse(SCOPE, "<test>").expect("valid");
+        assert!(on.notify_owner);
+        assert!(Config::default_policy().notify_owner);
+        let off =
+            Config::parse(&format!("[notify]\nowner = false\n{SCOPE}"), "<test>").expect("valid");
+        assert!(!off.notify_owner);
+        let e = one_mistake(&format!("[notify]\nowners = true\n{SCOPE}"));
+        assert!(e.to_string().contains("owners"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod fair;
 mod hook;
 mod metrics;
+mod notify;
 mod outputs;
 mod watch;
 
@@ -183,6 +184,8 @@ struct Daemon {
     exits: JoinSet<VictimEnd>,
     /// Post-kill hooks, one at a time.
     hooks: HookRunner,
+    /// Tells a victim's owner on their terminals.
+    notifier: notify::Notifier,
     /// Verdicts past their tenant's share, and when that was last said.
     deferred: fair::Deferred,
     _hook_task: outputs::AbortOnDrop,
@@ -273,6 +276,16 @@ impl Daemon {
         }
         if let Some(hook) = &self.responder.policy.config.hook {
             self.hooks.submit(hook, &report);
+        }
+        if self.responder.policy.config.notify_owner {
+            let told = self.notifier.notify(&report, std::time::Instant::now());
+            if told > 0 {
+                info!(
+                    pid = report.pid,
+                    terminals = told,
+                    "told the owner on their terminals"
+                );
+            }
         }
         self.out.emit(&Record::now(report.event()));
     }
@@ -471,6 +484,7 @@ async fn start(opts: RunOptions) -> anyhow::Result<(Daemon, Wakers)> {
     let (hooks, hook_task) = HookRunner::start(None);
     let d = Daemon {
         hooks,
+        notifier: notify::Notifier::new(notify::PTS),
         deferred: fair::Deferred::default(),
         _hook_task: outputs::AbortOnDrop::new(hook_task),
         opts,

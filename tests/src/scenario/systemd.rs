@@ -596,10 +596,49 @@ fn hook_checks(r: &mut Report, hog: u32, hog_uid: &str) {
     );
 }
 
+/// Where the owner's terminal stand-in writes what its terminal shows.
+const PTY_OUT: &str = "/tmp/ptyhold.out";
+
+/// The hog's owner was told on their terminal: one line naming the hog,
+/// its unit and where to read more.
+fn owner_notice_checks(r: &mut Report, hog: u32) {
+    let limit = Instant::now() + Duration::from_secs(5);
+    let want = format!("guard killed hog (pid {hog},");
+    let text = loop {
+        let text = fs::read_to_string(PTY_OUT).unwrap_or_default();
+        if text.contains(&want) || Instant::now() >= limit {
+            break text;
+        }
+        sleep(Duration::from_millis(200));
+    };
+    let line = text
+        .lines()
+        .find(|l| l.contains("guard killed"))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    r.set("owner_notice", line.as_str());
+    r.check(
+        line.starts_with(&want) && line.contains(" of hog.service: ") && line.contains("guard report"),
+        format!("the owner's terminal showed {text:?}, not a line starting {want:?}"),
+    );
+    let _ = systemctl(&["stop", "ptyhold.service"]);
+}
+
 /// (c) A hog and a bystander in seed.slice: the hog dies by the guard's
 /// SIGKILL in time, logged in the journal and the event log; the bystander
 /// and nothing else lives.
 fn hog_and_bystander(r: &mut Report) {
+    // The hog's owner is "logged in": a terminal of theirs, whose output
+    // lands in PTY_OUT.
+    r.check(
+        Command::new("systemd-run")
+            .args(["--unit=ptyhold", "--uid=stranger", "--property=Type=exec"])
+            .args(["/usr/local/bin/guard-scenario", "ptyhold", "60000", PTY_OUT])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "systemd-run of the owner's terminal stand-in failed",
+    );
     step("starting bystander.service, then hog.service, in seed.slice");
     r.check(
         systemctl(&["start", "bystander.service"]).is_ok(),
@@ -650,6 +689,7 @@ fn hog_and_bystander(r: &mut Report) {
     );
     kill_records(r, hog, start_us);
     hook_checks(r, hog, &hog_uid);
+    owner_notice_checks(r, hog);
     bystander_checks(r);
 }
 
