@@ -102,6 +102,21 @@ enum Command {
         #[arg(long, value_name = "OUT")]
         svg: Option<PathBuf>,
     },
+    /// Why guard would or would not kill a process, or what it would do
+    /// about a cgroup: the scope and budget that apply, whether the process
+    /// is protected and by which rule, its footprint and place in the victim
+    /// order, and what a verdict there would do now. Kills nothing.
+    Explain {
+        /// A process id, or a cgroup path ("/user.slice/user-1000.slice").
+        #[arg(value_name = "PID|CGROUP")]
+        target: String,
+        /// Policy file [default: as guard run reads it].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// The policy file: print the default, or check one.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -322,6 +337,39 @@ fn report_cmd(files: Vec<PathBuf>, svg: Option<PathBuf>) -> anyhow::Result<ExitC
 
 /// `guard config check`: the same reading as `guard run` (and a reload),
 /// with every mistake printed, the file's own and its ownership's.
+/// `guard explain`: a process id or a cgroup path, against the policy
+/// `guard run` would read.
+fn explain_cmd(target: &str, config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let (policy, _) = daemon::load_policy(&RunOptions::new(config, true))?;
+    let hierarchy = guard::cgroup::Hierarchy::new(guard::cgroup::DEFAULT_ROOT);
+    let mut responder = guard::decision::Responder::new(
+        policy,
+        hierarchy,
+        "/proc",
+        std::collections::HashMap::new(),
+    );
+    let explained = match target.parse::<u32>() {
+        Ok(pid) => responder.explain(Some(pid), None),
+        Err(_) if target.starts_with('/') => {
+            let dir = std::path::Path::new(guard::cgroup::DEFAULT_ROOT)
+                .join(target.trim_start_matches('/'));
+            responder.explain(None, Some(&dir))
+        }
+        Err(_) => Err(format!(
+            "{target:?} is neither a process id nor a cgroup path (one starting with /)"
+        )),
+    };
+    let e = explained.map_err(|e| anyhow::anyhow!("guard explain: {e}"))?;
+    if json {
+        println!("{}", serde_json::to_string(&e)?);
+    } else {
+        for line in e.to_string().lines() {
+            println!("{}", guard::terminal::printable(line));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let default = std::path::Path::new(config::DEFAULT_PATH);
     let path = match path {
@@ -417,6 +465,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
             })
         }
         Command::Report { files, svg } => report_cmd(files, svg),
+        Command::Explain {
+            target,
+            config,
+            json,
+        } => explain_cmd(&target, config, json),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_POLICY);
             Ok(ExitCode::SUCCESS)

@@ -35,6 +35,7 @@ use rules::{Candidate, Decision};
 
 mod act;
 mod confirm;
+mod explain;
 mod gather;
 mod judge;
 pub mod mild;
@@ -43,6 +44,7 @@ mod tests;
 mod warm_up;
 
 pub use act::wait_exit;
+pub use explain::{Explanation, Limited, ScopeInfo};
 
 /// How long an identical "unresolved" or dry-run decision stays quiet.
 const REPEAT_QUIET: Duration = Duration::from_secs(10);

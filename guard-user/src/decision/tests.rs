@@ -624,3 +624,99 @@ fn the_host_scope_confirms_watches_and_protects() {
     assert!(alive(&mut child));
     let _ = child.kill();
 }
+
+#[test]
+fn explain_names_scope_protection_place_and_what_a_verdict_would_do() {
+    let mut f = fixture(2, STALLED, HIGH);
+    let mut r = responder(&f, "");
+    let pid = f.children[0].id();
+    let e = r.explain(Some(pid), Some(&f.dir())).expect("explained");
+    assert_eq!(e.pid, Some(pid));
+    assert_eq!(e.comm.as_deref(), Some("sleep"));
+    assert_eq!(e.cgroup, "/seed");
+    let limited = e.limited.clone().expect("limited");
+    assert_eq!(
+        (limited.cgroup.as_str(), limited.memory_high),
+        ("/seed", HIGH)
+    );
+    assert_eq!(
+        e.scope.as_ref().map(|s| s.paths.clone()),
+        Some(vec!["/**".to_owned()])
+    );
+    assert_eq!(e.protected, None);
+    assert!(e.footprint_bytes.is_some_and(|b| b > 0));
+    assert!(matches!(e.place, Some((1 | 2, 2))), "{:?}", e.place);
+    assert!(
+        e.verdict_now
+            .contains("over memory.high now; a verdict would kill sleep (pid"),
+        "{}",
+        e.verdict_now
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("may be killed") && text.contains("of 2 in the victim order"),
+        "{text}"
+    );
+    // Nothing was killed to find that out.
+    assert!(f.killed().is_empty());
+
+    // Under memory.high: not confirmed now, and what it would do just over.
+    f.memory(HIGH / 2, HIGH);
+    let e = r.explain(Some(pid), Some(&f.dir())).expect("explained");
+    assert!(
+        e.verdict_now.contains("would not be confirmed"),
+        "{}",
+        e.verdict_now
+    );
+}
+
+#[test]
+fn explain_says_when_a_process_is_protected_or_nothing_applies() {
+    let sleep = fs::canonicalize("/usr/bin/sleep").expect("sleep");
+    let f = fixture(1, STALLED, HIGH);
+    let pid = f.children[0].id();
+    let mut r = responder(&f, &format!("[protect]\nexe = [\"{}\"]", sleep.display()));
+    let e = r.explain(Some(pid), Some(&f.dir())).expect("explained");
+    assert!(
+        e.protected
+            .as_deref()
+            .is_some_and(|w| w.contains("protect.exe")),
+        "{e:?}"
+    );
+    assert!(
+        e.verdict_now.contains("would kill nothing"),
+        "{}",
+        e.verdict_now
+    );
+    assert!(e.to_string().contains("may not be killed"));
+
+    // A cgroup without memory.high anywhere above: nothing can stall there.
+    f.memory(STALLED, u64::MAX);
+    fs::write(f.dir().join("memory.high"), "max\n").expect("w");
+    let e = r.explain(None, Some(&f.dir())).expect("explained");
+    assert_eq!(e.limited, None);
+    assert!(
+        e.verdict_now.starts_with("none: no cgroup"),
+        "{}",
+        e.verdict_now
+    );
+
+    // In no scope of the policy.
+    f.memory(STALLED, HIGH);
+    let policy = Policy {
+        config: crate::config::Config::parse("[[scope]]\npaths = [\"/other/**\"]\n", "<test>")
+            .expect("valid"),
+    };
+    let mut r = Responder::new(
+        policy,
+        Hierarchy::new(f.root.path()),
+        "/proc",
+        HashMap::new(),
+    );
+    let e = r.explain(None, Some(&f.dir())).expect("explained");
+    assert_eq!(e.scope, None);
+    assert!(e.verdict_now.contains("in no scope"), "{}", e.verdict_now);
+    // Neither a process nor a cgroup.
+    assert!(r.explain(None, Some(&f.root.path().join("nope"))).is_err());
+    assert!(r.explain(Some(u32::MAX), None).is_err());
+}

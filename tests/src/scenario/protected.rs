@@ -266,6 +266,42 @@ fn one(r: &mut Report, guard: &Guard, case: &Case) -> Result<Ran, String> {
     })
 }
 
+/// `guard explain PID --json` on the protected hog, while it stalls: it
+/// names the rule that protects it, and that a verdict would kill nobody.
+fn explain_checks(r: &mut Report, case: &Case, hog: u32) {
+    let key = case.key;
+    let out = Command::new(GUARD)
+        .args(["explain", "--json", &hog.to_string()])
+        .output();
+    let json: Value = match &out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or(Value::Null),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            r.check(false, format!("{key}: guard explain {hog} failed: {err}"));
+            return;
+        }
+        Err(e) => {
+            r.check(false, format!("{key}: running guard explain: {e}"));
+            return;
+        }
+    };
+    let protected = text(&json["protected"]);
+    let verdict = text(&json["verdict_now"]);
+    r.set(&format!("{key}_explain_protected"), protected.as_str());
+    r.set(&format!("{key}_explain_verdict"), verdict.as_str());
+    r.check(
+        case.reason_has.iter().all(|w| protected.contains(w)),
+        format!(
+            "{key}: guard explain says protected {protected:?}, without {:?}",
+            case.reason_has
+        ),
+    );
+    r.check(
+        verdict.contains("over memory.high now") && verdict.contains("kill nothing"),
+        format!("{key}: guard explain says a verdict now would {verdict:?}"),
+    );
+}
+
 /// A protected hog: it must stay over memory.high for HOLD, stalled, and
 /// alive until the scenario ends it; the first unresolved line is timed.
 fn spared(
@@ -314,6 +350,7 @@ fn spared(
     let rose = cg.event("high") - high_events0;
     r.set(&format!("{key}_high_events"), rose);
     r.check(rose > 0, format!("{key}: memory.events high did not rise"));
+    explain_checks(r, case, hog.id());
     if let Some(status) = end(hog) {
         r.check(
             false,
