@@ -304,6 +304,28 @@ impl Hierarchy {
         Ok(found)
     }
 
+    /// The nearest cgroup from `dir` up to (not including) the root whose
+    /// memory files satisfy `limited`, with those files. Cgroups without
+    /// memory files (no memory controller) are passed over.
+    pub fn nearest_limited(
+        &self,
+        dir: &Path,
+        limited: impl Fn(&Memory) -> bool,
+    ) -> Option<(PathBuf, Memory)> {
+        let mut at = dir.to_owned();
+        while at.starts_with(&self.root) && at != self.root {
+            if let Ok(mem) = Self::memory(&at)
+                && limited(&mem)
+            {
+                return Some((at, mem));
+            }
+            if !at.pop() {
+                break;
+            }
+        }
+        None
+    }
+
     /// The deepest cgroup from `dir` up to (not including) the root whose
     /// memory.current is above a finite memory.high. Errors only if `dir`
     /// itself is gone. Two small reads per level (it is on the kill path).
@@ -558,6 +580,29 @@ mod tests {
         fs::write(dir.join("memory.current"), current.to_string()).expect("w");
         fs::write(dir.join("memory.high"), high).expect("w");
         fs::write(dir.join("memory.max"), "max").expect("w");
+    }
+
+    #[test]
+    fn the_nearest_limited_cgroup_is_found_from_the_cgroup_itself_up() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let h = Hierarchy::new(root.path());
+        let slice = root.path().join("seed.slice");
+        let leaf = slice.join("agent.scope");
+        memory_files(&slice, 70 << 20, &(64u64 << 20).to_string());
+        memory_files(&leaf, 69 << 20, "max");
+        let high = |m: &Memory| m.high != u64::MAX;
+        let (dir, mem) = h.nearest_limited(&leaf, high).expect("found");
+        assert_eq!((dir, mem.high), (slice.clone(), 64 << 20));
+        // The cgroup itself counts when it is limited.
+        fs::write(leaf.join("memory.high"), (32u64 << 20).to_string()).expect("w");
+        assert_eq!(
+            h.nearest_limited(&leaf, high).map(|(d, _)| d),
+            Some(leaf.clone())
+        );
+        // Nothing limited up to the root: none (the root itself never counts).
+        fs::write(leaf.join("memory.high"), "max").expect("w");
+        fs::write(slice.join("memory.high"), "max").expect("w");
+        assert_eq!(h.nearest_limited(&leaf, high), None);
     }
 
     #[test]

@@ -253,15 +253,14 @@ impl Observer {
     /// The nearest strict ancestor of `name` (below the root) with a finite
     /// memory.high or memory.max.
     fn limited_ancestor(&self, h: &Hierarchy, name: &str) -> Option<(PathBuf, u64)> {
-        let mut dir = h.root().join(name.trim_start_matches('/'));
-        while dir.pop() && dir.starts_with(h.root()) && dir != h.root() {
-            if let Ok(mem) = Hierarchy::memory(&dir)
-                && (mem.high != u64::MAX || mem.max != u64::MAX)
-            {
-                return Some((dir.clone(), Hierarchy::id_of(&dir).ok()?));
-            }
-        }
-        None
+        let parent = h
+            .root()
+            .join(name.trim_start_matches('/'))
+            .parent()?
+            .to_owned();
+        let (dir, _) = h.nearest_limited(&parent, |m| m.high != u64::MAX || m.max != u64::MAX)?;
+        let id = Hierarchy::id_of(&dir).ok()?;
+        Some((dir, id))
     }
 
     fn sample(&self, dir: &Path, id: u64, name: &str, s: &CgroupStall) -> Option<Record> {

@@ -185,19 +185,7 @@ impl Responder {
 
     /// The nearest cgroup from `dir` up whose memory.high is finite.
     fn limited(&self, dir: &Path) -> Option<(PathBuf, crate::cgroup::Memory)> {
-        let root = self.hierarchy.root();
-        let mut at = dir.to_owned();
-        while at.starts_with(root) && at != root {
-            if let Ok(mem) = Hierarchy::memory(&at)
-                && mem.high != u64::MAX
-            {
-                return Some((at, mem));
-            }
-            if !at.pop() {
-                break;
-            }
-        }
-        None
+        self.hierarchy.nearest_limited(dir, |m| m.high != u64::MAX)
     }
 }
 
