@@ -88,6 +88,8 @@ scenarios! {
     many_cgroups
     fair
     systemd
+    package
+    band
 }
 
 /// A scenario as its file declares it: its name, the VM it needs, how it

@@ -31,7 +31,8 @@ fn put(root: &Path, path: &str, data: &[u8], mode: u32) -> Result<PathBuf> {
     Ok(dest)
 }
 
-fn output_of(guard: &Path, args: &[&str]) -> Result<Vec<u8>> {
+/// What `guard ARGS` prints; an error naming the command when it fails.
+pub(crate) fn output_of(guard: &Path, args: &[&str]) -> Result<Vec<u8>> {
     let out = Command::new(guard)
         .args(args)
         .output()

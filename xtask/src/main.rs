@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own set-up, build, run and test commands.
 
 mod bench;
+mod deb;
 mod install;
 mod scenarios;
 mod setup;
@@ -65,6 +66,13 @@ enum Cmd {
         #[arg(long)]
         report_only: bool,
     },
+    /// Build, then make the Debian package guard_VERSION_ARCH.deb in
+    /// target/deb (dpkg-deb); prints its path as the last line.
+    Deb {
+        /// The Debian revision (the part after the version's `-`).
+        #[arg(long, default_value = "1")]
+        revision: String,
+    },
     /// Build, then install the binary, the systemd unit, the default policy
     /// (unless one exists), the man page and completions.
     Install {
@@ -111,6 +119,17 @@ pub fn build_static() -> Result<PathBuf> {
         bail!("cargo build of the static binaries failed: {status}");
     }
     Ok(root.join("target").join(triple).join("release"))
+}
+
+/// The Debian package of the static build in `bin`, in `out_dir`.
+pub fn build_deb(bin: &Path, revision: &str, out_dir: &Path) -> Result<PathBuf> {
+    let version = deb::version(revision);
+    let arch = deb::debian_arch(&host_triple()?)?;
+    let contents = deb::contents(&bin.join("guard"), &workspace_root().join("deploy"))?;
+    let tree = out_dir.join(format!("tree-{version}"));
+    let deb = deb::build(&contents, &version, arch, &tree, out_dir)?;
+    eprintln!("xtask: built {}", deb.display());
+    Ok(deb)
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -181,6 +200,12 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::from(
                 status.code().unwrap_or(1).clamp(0, 255) as u8
             ))
+        }
+        Cmd::Deb { revision } => {
+            let bin = build_static()?;
+            let deb = build_deb(&bin, &revision, &workspace_root().join("target/deb"))?;
+            println!("{}", deb.display());
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Install { root } => {
             let guard = build_static()?.join("guard");

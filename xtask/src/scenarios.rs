@@ -365,13 +365,24 @@ fn systemd_image(bin: &Path) -> Result<(RunDir, PathBuf)> {
     vm::rootfs::remove_stale_runs(&cache);
     let run = RunDir::create(cache.join(format!("run-{}", std::process::id())))?;
     let image = run.0.join("root.img");
-    let payload = vm::rootfs::stage_payload(
+    let mut payload = vm::rootfs::stage_payload(
         &run.0.join("stage"),
         &bin.join("guard"),
         &bin.join("guard-scenario"),
         &unit,
         RUNNER,
     )?;
+    // The package scenario installs, upgrades and purges these: the same
+    // build, revisions 1 and 2.
+    for revision in ["1", "2"] {
+        let deb = crate::build_deb(bin, revision, &run.0.join("deb"))?;
+        let name = deb
+            .file_name()
+            .context("a package path without a file name")?
+            .to_string_lossy()
+            .into_owned();
+        payload.files.push((deb, format!("/root/{name}")));
+    }
     vm::rootfs::make_run_image(&base, &image, &payload)?;
     eprintln!(
         "xtask: systemd VM image with this build ready in {:.1} s",

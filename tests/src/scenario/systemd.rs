@@ -46,11 +46,11 @@ const EXPOSURE_MAX: f64 = 3.2;
 /// Debian's own default, set anyway: unprivileged perf events refused, and
 /// perf_event_open() of a tracepoint asks for CAP_SYS_ADMIN. The unit has
 /// no CAP_SYS_ADMIN, so the guard must attach without perf events.
-const PERF_EVENT_PARANOID: &str = "3";
+pub(super) const PERF_EVENT_PARANOID: &str = "3";
 /// CAP_SYS_ADMIN's bit in CapEff.
 const CAP_SYS_ADMIN_BIT: u64 = 1 << 21;
 
-const SEED_SLICE: &str = "\
+pub(super) const SEED_SLICE: &str = "\
 [Unit]
 Description=guard test: the seed incident's limits
 
@@ -61,7 +61,7 @@ MemoryMax=128M
 MemorySwapMax=0
 ";
 
-const HOG_SERVICE: &str = "\
+pub(super) const HOG_SERVICE: &str = "\
 [Unit]
 Description=guard test: takes 100 MiB in seed.slice and keeps touching it
 
@@ -796,7 +796,7 @@ fn still_up(pid: u32, restarts: Option<&str>) -> bool {
 }
 
 /// A step on the console: the last one is named when no result comes.
-fn step(what: &str) {
+pub(super) fn step(what: &str) {
     println!("GUARD-STEP {what}");
 }
 
@@ -842,7 +842,7 @@ fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
 
 /// A command's standard output then its standard error, as text (empty
 /// when it cannot run). systemd's tools are told not to page or colour.
-fn command_text(cmd: &mut Command) -> String {
+pub(super) fn command_text(cmd: &mut Command) -> String {
     match cmd
         .env("SYSTEMD_PAGER", "")
         .env("SYSTEMD_COLORS", "0")
@@ -859,12 +859,12 @@ fn command_text(cmd: &mut Command) -> String {
 }
 
 /// A unit's journal in `format` (journalctl -o).
-fn journal(unit: &str, format: &str) -> String {
+pub(super) fn journal(unit: &str, format: &str) -> String {
     command_text(Command::new("journalctl").args(["-q", "-u", unit, "-o", format]))
 }
 
 /// `systemctl ARGS`; its error output when it fails.
-fn systemctl(args: &[&str]) -> Result<(), String> {
+pub(super) fn systemctl(args: &[&str]) -> Result<(), String> {
     let mut all = vec!["systemctl"];
     all.extend_from_slice(args);
     sh(&all).map(drop)
@@ -872,7 +872,7 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
 
 /// The last of the guard's events matching `want`, polled for up to
 /// `limit`.
-fn wait_event(limit: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
+pub(super) fn wait_event(limit: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
     let started = Instant::now();
     loop {
         let found = guard_events().into_iter().rfind(|e| want(e));
@@ -885,7 +885,7 @@ fn wait_event(limit: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
 
 /// The guard's log events: under systemd it logs to the journal, with its
 /// fields as GUARD_* journal fields.
-fn guard_events() -> Vec<Value> {
+pub(super) fn guard_events() -> Vec<Value> {
     let json = journal("guard.service", "json");
     json.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
