@@ -117,6 +117,17 @@ pub enum Event {
         throttle_hooked: bool,
         /// True when this source never kills (standalone, or --dry-run).
         dry_run: bool,
+        /// The source's process id (0 in records of an older guard).
+        #[serde(default)]
+        pid: u32,
+        /// How the tracepoints are attached: "btf" (all BTF-typed tp_btf),
+        /// "classic" (all through tracefs) or "mixed" ("" in records of an older guard).
+        #[serde(default)]
+        tracepoints: String,
+        /// Where the policy came from: its file, or "embedded default"
+        /// ("" in records of an older guard).
+        #[serde(default)]
+        policy: String,
     },
     /// One memcg reclaim pass (only while someone listens).
     Reclaim {
@@ -245,6 +256,11 @@ pub enum Event {
         /// The task with the most no-progress stall in the current window.
         worst_pid: u32,
         worst_comm: String,
+        /// No-progress stall in the sliding window the kernel judges by,
+        /// as it stands now: what a verdict compares with the budget
+        /// (0 in records of an older guard).
+        #[serde(default)]
+        stall_window_ns: u64,
     },
     /// Records that were lost on the way, since the last such record.
     Lost {
@@ -372,6 +388,7 @@ impl Event {
                 kernel,
                 throttle_hooked,
                 dry_run,
+                ..
             } => hello_line(source, guard_version, kernel, *throttle_hooked, *dry_run),
             Event::Reclaim {
                 pid,
@@ -673,6 +690,27 @@ mod tests {
             u.describe()
                 .starts_with("UNRESOLVED /a: nothing killed: the process")
         );
+    }
+
+    #[test]
+    fn a_hello_of_an_older_guard_still_reads() {
+        // Written before `pid`, `tracepoints` and `policy` existed.
+        let old = "{\"v\":1,\"mono_ns\":1,\"unix_ms\":2,\"type\":\"hello\",\"source\":\"daemon\",\
+                   \"guard_version\":\"0.1.0\",\"kernel\":\"6.1.0\",\"throttle_hooked\":true,\
+                   \"dry_run\":false}";
+        match Record::from_line(old).expect("reads").event {
+            Event::Hello {
+                pid,
+                tracepoints,
+                policy,
+                throttle_hooked,
+                ..
+            } => {
+                assert_eq!((pid, tracepoints.as_str(), policy.as_str()), (0, "", ""));
+                assert!(throttle_hooked);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -29,5 +29,6 @@ pub mod policy;
 pub mod procfs;
 pub mod report;
 pub mod source;
+pub mod status;
 pub mod stream;
 pub mod terminal;

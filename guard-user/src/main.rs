@@ -117,6 +117,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What an admin checks after installing: the daemon and its hooks,
+    /// every cgroup with a memory.high and the scope that applies, kills
+    /// so far, other memory killers running, and risky settings. Asks the
+    /// running daemon, or reads the machine alone when none runs.
+    Status {
+        /// The daemon's event socket.
+        #[arg(long, value_name = "PATH", default_value = stream::SOCKET_PATH)]
+        socket: PathBuf,
+        /// Policy file [default: as guard run reads it].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The daemon's event log directory.
+        #[arg(long, value_name = "DIR", default_value = stream::LOG_DIR)]
+        event_log: PathBuf,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// The policy file: print the default, or check one.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -470,6 +488,20 @@ fn real_main() -> anyhow::Result<ExitCode> {
             config,
             json,
         } => explain_cmd(&target, config, json),
+        Command::Status {
+            socket,
+            config,
+            event_log,
+            json,
+        } => {
+            guard::status::run(&guard::status::Options {
+                socket,
+                config,
+                event_log,
+                json,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_POLICY);
             Ok(ExitCode::SUCCESS)

@@ -207,11 +207,19 @@ impl Observer {
     }
 
     /// Samples of the cgroups the kernel has seen reclaim in, plus `also`
-    /// (the listed ones): the busiest `MAX_SAMPLED` by stall.
-    pub fn samples(&self, stalls: &[(u64, CgroupStall)], also: &[u64]) -> Vec<Record> {
+    /// (the listed ones): the busiest `MAX_SAMPLED` by stall. `window_of`
+    /// gives the window (ns) the kernel judges a cgroup by, from its id and
+    /// path.
+    pub fn samples(
+        &self,
+        stalls: &[(u64, CgroupStall)],
+        also: &[u64],
+        window_of: impl Fn(u64, &str) -> u64,
+    ) -> Vec<Record> {
         let Some(h) = &self.hierarchy else {
             return Vec::new();
         };
+        let now = crate::clock::monotonic_ns();
         let mut chosen: Vec<(u64, CgroupStall)> = stalls.to_vec();
         for id in also {
             if !chosen.iter().any(|(c, _)| c == id) {
@@ -228,9 +236,15 @@ impl Observer {
             let Some(name) = self.names.get(&id) else {
                 continue;
             };
+            let window = window_stall(&s, now, window_of(id, name));
             if seen.insert(id)
-                && let Some(r) =
-                    self.sample(&h.root().join(name.trim_start_matches('/')), id, name, &s)
+                && let Some(r) = self.sample(
+                    &h.root().join(name.trim_start_matches('/')),
+                    id,
+                    name,
+                    &s,
+                    window,
+                )
             {
                 out.push(r);
             }
@@ -241,7 +255,7 @@ impl Observer {
                 && seen.insert(aid)
             {
                 let aname = h.display_path(&dir);
-                if let Some(r) = self.sample(&dir, aid, &aname, &CgroupStall::default()) {
+                if let Some(r) = self.sample(&dir, aid, &aname, &CgroupStall::default(), 0) {
                     out.push(r);
                 }
             }
@@ -263,7 +277,14 @@ impl Observer {
         Some((dir, id))
     }
 
-    fn sample(&self, dir: &Path, id: u64, name: &str, s: &CgroupStall) -> Option<Record> {
+    fn sample(
+        &self,
+        dir: &Path,
+        id: u64,
+        name: &str,
+        s: &CgroupStall,
+        stall_window_ns: u64,
+    ) -> Option<Record> {
         let mem = Hierarchy::memory(dir).ok()?;
         let (some, full) = fs::read_to_string(dir.join("memory.pressure"))
             .map(|t| parse_pressure(&t))
@@ -289,7 +310,30 @@ impl Observer {
                     .position(|&b| b == 0)
                     .unwrap_or(s.worst_comm.len())],
             ),
+            stall_window_ns,
         }))
+    }
+}
+
+/// The kernel's estimate of a cgroup's no-progress stall in its sliding
+/// window, as it stands at `now` (CLOCK_MONOTONIC): the current bucket plus
+/// the previous one weighted by how much of it the window still covers, the
+/// buckets rolled forward as the kernel would roll them at its next charge.
+pub fn window_stall(s: &CgroupStall, now: u64, window_ns: u64) -> u64 {
+    if s.window_start_ns == 0 || window_ns == 0 {
+        return 0;
+    }
+    let elapsed = now.saturating_sub(s.window_start_ns);
+    let weighted = |ns: u64, into: u64| {
+        let left = u128::from(window_ns.saturating_sub(into));
+        u64::try_from(u128::from(ns) * left / u128::from(window_ns)).unwrap_or(u64::MAX)
+    };
+    if elapsed >= window_ns.saturating_mul(2) {
+        0
+    } else if elapsed >= window_ns {
+        weighted(s.cur_ns, elapsed - window_ns)
+    } else {
+        s.cur_ns.saturating_add(weighted(s.prev_ns, elapsed))
     }
 }
 
@@ -401,7 +445,7 @@ mod tests {
             worst_comm: comm("grep"),
             ..CgroupStall::default()
         };
-        let samples = obs.samples(&[(id, stall), (id + 999, stall)], &[]);
+        let samples = obs.samples(&[(id, stall), (id + 999, stall)], &[], |_, _| SEC);
         assert_eq!(samples.len(), 1, "the unknown id is skipped");
         // A stall charged to an unlimited child is sampled with the limited
         // parent beside it.
@@ -413,7 +457,7 @@ mod tests {
         fs::write(child.join("memory.max"), "max\n").expect("w");
         let child_id = Hierarchy::id_of(&child).expect("id");
         obs2.names.insert(child_id, "/seed.slice/hog.scope".into());
-        let both = obs2.samples(&[(child_id, stall)], &[]);
+        let both = obs2.samples(&[(child_id, stall)], &[], |_, _| SEC);
         let names: Vec<(String, Option<u64>)> = both
             .iter()
             .map(|r| match &r.event {
@@ -451,6 +495,25 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn the_window_stall_is_the_kernels_sliding_estimate_now() {
+        let s = CgroupStall {
+            window_start_ns: 10 * SEC,
+            cur_ns: 200_000_000,
+            prev_ns: 400_000_000,
+            ..CgroupStall::default()
+        };
+        // A quarter into the window: all of cur, three quarters of prev.
+        assert_eq!(window_stall(&s, 10 * SEC + SEC / 4, SEC), 500_000_000);
+        // Half into the next window (not rolled yet): half of cur.
+        assert_eq!(window_stall(&s, 11 * SEC + SEC / 2, SEC), 100_000_000);
+        // Two windows of quiet: nothing left.
+        assert_eq!(window_stall(&s, 12 * SEC, SEC), 0);
+        assert_eq!(window_stall(&CgroupStall::default(), 5, SEC), 0);
     }
 
     #[test]

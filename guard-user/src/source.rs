@@ -180,6 +180,9 @@ async fn standalone_source() -> anyhow::Result<mpsc::Receiver<Record>> {
         kernel: kernel::release(),
         throttle_hooked: matches!(probes.throttle, Throttle::Hooked { .. }),
         dry_run: true,
+        pid: std::process::id(),
+        tracepoints: probes.tracepoints.mode().to_owned(),
+        policy: "embedded default".to_owned(),
     });
     let _ = tx.try_send(hello);
     tokio::spawn(pump(feed, probes, observer, Lossy { tx, dropped: 0 }));
@@ -216,6 +219,9 @@ impl Lossy {
 /// until the reader goes away; then the probes are dropped, which detaches
 /// every program.
 async fn pump(mut feed: Feed, mut probes: Probes, mut observer: Observer, mut out: Lossy) {
+    // Own probes list no cgroup: every one is judged by the default window.
+    let (_, window) = Policy::default().default_limits();
+    let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     let mut batch = Vec::with_capacity(DRAIN_BATCH);
     loop {
@@ -239,7 +245,7 @@ async fn pump(mut feed: Feed, mut probes: Probes, mut observer: Observer, mut ou
             }
             _ = tick.tick() => {
                 let stalls = probes.cgroup_stalls().unwrap_or_default();
-                for r in observer.samples(&stalls, &[]) {
+                for r in observer.samples(&stalls, &[], |_, _| window_ns) {
                     out.send(r);
                 }
                 if let Ok(s) = probes.stats() {

@@ -583,6 +583,9 @@ mod tests {
             kernel: "k".into(),
             throttle_hooked: false,
             dry_run: true,
+            pid: 1,
+            tracepoints: "btf".into(),
+            policy: "embedded default".into(),
         });
         let server = tokio::spawn(serve(listener, bus.clone(), hello, Access { group: None }));
         // A second guard must not steal a live socket.

@@ -162,3 +162,42 @@ fn trace_without_a_daemon_or_root_says_what_to_do() {
         "{stderr}"
     );
 }
+
+/// After installing, without a daemon: what runs and what the log says.
+#[test]
+fn status_without_a_daemon_reads_the_machine_and_the_event_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kill = |pid: u32, dry_run: bool| {
+        format!(
+            "{{\"v\":1,\"mono_ns\":{pid}000000000,\"unix_ms\":1795000000000,\"type\":\"kill\",\
+             \"cgroup\":\"/seed.slice\",\"pid\":{pid},\"comm\":\"grep\",\"footprint_bytes\":1,\
+             \"reason\":\"memory_high_stall\",\"mode\":\"process\",\"killed_cgroup\":null,\
+             \"also_killed\":0,\"stall_ns\":1,\"latency_us\":1,\"memory_current\":2,\
+             \"memory_high\":1,\"dry_run\":{dry_run}}}\n"
+        )
+    };
+    let log = [kill(100, false), kill(200, false), kill(300, true)].concat();
+    std::fs::write(dir.path().join("events.jsonl"), log).expect("write log");
+    let out = guard(&[
+        "status",
+        "--json",
+        "--socket",
+        "/nonexistent/events.sock",
+        "--event-log",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(v["daemon"].is_null(), "{v}");
+    assert_eq!(v["guard_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["events"]["readable"], true, "{v}");
+    assert_eq!(v["events"]["kills"], 2, "{v}");
+    assert_eq!(v["events"]["dry_run_kills"], 1, "{v}");
+    assert!(
+        v["daemon_note"]
+            .as_str()
+            .is_some_and(|n| n.contains("/nonexistent/events.sock")),
+        "{v}"
+    );
+}

@@ -32,6 +32,9 @@ fn hello() -> Record {
         kernel: "test".into(),
         throttle_hooked: true,
         dry_run: false,
+        pid: std::process::id(),
+        tracepoints: "btf".into(),
+        policy: "embedded default".into(),
     })
 }
 
@@ -158,6 +161,7 @@ fn incident_of(t0: u64, comm: &str, cgroup: &str) -> Vec<Record> {
                 psi_full_avg10: Some(30.0),
                 worst_pid: 4242,
                 worst_comm: comm.into(),
+                stall_window_ns: 0,
             },
         )
     };

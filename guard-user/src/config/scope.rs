@@ -159,6 +159,32 @@ mod tests {
         tests::{SCOPE, one_mistake},
     };
 
+    /// deploy/band/guard.toml, the runbook's policy: each band its own
+    /// scope, matched on the paths systemd gives those units (a template's
+    /// slice name has its dash escaped), and anything else the default.
+    #[test]
+    fn the_band_runbooks_policy_gives_each_band_its_scope() {
+        let text = include_str!("../../../deploy/band/guard.toml");
+        let c = Config::parse(text, "deploy/band/guard.toml").expect("the runbook's policy");
+        let first = |path: &str| {
+            c.scope_for(path)
+                .map(|s| s.paths[0].clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            first("/system.slice/system-t3\\x2dserve.slice/t3-serve@demo.service"),
+            "/system.slice/system-t3*.slice/t3-serve@*.service"
+        );
+        assert_eq!(
+            first("/user.slice/user-1000.slice"),
+            "/user.slice/user-*.slice"
+        );
+        assert_eq!(first("/docker.slice"), "/docker.slice");
+        assert_eq!(first("/system.slice/guard-balloon.scope"), "/**");
+        // A session inside a user's slice is not the slice's band.
+        assert_eq!(first("/user.slice/user-1000.slice/session-3.scope"), "/**");
+    }
+
     #[test]
     fn embedded_default_watches_every_cgroup() {
         let c = Config::default_policy();

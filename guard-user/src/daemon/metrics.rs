@@ -48,7 +48,8 @@ pub async fn start(addr: SocketAddr) -> anyhow::Result<(Arc<Metrics>, RefreshReq
 pub fn refresh(m: &Metrics, probes: &mut Probes, observer: &Observer) {
     let stalls = probes.cgroup_stalls().unwrap_or_default();
     let gauges: Vec<CgroupGauge> = observer
-        .samples(&stalls, &[])
+        // The gauges carry totals, not the window's stall.
+        .samples(&stalls, &[], |_, _| 0)
         .into_iter()
         .filter_map(|r| match r.event {
             Event::Sample {

@@ -325,7 +325,18 @@ impl Daemon {
     fn on_tick(&mut self) {
         let stalls = self.probes.cgroup_stalls().unwrap_or_default();
         let listed: Vec<u64> = self.responder.watched().keys().copied().collect();
-        for r in self.observer.samples(&stalls, &listed) {
+        // The window the kernel judges by: a listed cgroup's scope's, else
+        // the default it was loaded with.
+        let policy = &self.responder.policy;
+        let default_window = policy.default_limits().1;
+        let window_of = |id: u64, name: &str| {
+            let window = match policy.config.scope_for(name) {
+                Some(scope) if listed.contains(&id) => scope.window,
+                _ => default_window,
+            };
+            u64::try_from(window.as_nanos()).unwrap_or(u64::MAX)
+        };
+        for r in self.observer.samples(&stalls, &listed, window_of) {
             self.out.emit(&r);
         }
         self.emit_lost();
@@ -455,6 +466,9 @@ async fn start(opts: RunOptions) -> anyhow::Result<(Daemon, Wakers)> {
         kernel: kernel::release(),
         throttle_hooked: matches!(probes.throttle, Throttle::Hooked { .. }),
         dry_run: policy.dry_run(),
+        pid: std::process::id(),
+        tracepoints: probes.tracepoints.mode().to_owned(),
+        policy: origin,
     });
     let server = outputs::serve_stream(opts.socket.as_deref(), &bus, hello);
     let log = outputs::open_log(opts.event_log.as_deref(), opts.event_log_max_bytes);

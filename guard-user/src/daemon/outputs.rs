@@ -233,6 +233,7 @@ mod tests {
                 psi_full_avg10: None,
                 worst_pid: 0,
                 worst_comm: String::new(),
+                stall_window_ns: 0,
             })
         };
         let pass = Record::now(Event::Reclaim {

@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 
 use super::{Aux, Confirmed, Responder, judge::judge, rules::Decision};
-use crate::cgroup::Hierarchy;
+use crate::{cgroup::Hierarchy, config::KillMode, policy::Protection};
 
 /// What guard would do, and why.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -46,6 +46,19 @@ pub struct Limited {
     pub memory_high: u64,
     /// `u64::MAX`: no memory.max.
     pub memory_max: u64,
+}
+
+/// The processes of a cgroup subtree as guard judges them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Processes holding memory (kernel threads and zombies left out).
+    pub processes: usize,
+    /// Those the policy or the fixed rules protect.
+    pub protected: usize,
+    /// Those whose protection could not be read (another user's, when not
+    /// root): guard may not kill them either, but whether a rule protects
+    /// them is not known.
+    pub unreadable: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -168,19 +181,64 @@ impl Responder {
             out.protected = Some("not in the cgroup's table (gone, or a thread)".to_owned());
             return;
         };
-        let cand = cands[i];
-        out.footprint_bytes = cand.footprint;
+        out.footprint_bytes = cands[i].footprint;
+        out.protected = self.judge_gathered(i).map(|w| w.to_string());
+    }
+
+    /// How many processes holding memory the subtree of `dir` has, and
+    /// how many of those guard may not kill, judged as a verdict there
+    /// would judge them (same table, same rules). None when its memory
+    /// files cannot be read.
+    pub fn census(&mut self, dir: &Path) -> Option<Census> {
+        let name = self.hierarchy.display_path(dir);
+        let mem = Hierarchy::memory(dir).ok()?;
+        let (mode, kill_watched) = self
+            .policy
+            .config
+            .scope_for(&name)
+            .map_or((KillMode::Process, false), |s| {
+                (s.kill, s.kill_watched_cgroup)
+            });
+        let c = Confirmed {
+            key: dir.to_owned(),
+            name,
+            dir: Some(dir.to_owned()),
+            overage: mem.overage().max(1),
+            current: mem.current,
+            high: mem.high,
+            available: None,
+            mode,
+            kill_watched,
+            dry_run: true,
+        };
+        self.gather(&c);
+        let mut out = Census::default();
+        for i in 0..self.scratch.cands.len() {
+            out.processes += 1;
+            match self.judge_gathered(i) {
+                None => {}
+                Some(Protection::Unreadable(_)) => out.unreadable += 1,
+                Some(_) => out.protected += 1,
+            }
+        }
+        Some(out)
+    }
+
+    /// The protection rules' verdict on the `i`th process of the table the
+    /// last `gather` built, as a decision would judge it.
+    fn judge_gathered(&mut self, i: usize) -> Option<Protection> {
+        let cand = self.scratch.cands[i];
         let mut aux: Aux = self.scratch.aux[i];
         let leaf = self.scratch.leaf_names.get(aux.leaf as usize).cloned();
-        let (why, _) = judge(
+        judge(
             &mut self.procfs,
             &self.policy,
             self.guard_pid,
             &cand,
             &mut aux,
             leaf.as_deref(),
-        );
-        out.protected = why.map(|w| w.to_string());
+        )
+        .0
     }
 
     /// The nearest cgroup from `dir` up whose memory.high is finite.

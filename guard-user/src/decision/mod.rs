@@ -44,7 +44,7 @@ mod tests;
 mod warm_up;
 
 pub use act::wait_exit;
-pub use explain::{Explanation, Limited, ScopeInfo};
+pub use explain::{Census, Explanation, Limited, ScopeInfo};
 
 /// How long an identical "unresolved" or dry-run decision stays quiet.
 const REPEAT_QUIET: Duration = Duration::from_secs(10);

@@ -236,6 +236,18 @@ impl Tracepoints {
     pub fn all_btf(&self) -> bool {
         self.attached.iter().all(|(_, how)| *how == Attach::Btf)
     }
+
+    /// "btf" when every one is BTF-typed, "classic" when every one is
+    /// classic, else "mixed": what the stream's hello says.
+    pub fn mode(&self) -> &'static str {
+        if self.all_btf() {
+            "btf"
+        } else if self.attached.iter().all(|(_, how)| *how == Attach::Classic) {
+            "classic"
+        } else {
+            "mixed"
+        }
+    }
 }
 
 /// Offset of `nr_reclaimed` in a tracefs `format` file.

@@ -27,6 +27,9 @@ pub(super) fn hello(dry_run: bool) -> Event {
         kernel: "6.12.9".into(),
         throttle_hooked: true,
         dry_run,
+        pid: 0,
+        tracepoints: String::new(),
+        policy: String::new(),
     }
 }
 
@@ -53,6 +56,7 @@ pub(super) fn sample(
         psi_full_avg10: Some(12.5),
         worst_pid: 42,
         worst_comm: "grep".into(),
+        stall_window_ns: 0,
     }
 }
 

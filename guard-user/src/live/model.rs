@@ -232,6 +232,7 @@ impl View {
                 kernel,
                 throttle_hooked,
                 dry_run,
+                ..
             } => {
                 self.source = Some(Source {
                     source: source.clone(),
@@ -363,6 +364,7 @@ impl View {
             psi_full_avg10,
             worst_pid,
             worst_comm,
+            ..
         } = &rec.event
         else {
             return;

@@ -53,6 +53,9 @@ pub(super) fn hello() -> Record {
             kernel: "6.12.0".into(),
             throttle_hooked: true,
             dry_run: false,
+            pid: 0,
+            tracepoints: String::new(),
+            policy: String::new(),
         },
     )
 }
@@ -80,6 +83,7 @@ pub(super) fn sample(
             psi_full_avg10: None,
             worst_pid: worst.0,
             worst_comm: worst.1.into(),
+            stall_window_ns: 0,
         },
     )
 }

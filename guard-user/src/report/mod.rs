@@ -34,6 +34,7 @@ pub use model::{
     StalledTask, Stamp,
 };
 pub use read::Loaded;
+pub use text::date_time;
 
 use model::{Clock, stamp};
 

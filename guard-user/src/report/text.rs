@@ -39,7 +39,7 @@ fn clock_time(unix_ms: u64) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm`, UTC.
-pub(super) fn date_time(unix_ms: u64) -> String {
+pub fn date_time(unix_ms: u64) -> String {
     format!("{} {}", date(unix_ms), clock_time(unix_ms))
 }
 
