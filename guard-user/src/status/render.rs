@@ -65,12 +65,12 @@ pub fn write(out: &mut impl Write, s: &Status) -> io::Result<()> {
             let mode = if d.dry_run {
                 "dry run: kills nothing"
             } else {
-                "kills"
+                "kills hogs (not a dry run)"
             };
             line(
                 out,
                 &format!(
-                    "  pid {} ({}), {mode}, policy {}, socket {}",
+                    "  running, pid {} ({}): {mode}; policy {}; socket {}",
                     d.pid, d.source, d.policy, d.socket
                 ),
             )?;
