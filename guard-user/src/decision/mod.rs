@@ -345,9 +345,16 @@ impl Responder {
             let gap = mild::max_gap(self.policy.config.verdict_interval);
             if let Err(lasted) = self.mild.lasted(&c.key, v.ktime_ns, gap) {
                 let lasted_ms = lasted / 1_000_000;
-                info!(cgroup = %c.name, overage = c.overage, high = c.high, lasted_ms,
-                    stall_ms = v.stall_ns / 1_000_000, streak = v.streak,
-                    "stall at a mild overage: acted on once it has lasted");
+                // Said once per episode; its rechecks (every 20 ms) only
+                // at debug.
+                if lasted == 0 {
+                    info!(cgroup = %c.name, overage = c.overage, high = c.high,
+                        stall_ms = v.stall_ns / 1_000_000, streak = v.streak,
+                        "stall at a mild overage: acted on once it has lasted");
+                } else {
+                    debug!(cgroup = %c.name, overage = c.overage, lasted_ms,
+                        "mild stall goes on");
+                }
                 return Outcome::Held { lasted_ms };
             }
         }

@@ -720,3 +720,49 @@ fn explain_says_when_a_process_is_protected_or_nothing_applies() {
     assert!(r.explain(None, Some(&f.root.path().join("nope"))).is_err());
     assert!(r.explain(Some(u32::MAX), None).is_err());
 }
+
+/// The info lines written while `f` runs, as text.
+fn info_lines(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buf.0.lock().expect("lock").clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn a_mild_stall_is_said_once_per_episode_not_per_recheck() {
+    let f = fixture(1, HIGH + HIGH / 100, HIGH);
+    let mut r = responder(&f, "");
+    let mut v = f.verdict();
+    let t0 = v.ktime_ns;
+    let log = info_lines(|| {
+        // Rechecks every 20 ms for 400 ms: one episode, still held.
+        for i in 0..20 {
+            v.ktime_ns = t0 + i * 20_000_000;
+            assert!(matches!(r.handle(&v), Outcome::Held { .. }));
+        }
+        // A second episode, a second later.
+        v.ktime_ns = t0 + 2_000_000_000;
+        assert!(matches!(r.handle(&v), Outcome::Held { lasted_ms: 0 }));
+    });
+    let said = log.matches("stall at a mild overage").count();
+    assert_eq!(said, 2, "{log}");
+}
