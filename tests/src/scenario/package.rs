@@ -313,6 +313,7 @@ fn show_status_and_explain(r: &mut Report) {
         }
         Err(e) => r.check(false, format!("guard status --json is not JSON ({e}): {json}")),
     }
+    explain_a_process(r);
     let explain = command_text(Command::new(BIN).args(["explain", "/seed.slice"]));
     for line in explain.lines() {
         println!("GUARD-EXPLAIN {line}");
@@ -392,4 +393,54 @@ fn purge(r: &mut Report) {
         state.is_empty() || state == "not-installed",
         format!("dpkg still has guard as {state:?} after the purge"),
     );
+}
+
+/// `guard explain PID` on a small process of the same user in the slice
+/// the hog died in: not protected, first (and only) in the victim order,
+/// its footprint what it holds.
+fn explain_a_process(r: &mut Report) {
+    let started = sh(&[
+        "systemd-run",
+        "--unit=small",
+        "--slice=seed.slice",
+        "--uid=stranger",
+        "--property=Type=exec",
+        "/usr/local/bin/guard-scenario",
+        "hog",
+        "8",
+    ]);
+    if let Err(e) = started {
+        r.check(false, e);
+        return;
+    }
+    let pid = prop("small", "MainPID");
+    let limit = Instant::now() + Duration::from_secs(20);
+    while read("/sys/fs/cgroup/seed.slice/memory.current")
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0)
+        < 8 << 20
+        && Instant::now() < limit
+    {
+        sleep(Duration::from_millis(100));
+    }
+    for line in command_text(Command::new(BIN).args(["explain", &pid])).lines() {
+        println!("GUARD-EXPLAIN {line}");
+    }
+    let json = command_text(Command::new(BIN).args(["explain", "--json", &pid]));
+    match serde_json::from_str::<Value>(json.trim()) {
+        Ok(v) => {
+            let ok = v["pid"].as_u64().map(|p| p.to_string()) == Some(pid.clone())
+                && v["limited"]["cgroup"] == "/seed.slice"
+                && v["protected"].is_null()
+                && v["place"] == json!([1, 1])
+                && v["footprint_bytes"].as_u64().is_some_and(|b| b >= 8 << 20);
+            r.check(
+                ok,
+                format!("guard explain of the small process (pid {pid}) in /seed.slice: {v}"),
+            );
+        }
+        Err(e) => r.check(false, format!("guard explain --json is not JSON ({e}): {json}")),
+    }
+    let _ = systemctl(&["stop", "small.service"]);
 }
