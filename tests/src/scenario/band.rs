@@ -78,13 +78,14 @@ const BALLOON_PIPE: &str = "head -c 512M /dev/zero | tail";
 fn summary(r: &Value) -> String {
     format!(
         "bands 12G/16G/swap 0 on {} of 3 cgroups, all watched {}; balloon {} (exit {}, \
-         {} ms) by guard, earlyoom beside it killed {}; rollback restored memory.high=max {}",
+         {} ms) by guard, earlyoom beside it killed {}; guard status with the daemon stopped {}; rollback restored memory.high=max {}",
         r["bands_applied"],
         r["bands_watched"],
         r["balloon_victim"].as_str().unwrap_or("-"),
         r["balloon_exit"],
         crate::summary::fmt_num(&r["balloon_ms"], 0),
         r["earlyoom_kills"],
+        r["status_without_daemon"],
         r["rolled_back"],
     )
 }
@@ -167,6 +168,9 @@ fn checks(r: &mut Report) -> Result<(), String> {
 
     step("runbook step 6: the test balloon");
     balloon(r);
+
+    step("guard status with the daemon stopped");
+    status_without_daemon(r);
 
     step("runbook step 7: roll back");
     rollback(r);
@@ -285,4 +289,34 @@ fn rollback(r: &mut Report) {
         r.check(ok, format!("after the rollback {unit} still has memory.high {}", high.trim()));
     }
     r.set("rolled_back", restored);
+}
+
+/// `guard status` where no daemon runs: it says so, naming the socket, and
+/// still lists the bands from the machine.
+fn status_without_daemon(r: &mut Report) {
+    if let Err(e) = systemctl(&["stop", "guard.service"]) {
+        r.check(false, e);
+        return;
+    }
+    let json = command_text(Command::new(BIN).args(["status", "--json"]));
+    match serde_json::from_str::<Value>(json.trim()) {
+        Ok(v) => {
+            let note = text(&v["daemon_note"]);
+            let listed = BANDS.iter().all(|(_, cgroup)| {
+                v["cgroups"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["cgroup"] == *cgroup))
+            });
+            let ok = v["daemon"].is_null()
+                && note.contains("/run/guard/events.sock")
+                && listed
+                && v["events"]["kills"].as_u64().is_some_and(|k| k >= 1);
+            r.set("status_without_daemon", ok);
+            r.check(
+                ok,
+                format!("guard status with no daemon: daemon {}, note {note:?}, bands listed {listed}, kills {}", v["daemon"], v["events"]["kills"]),
+            );
+        }
+        Err(e) => r.check(false, format!("guard status --json is not JSON ({e}): {json}")),
+    }
 }
