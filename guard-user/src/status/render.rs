@@ -100,7 +100,7 @@ pub fn write(out: &mut impl Write, s: &Status) -> io::Result<()> {
         line(
             out,
             &format!(
-                "  {} kills, {} dry-run kills, {} unresolved stalls",
+                "  kills: {}, dry-run kills: {}, unresolved stalls: {}",
                 e.kills, e.dry_run_kills, e.unresolved
             ),
         )?;
