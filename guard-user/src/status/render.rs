@@ -28,7 +28,11 @@ fn cgroup_line(c: &CgroupStatus) -> String {
     let swap = if c.swap_max_absent {
         "no memory.swap.max file".to_owned()
     } else {
-        format!("swap.max {}", limit(c.swap_max))
+        // 0 is the point of a band without swap: said as a number.
+        match c.swap_max {
+            Some(0) => "swap.max 0 (no swap)".to_owned(),
+            other => format!("swap.max {}", limit(other)),
+        }
     };
     let stall = c.stall_window_ns.map_or_else(
         || "stall n/a".to_owned(),
