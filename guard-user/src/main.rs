@@ -358,7 +358,7 @@ fn report_cmd(files: Vec<PathBuf>, svg: Option<PathBuf>) -> anyhow::Result<ExitC
 /// `guard explain`: a process id or a cgroup path, against the policy
 /// `guard run` would read.
 fn explain_cmd(target: &str, config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
-    let (policy, _) = daemon::load_policy(&RunOptions::new(config, true))?;
+    let (policy, _) = daemon::read_policy(&RunOptions::new(config, true))?;
     let hierarchy = guard::cgroup::Hierarchy::new(guard::cgroup::DEFAULT_ROOT);
     let mut responder = guard::decision::Responder::new(
         policy,

@@ -258,10 +258,16 @@ fn give_to_group(path: &Path, group: Option<u32>) -> io::Result<()> {
     Ok(())
 }
 
-/// Accepts listeners until the task is dropped. Each gets `hello` first,
-/// then every record sent on the bus; one that falls behind is told how
-/// many records it lost.
-pub async fn serve(listener: UnixListener, bus: Bus, hello: Record, access: Access) {
+/// Accepts listeners until the task is dropped. Each gets the hello as it
+/// stands when it attaches (the daemon updates it on a reload), then every
+/// record sent on the bus; one that falls behind is told how many records
+/// it lost.
+pub async fn serve(
+    listener: UnixListener,
+    bus: Bus,
+    hello: tokio::sync::watch::Receiver<Record>,
+    access: Access,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -271,7 +277,7 @@ pub async fn serve(listener: UnixListener, bus: Bus, hello: Record, access: Acce
             }
         };
         let bus = bus.clone();
-        let hello = hello.to_line();
+        let hello = hello.borrow().to_line();
         tokio::spawn(async move {
             if let Err(e) = listener_task(stream, bus, hello, access).await {
                 debug!(error = %e, "event stream listener ended");
@@ -536,6 +542,7 @@ mod tests {
         let listener = bind(&path, Access { group: None }).expect("bind");
         let bus = Bus::new();
         let hello = sample(0);
+        let (_, hello) = tokio::sync::watch::channel(hello);
         let server = tokio::spawn(serve(listener, bus.clone(), hello, Access { group: None }));
         let mut listeners = bus.watch_listeners();
         let client = UnixStream::connect(&path).await.expect("connect");
@@ -587,6 +594,7 @@ mod tests {
             tracepoints: "btf".into(),
             policy: "embedded default".into(),
         });
+        let (_, hello) = tokio::sync::watch::channel(hello);
         let server = tokio::spawn(serve(listener, bus.clone(), hello, Access { group: None }));
         // A second guard must not steal a live socket.
         assert!(matches!(
@@ -611,6 +619,47 @@ mod tests {
         assert_eq!(Record::from_line(&second).expect("valid"), sent);
         drop(lines);
         listeners.wait_for(|n| *n == 0).await.expect("uncounted");
+        server.abort();
+    }
+
+    /// A listener gets the hello as it stands when it attaches: after a
+    /// reload changed the daemon's mode, the new one.
+    #[tokio::test]
+    async fn a_listener_gets_the_hello_as_it_stands_when_it_attaches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run/events.sock");
+        let listener = bind(&path, Access { group: None }).expect("bind");
+        let hello = |dry_run: bool, policy: &str| {
+            Record::now(Event::Hello {
+                source: "daemon".into(),
+                guard_version: "t".into(),
+                kernel: "k".into(),
+                throttle_hooked: false,
+                dry_run,
+                pid: 1,
+                tracepoints: "btf".into(),
+                policy: policy.into(),
+            })
+        };
+        let (tx, rx) = tokio::sync::watch::channel(hello(false, "/etc/guard/guard.toml"));
+        let server = tokio::spawn(serve(listener, Bus::new(), rx, Access { group: None }));
+        let first_hello = || async {
+            let client = UnixStream::connect(&path).await.expect("connect");
+            let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client));
+            let line = lines.next_line().await.expect("read").expect("hello");
+            Record::from_line(&line).expect("valid").event
+        };
+        assert!(matches!(
+            first_hello().await,
+            Event::Hello { dry_run: false, .. }
+        ));
+        tx.send_replace(hello(true, "/etc/guard/dry.toml"));
+        match first_hello().await {
+            Event::Hello {
+                dry_run, policy, ..
+            } => assert!(dry_run && policy == "/etc/guard/dry.toml", "{policy}"),
+            other => panic!("not a hello: {other:?}"),
+        }
         server.abort();
     }
 

@@ -178,6 +178,9 @@ fn status_without_a_daemon_reads_the_machine_and_the_event_log() {
     };
     let log = [kill(100, false), kill(200, false), kill(300, true)].concat();
     std::fs::write(dir.path().join("events.jsonl"), log).expect("write log");
+    // Its own policy, not whatever this machine has in /etc/guard.
+    let policy = dir.path().join("guard.toml");
+    std::fs::write(&policy, "[[scope]]\npaths = [\"/**\"]\n").expect("write policy");
     let out = guard(&[
         "status",
         "--json",
@@ -185,6 +188,8 @@ fn status_without_a_daemon_reads_the_machine_and_the_event_log() {
         "/nonexistent/events.sock",
         "--event-log",
         dir.path().to_str().expect("utf-8"),
+        "--config",
+        policy.to_str().expect("utf-8"),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -199,5 +204,51 @@ fn status_without_a_daemon_reads_the_machine_and_the_event_log() {
             .as_str()
             .is_some_and(|n| n.contains("/nonexistent/events.sock")),
         "{v}"
+    );
+}
+
+/// `guard status` is for the members of group `guard` too, who hold none of
+/// the daemon's capabilities: a policy whose hook runs as another user (which
+/// `guard run` may only load with CAP_SETUID and CAP_SETGID) must not stop
+/// it. Run as nobody through setpriv (util-linux), so it needs root.
+#[test]
+fn status_runs_without_capabilities_on_a_policy_with_a_hook_user() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if std::fs::metadata("/proc/self").expect("/proc/self").uid() != 0 {
+        eprintln!("skipped: needs root to become nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let policy = dir.path().join("guard.toml");
+    std::fs::write(
+        &policy,
+        "[[scope]]\npaths = [\"/**\"]\n\n[hook]\ncommand = [\"/bin/true\"]\nuser = \"nobody\"\n",
+    )
+    .expect("write policy");
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_guard"))
+        .args(["status", "--json", "--socket", "/nonexistent/events.sock"])
+        .arg("--config")
+        .arg(&policy)
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(v["daemon"].is_null(), "{v}");
+    // guard run, by contrast, refuses that policy without the capabilities.
+    let run = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_guard"))
+        .args(["config", "check"])
+        .arg(&policy)
+        .output()
+        .expect("run setpriv");
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("CAP_SETUID"),
+        "{run:?}"
     );
 }

@@ -47,7 +47,8 @@ async fn serve(dir: &Path) -> (PathBuf, Bus, tokio::task::JoinHandle<()>) {
     };
     let listener = stream::bind(&path, access).expect("bind");
     let bus = Bus::new();
-    let task = tokio::spawn(stream::serve(listener, bus.clone(), hello(), access));
+    let (_, hello) = tokio::sync::watch::channel(hello());
+    let task = tokio::spawn(stream::serve(listener, bus.clone(), hello, access));
     (path, bus, task)
 }
 

@@ -79,6 +79,21 @@ impl RunOptions {
 /// Reads the policy the options name. An explicit path must load; the
 /// default path is used only when it exists.
 pub fn load_policy(opts: &RunOptions) -> Result<(Policy, String), config::ConfigError> {
+    let (policy, origin) = read_policy(opts)?;
+    if let Some(hook) = &policy.config.hook {
+        config::hook_startable_here(hook).map_err(|why| config::ConfigError::Unusable {
+            path: origin.clone(),
+            why,
+        })?;
+    }
+    Ok((policy, origin))
+}
+
+/// The policy as [`load_policy`] reads it, without asking whether this
+/// process could start its hook: for the commands that only read it
+/// (`guard status`, `guard explain`), which any member of group `guard`
+/// may run without the daemon's capabilities.
+pub fn read_policy(opts: &RunOptions) -> Result<(Policy, String), config::ConfigError> {
     let default = Path::new(config::DEFAULT_PATH);
     let (mut cfg, origin) = match &opts.config {
         Some(path) => (Config::load(path)?, path.display().to_string()),
@@ -87,12 +102,6 @@ pub fn load_policy(opts: &RunOptions) -> Result<(Policy, String), config::Config
     };
     if opts.dry_run {
         cfg.dry_run = true;
-    }
-    if let Some(hook) = &cfg.hook {
-        config::hook_startable_here(hook).map_err(|why| config::ConfigError::Unusable {
-            path: origin.clone(),
-            why,
-        })?;
     }
     Ok((Policy { config: cfg }, origin))
 }
@@ -188,6 +197,9 @@ struct Daemon {
     notifier: notify::Notifier,
     /// Verdicts past their tenant's share, and when that was last said.
     deferred: fair::Deferred,
+    /// The first record every new stream listener gets; a reload updates
+    /// its policy and dry-run mode.
+    hello: tokio::sync::watch::Sender<Record>,
     _hook_task: outputs::AbortOnDrop,
 }
 
@@ -376,7 +388,17 @@ impl Daemon {
             self.responder.watched(),
             wanted,
         )?;
+        let dry = policy.dry_run();
         self.responder.replace_policy(policy, watched);
+        self.hello.send_modify(|r| {
+            if let Event::Hello {
+                dry_run, policy, ..
+            } = &mut r.event
+            {
+                *dry_run = dry;
+                policy.clone_from(&origin);
+            }
+        });
         Ok(origin)
     }
 
@@ -470,7 +492,8 @@ async fn start(opts: RunOptions) -> anyhow::Result<(Daemon, Wakers)> {
         tracepoints: probes.tracepoints.mode().to_owned(),
         policy: origin,
     });
-    let server = outputs::serve_stream(opts.socket.as_deref(), &bus, hello);
+    let (hello, hello_rx) = tokio::sync::watch::channel(hello);
+    let server = outputs::serve_stream(opts.socket.as_deref(), &bus, hello_rx);
     let log = outputs::open_log(opts.event_log.as_deref(), opts.event_log_max_bytes);
     let mut out = Outputs::new(bus, log);
     let scrapes = match opts.metrics_addr {
@@ -500,6 +523,7 @@ async fn start(opts: RunOptions) -> anyhow::Result<(Daemon, Wakers)> {
         hooks,
         notifier: notify::Notifier::new(notify::PTS),
         deferred: fair::Deferred::default(),
+        hello,
         _hook_task: outputs::AbortOnDrop::new(hook_task),
         opts,
         observer: Observer::new(Some(hierarchy.clone()), "/proc"),

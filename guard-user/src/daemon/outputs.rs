@@ -132,7 +132,7 @@ impl Drop for AbortOnDrop {
 pub(super) fn serve_stream(
     socket: Option<&Path>,
     bus: &stream::Bus,
-    hello: Record,
+    hello: tokio::sync::watch::Receiver<Record>,
 ) -> Option<AbortOnDrop> {
     let path = socket?;
     let access = stream::Access::from_system();

@@ -36,7 +36,8 @@ pub struct DaemonInfo {
     pub tracepoints: String,
     pub policy: String,
     pub socket: String,
-    #[serde(skip)]
+    /// The daemon's own version: after an upgrade, the one still running
+    /// until it is restarted.
     pub guard_version: String,
 }
 

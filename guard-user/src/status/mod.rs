@@ -30,7 +30,7 @@ pub use warnings::Warning;
 use crate::{
     cgroup::{self, Hierarchy},
     config::ConfigError,
-    daemon::{RunOptions, load_policy},
+    daemon::{RunOptions, read_policy},
     decision::{Census, Responder},
     observe::parse_pressure,
     policy::Policy,
@@ -135,7 +135,7 @@ impl Machine {
 /// a stdout that cannot be written is an error.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let (policy, _) =
-        load_policy(&RunOptions::new(opts.config.clone(), false)).map_err(StatusError::from)?;
+        read_policy(&RunOptions::new(opts.config.clone(), false)).map_err(StatusError::from)?;
     let answer = daemon::ask(&opts.socket, daemon::LISTEN);
     let status = gather(&Machine::here(), policy, answer, &opts.event_log);
     let mut stdout = io::stdout().lock();
@@ -167,7 +167,10 @@ pub fn gather(machine: &Machine, policy: Policy, answer: Answer, log_dir: &Path)
         },
         Err(why) => (Vec::new(), Some(why.clone())),
     };
-    let warnings = warnings::warnings(&cgroups, &policy, swap_on);
+    let mut warnings = warnings::warnings(&cgroups, &policy, swap_on);
+    if let Some(w) = daemon.as_ref().and_then(warnings::daemon_version) {
+        warnings.push(w);
+    }
     Status {
         guard_version: env!("CARGO_PKG_VERSION").to_owned(),
         kernel: crate::kernel::release(),
@@ -232,10 +235,8 @@ fn cgroups(
         let (some, full) = fs::read_to_string(dir.join("memory.pressure"))
             .map(|t| parse_pressure(&t))
             .unwrap_or((None, None));
-        let scope = responder
-            .explain(None, Some(&dir))
-            .ok()
-            .and_then(|e| e.scope);
+        let scope = policy.config.scope_for(&name);
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         out.push(CgroupStatus {
             memory_high: mem.high,
             memory_max: limit(mem.max),
@@ -249,10 +250,12 @@ fn cgroups(
             psi_some_avg10: some,
             psi_full_avg10: full,
             stall_window_ns: windows.and_then(|w| w.get(&name).copied()),
-            budget_ms: scope.as_ref().map(|s| s.budget_ms),
-            window_ms: scope.as_ref().map(|s| s.window_ms),
+            budget_ms: scope.map(|s| ms(s.budget)),
+            window_ms: scope.map(|s| ms(s.window)),
             scope: scope.map(|s| s.paths.join(", ")),
-            census: responder.census(&dir),
+            // Only where guard would act: elsewhere who is protected
+            // changes nothing, and each census is a scan of the subtree.
+            census: scope.and_then(|_| responder.census(&dir)),
             cgroup: name,
         });
     }

@@ -74,8 +74,8 @@ pub fn write(out: &mut impl Write, s: &Status) -> io::Result<()> {
             line(
                 out,
                 &format!(
-                    "  running, pid {} ({}): {mode}; policy {}; socket {}",
-                    d.pid, d.source, d.policy, d.socket
+                    "  running, guard {}, pid {} ({}): {mode}; policy {}; socket {}",
+                    d.guard_version, d.pid, d.source, d.policy, d.socket
                 ),
             )?;
         }

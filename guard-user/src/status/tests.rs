@@ -266,7 +266,7 @@ fn the_json_has_the_keys_scripts_read() {
                 tracepoints: "btf".into(),
                 policy: "/etc/guard/guard.toml".into(),
                 socket: "/run/guard/events.sock".into(),
-                guard_version: "0.1.0".into(),
+                guard_version: env!("CARGO_PKG_VERSION").into(),
             },
             stall_window_ns: HashMap::from([("/work.slice".to_owned(), 5_000_000)]),
         },
@@ -277,10 +277,35 @@ fn the_json_has_the_keys_scripts_read() {
     assert_eq!(v["daemon"]["tracepoints"], "btf");
     assert_eq!(v["daemon"]["socket"], "/run/guard/events.sock");
     assert_eq!(v["cgroups"][0]["stall_window_ns"], 5_000_000);
+    assert_eq!(v["daemon"]["guard_version"], env!("CARGO_PKG_VERSION"));
+    let kinds = |v: &serde_json::Value| -> Vec<String> {
+        v["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| w["kind"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert!(!kinds(&v).contains(&"daemon_version".to_owned()), "{v}");
     assert!(
         v["hooks"].as_str().is_some_and(|h| h.starts_with("fentry")),
         "{v}"
     );
+    // A daemon left running on the old binary after an upgrade is said.
+    let old = gather(
+        &f.machine(),
+        policy(SCOPED),
+        Answer::Running {
+            info: DaemonInfo {
+                guard_version: "0.0.9".into(),
+                ..running.daemon.clone().expect("a daemon")
+            },
+            stall_window_ns: HashMap::new(),
+        },
+        &f.dir.path().join("log"),
+    );
+    let v = serde_json::to_value(&old).expect("json");
+    assert!(kinds(&v).contains(&"daemon_version".to_owned()), "{v}");
 }
 
 #[test]

@@ -8,7 +8,8 @@ use crate::{config::HostMode, policy::Policy};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Warning {
-    /// "unwatched_band", "all_protected" or "host_without_swap".
+    /// "unwatched_band", "all_protected", "host_without_swap" or
+    /// "daemon_version".
     pub kind: &'static str,
     pub cgroup: Option<String>,
     pub message: String,
@@ -69,4 +70,19 @@ pub fn warnings(cgroups: &[CgroupStatus], policy: &Policy, swap_on: bool) -> Vec
         });
     }
     out
+}
+
+/// The running daemon is another version than this command: it was not
+/// restarted after an upgrade (or a second build runs).
+pub fn daemon_version(d: &super::DaemonInfo) -> Option<Warning> {
+    let mine = env!("CARGO_PKG_VERSION");
+    (d.guard_version != mine).then(|| Warning {
+        kind: "daemon_version",
+        cgroup: None,
+        message: format!(
+            "the running daemon (pid {}) is guard {}, this command is guard {mine}: the \
+             installed binary is not the one guarding. Fix: systemctl restart guard",
+            d.pid, d.guard_version
+        ),
+    })
 }
