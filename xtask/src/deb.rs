@@ -116,10 +116,17 @@ pub fn packaged_unit(unit: &str) -> Result<String> {
     if !unit.contains(&format!("ExecStart={SOURCE_BIN} ")) {
         bail!("deploy/guard.service has no `ExecStart={SOURCE_BIN} ...` line to point at {BIN}");
     }
+    // The source install's header says where to copy the file; the
+    // package's says how to change it.
+    let body = unit
+        .split_once("\n\n")
+        .filter(|(head, _)| head.lines().all(|l| l.starts_with('#')))
+        .map_or(unit, |(_, body)| body);
     Ok(format!(
-        "# Installed by the guard Debian package; override with a drop-in\n\
-         # (systemctl edit guard), not by editing this file.\n{}",
-        unit.replace(SOURCE_BIN, BIN)
+        "# guard: kills the process that keeps a memory-limited cgroup stalled on\n\
+         # memory.high. Installed by the guard Debian package: change it with a\n\
+         # drop-in (systemctl edit guard), not by editing this file.\n\n{}",
+        body.replace(SOURCE_BIN, BIN)
     ))
 }
 
@@ -155,9 +162,9 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// The control file. No `Depends:`: the binary is static, and the scripts
-/// use only what every Debian system has (sh, getent, groupadd, systemctl
-/// when systemd runs).
+/// The control file. The binary is static; the scripts need `groupadd` and
+/// `groupdel` (passwd, not essential) besides what every Debian system has
+/// (sh, getent, and systemctl when systemd runs).
 pub fn control(version: &str, arch: &str, installed_kib: u64) -> String {
     format!(
         "Package: guard\n\
@@ -165,6 +172,7 @@ pub fn control(version: &str, arch: &str, installed_kib: u64) -> String {
          Architecture: {arch}\n\
          Maintainer: guard developers <root@localhost>\n\
          Installed-Size: {installed_kib}\n\
+         Depends: passwd\n\
          Section: admin\n\
          Priority: optional\n\
          Description: kills the process that keeps a cgroup stalled on memory.high\n \
@@ -190,6 +198,11 @@ if [ "$1" = configure ]; then
     if ! getent group guard >/dev/null; then
         groupadd --system guard
     fi
+    if [ -e /etc/systemd/system/guard.service ] && [ ! -L /etc/systemd/system/guard.service ]; then
+        echo "guard: /etc/systemd/system/guard.service (a source install) overrides this" \
+            "package's unit and runs its own binary; remove it and /usr/local/sbin/guard," \
+            "then: systemctl daemon-reload && systemctl restart guard" >&2
+    fi
     wants=/etc/systemd/system/multi-user.target.wants/guard.service
     # A first install, or one after `apt-get remove` (which leaves the
     # enablement link): enable. An upgrade keeps the admin's choice.
@@ -198,8 +211,10 @@ if [ "$1" = configure ]; then
             echo "guard: could not enable guard.service" >&2
     fi
     if [ -d /run/systemd/system ]; then
-        systemctl daemon-reload
-        if systemctl is-enabled --quiet guard.service; then
+        systemctl daemon-reload >/dev/null 2>&1 || true
+        # Enabled, or running though disabled: (re)started on this binary.
+        if systemctl is-enabled --quiet guard.service ||
+            systemctl is-active --quiet guard.service; then
             if ! systemctl restart guard.service; then
                 echo "guard: guard.service did not start; read why with" \
                     "journalctl -u guard and check the machine with guard status" >&2
@@ -229,6 +244,11 @@ set -e
 
 if [ "$1" = purge ]; then
     rm -f /etc/systemd/system/multi-user.target.wants/guard.service
+    # The admin's drop-ins (systemctl edit guard) and a mask go too.
+    rm -rf /etc/systemd/system/guard.service.d /run/systemd/system/guard.service.d
+    if [ "$(readlink /etc/systemd/system/guard.service 2>/dev/null)" = /dev/null ]; then
+        rm -f /etc/systemd/system/guard.service
+    fi
     rm -rf /var/lib/guard /run/guard /etc/guard
     if getent group guard >/dev/null; then
         groupdel guard || echo "guard: could not remove group guard" >&2
@@ -236,7 +256,8 @@ if [ "$1" = purge ]; then
 fi
 if [ "$1" = remove ] || [ "$1" = purge ]; then
     if [ -d /run/systemd/system ]; then
-        systemctl daemon-reload || true
+        systemctl daemon-reload >/dev/null 2>&1 || true
+        systemctl reset-failed guard.service >/dev/null 2>&1 || true
     fi
 fi
 exit 0
@@ -488,6 +509,18 @@ mod tests {
             fs::read_to_string(crate::workspace_root().join("deploy/guard.service")).unwrap();
         let packaged = packaged_unit(&unit).expect("deploy/guard.service");
         assert!(packaged.contains("\nExecStart=/usr/sbin/guard run\n"));
+        // The source install's header (copy it to /etc/systemd/system) is
+        // replaced by the package's; the rest, comments included, stays.
+        assert!(
+            !packaged.contains("/etc/systemd/system/guard.service"),
+            "{packaged}"
+        );
+        assert!(packaged.contains("Installed by the guard Debian package"));
+        assert!(packaged.contains("\n[Service]\n"));
+        assert_eq!(
+            packaged.matches("CAP_").count(),
+            unit.matches("CAP_").count()
+        );
     }
 
     #[test]

@@ -56,6 +56,12 @@ const BANDS: [(&str, &str); 3] = [
     ("user-995.slice", "/user.slice/user-995.slice"),
     ("docker.slice", "/docker.slice"),
 ];
+/// The scope deploy/band/guard.toml gives each of [`BANDS`].
+const BAND_SCOPES: [&str; 3] = [
+    "/system.slice/system-t3*.slice/t3-serve@*.service",
+    "/user.slice/user-*.slice",
+    "/docker.slice",
+];
 const HIGH_12G: u64 = 12 << 30;
 const MAX_16G: u64 = 16 << 30;
 /// The balloon as the runbook gives it, scaled to the guest: a band of
@@ -193,10 +199,14 @@ fn status_checks(r: &mut Report) {
     };
     let cgroups = v["cgroups"].as_array().cloned().unwrap_or_default();
     let mut watched = true;
-    for (unit, cgroup) in BANDS {
+    for ((unit, cgroup), scope) in BANDS.into_iter().zip(BAND_SCOPES) {
         let row = cgroups.iter().find(|c| c["cgroup"] == cgroup);
+        // Its own scope, not the catch-all /** (whose budget is 250 ms too).
         let ok = row.is_some_and(|c| {
-            c["memory_high"] == HIGH_12G && c["swap_max"] == 0 && c["budget_ms"] == 250
+            c["memory_high"] == HIGH_12G
+                && c["swap_max"] == 0
+                && c["budget_ms"] == 250
+                && c["scope"] == scope
         });
         watched &= ok;
         r.check(

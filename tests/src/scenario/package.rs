@@ -49,8 +49,9 @@ const LOCAL_CHANGE: &str = "\n# Changed on this machine: kept across upgrades.\n
 fn summary(r: &Value) -> String {
     format!(
         "install {} {}: unit {} and {}, hog SIGKILLed {} ms after start; upgrade to {}: \
-         conffile change kept {}, daemon restarted {} (pid {} -> {}); purge: {} paths and the \
-         group gone {}",
+         conffile change kept {}, daemon restarted {} (pid {} -> {}); remove kept the policy {}, \
+         install after it enabled and started {}, reinstall kept disable {}; purge: {} paths and \
+         the group gone {}",
         r["installed_version"].as_str().unwrap_or("-"),
         r["install_result"].as_str().unwrap_or("-"),
         r["active_after_install"].as_str().unwrap_or("-"),
@@ -61,6 +62,9 @@ fn summary(r: &Value) -> String {
         r["restarted_on_upgrade"],
         r["pid_before_upgrade"],
         r["pid_after_upgrade"],
+        r["remove_kept_policy"],
+        r["reinstalled_after_remove"],
+        r["reinstall_kept_disabled"],
         r["purge_paths_checked"],
         r["purge_clean"],
     )
@@ -158,6 +162,7 @@ fn checks(r: &mut Report) -> Result<(), String> {
     show_status_and_explain(r);
 
     upgrade(r, &second);
+    remove_and_reinstall(r, &second);
     purge(r);
     Ok(())
 }
@@ -443,4 +448,56 @@ fn explain_a_process(r: &mut Report) {
         Err(e) => r.check(false, format!("guard explain --json is not JSON ({e}): {json}")),
     }
     let _ = systemctl(&["stop", "small.service"]);
+}
+
+/// The maintainer scripts' other paths: `apt-get remove` stops the daemon
+/// and keeps the policy; installing again enables and starts it; a
+/// reinstall leaves an admin's `disable` alone.
+fn remove_and_reinstall(r: &mut Report, deb: &str) {
+    let changed = read(POLICY);
+    step("apt-get remove guard");
+    if let Err(e) = apt(&["remove", "-y", "guard"]) {
+        r.check(false, e);
+        return;
+    }
+    let load = prop("guard", "LoadState");
+    let removed = load == "not-found" && !Path::new(BIN).exists() && read(POLICY) == changed;
+    r.set("remove_kept_policy", removed);
+    r.check(
+        removed,
+        format!(
+            "after apt-get remove: unit {load}, {BIN} exists {}, policy kept {}",
+            Path::new(BIN).exists(),
+            read(POLICY) == changed
+        ),
+    );
+    step(&format!("apt-get install {deb} after the remove"));
+    if let Err(e) = apt(&["install", "-y", deb]) {
+        r.check(false, e);
+        return;
+    }
+    let enabled = sh(&["systemctl", "is-enabled", "guard.service"]).unwrap_or_else(|e| e);
+    let active = prop("guard", "ActiveState");
+    let back = enabled == "enabled" && active == "active" && read(POLICY) == changed;
+    r.set("reinstalled_after_remove", back);
+    r.check(
+        back,
+        format!("installed again after a remove: {enabled}, {active}, policy kept {}", read(POLICY) == changed),
+    );
+    step("systemctl disable --now guard, then apt-get install --reinstall");
+    if let Err(e) = systemctl(&["disable", "--now", "guard.service"]) {
+        r.check(false, e);
+    }
+    if let Err(e) = apt(&["install", "-y", "--reinstall", deb]) {
+        r.check(false, e);
+        return;
+    }
+    let enabled = sh(&["systemctl", "is-enabled", "guard.service"]).unwrap_or_else(|e| e);
+    let active = prop("guard", "ActiveState");
+    let kept = enabled == "disabled" && active == "inactive";
+    r.set("reinstall_kept_disabled", kept);
+    r.check(
+        kept,
+        format!("a reinstall after disable left guard.service {enabled}, {active}"),
+    );
 }
