@@ -121,7 +121,7 @@ fn checks(r: &mut Report) -> Result<(), String> {
     }
     r.set("installed_version", version());
     let active = prop("guard", "ActiveState");
-    let enabled = sh(&["systemctl", "is-enabled", "guard.service"]).unwrap_or_else(|e| e);
+    let enabled = is_enabled();
     r.set("active_after_install", active.as_str());
     r.set("enabled_after_install", enabled.as_str());
     r.check(active == "active", format!("guard.service is {active:?} after the install"));
@@ -476,7 +476,7 @@ fn remove_and_reinstall(r: &mut Report, deb: &str) {
         r.check(false, e);
         return;
     }
-    let enabled = sh(&["systemctl", "is-enabled", "guard.service"]).unwrap_or_else(|e| e);
+    let enabled = is_enabled();
     let active = prop("guard", "ActiveState");
     let back = enabled == "enabled" && active == "active" && read(POLICY) == changed;
     r.set("reinstalled_after_remove", back);
@@ -492,7 +492,7 @@ fn remove_and_reinstall(r: &mut Report, deb: &str) {
         r.check(false, e);
         return;
     }
-    let enabled = sh(&["systemctl", "is-enabled", "guard.service"]).unwrap_or_else(|e| e);
+    let enabled = is_enabled();
     let active = prop("guard", "ActiveState");
     let kept = enabled == "disabled" && active == "inactive";
     r.set("reinstall_kept_disabled", kept);
@@ -500,4 +500,12 @@ fn remove_and_reinstall(r: &mut Report, deb: &str) {
         kept,
         format!("a reinstall after disable left guard.service {enabled}, {active}"),
     );
+}
+
+/// What `systemctl is-enabled guard.service` prints ("enabled",
+/// "disabled", ...): it exits 1 for every state but enabled.
+fn is_enabled() -> String {
+    command_text(Command::new("systemctl").args(["is-enabled", "guard.service"]))
+        .trim()
+        .to_owned()
 }
